@@ -1,0 +1,429 @@
+"""``medvae``: the command-line face of the engine (the same calls the napari widgets make).
+
+Every command exits 0 on success and, on bad input, prints one line ``medvae: error: ...`` and exits
+2 without writing any output (all writes are atomic). A progress bar is shown on a terminal.
+Heavy imports (torch, MONAI) happen inside the commands, to keep ``medvae --help`` fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import Cancelled, InputError, MedVAEError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+class _Bar:
+    """tqdm progress bar on a terminal (stderr), silent otherwise; usable as progress(done, total)."""
+
+    def __init__(self, desc: str, enabled: bool):
+        self.desc = desc
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="slice", leave=False, file=sys.stderr)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def file_axis_to_array(axis: int | None) -> int | None:
+    """CLI axes are the file's voxel axes (i, j, k = 0, 1, 2); arrays are (k, j, i)."""
+    if axis is None:
+        return None
+    if axis not in (0, 1, 2):
+        raise InputError(f"--axis must be 0, 1 or 2 (the file's voxel axis), not {axis}")
+    return 2 - axis
+
+
+def cast_like(out: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Return ``out`` in the input's dtype where sensible (integers rounded and clipped), else float32."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(out), info.min, info.max).astype(dtype)
+    return out.astype(np.float32, copy=False)
+
+
+def _read(path: str, volume_index: int | None):
+    from .io import read_volume
+
+    return read_volume(path, volume_index=volume_index)
+
+
+def _out(path: str, *inputs: str | None) -> Path:
+    from .io import check_output_path
+
+    return check_output_path(path, [p for p in inputs if p])
+
+
+def _model(args):
+    from .engine import load_model
+
+    t = time.time()
+    model = load_model(args.model, device=args.device)
+    logging.getLogger("medvae").info("model %s on %s (%.1fs)", model.config.name, model.device, time.time() - t)
+    return model
+
+
+def _run(desc: str, args, fn: Callable[..., object], **kw):
+    bar = _Bar(desc, not args.quiet)
+    try:
+        return fn(progress=bar, **kw)
+    finally:
+        bar.close()
+
+
+def _say(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_volume_op(args) -> int:
+    """reconstruct / denoise: IN -> OUT on the same grid and dtype."""
+    from .engine import denoise, reconstruct
+    from .io import write_volume
+
+    out = _out(args.output, args.input)
+    vol, geo = _read(args.input, args.volume_index)
+    model = _model(args)
+    fn = reconstruct if args.command == "reconstruct" else denoise
+    res = _run(args.command, args, fn, model=model, volume=vol, spacing=geo.spacing, axis=file_axis_to_array(args.axis))
+    write_volume(out, cast_like(res, vol.dtype), geo)
+    _say(args, f"wrote {out}")
+    return 0
+
+
+def parse_slices(text: str) -> list[int] | str:
+    """'40,41,57' or '40-45,57' -> indices; 'auto' stays 'auto'."""
+    text = text.strip()
+    if text.lower() == "auto":
+        return "auto"
+    idx: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise InputError(f"bad slice range {part!r}: end before start")
+                idx.extend(range(lo, hi + 1))
+            else:
+                idx.append(int(part))
+    except ValueError:
+        raise InputError(f"--missing-slices must be comma-separated integers (e.g. 40,41,57 or 40-45) or 'auto', not {text!r}") from None
+    if not idx:
+        raise InputError("--missing-slices is empty")
+    return idx
+
+
+def cmd_inpaint(args) -> int:
+    from .engine import detect_blank_slices, inpaint
+    from .io import write_volume
+
+    if (args.mask is None) == (args.missing_slices is None):
+        raise InputError("give exactly one of --mask MASK or --missing-slices LIST|auto")
+    out = _out(args.output, args.input, args.mask)
+    vol, geo = _read(args.input, args.volume_index)
+    kw: dict = {}
+    if args.mask is not None:
+        m, mgeo = _read(args.mask, None)
+        if m.shape != vol.shape:
+            raise InputError(f"mask {args.mask} has shape {m.shape[::-1]} (i,j,k) but the image has {vol.shape[::-1]}; they must share a grid")
+        if not np.allclose(mgeo.spacing, geo.spacing, rtol=1e-4) or not np.allclose(mgeo.origin, geo.origin, atol=1e-3):
+            raise InputError(f"mask {args.mask} is on a different grid (spacing/origin) than the image; resample it first")
+        kw["mask"] = m
+    else:
+        slices = parse_slices(args.missing_slices)
+        from .engine.preprocess import check_axis
+
+        axis = file_axis_to_array(args.axis) if args.axis is not None else check_axis(None, geo.spacing)
+        if slices == "auto":
+            slices = detect_blank_slices(vol, axis)
+            if not slices:
+                raise InputError(f"no blank slices found along file axis {2 - axis}; nothing to inpaint")
+            _say(args, f"blank slices along file axis {2 - axis}: {slices}")
+        kw["missing_slices"] = slices
+        kw["axis"] = axis
+    model = _model(args)
+    res = _run("inpaint", args, inpaint, model=model, volume=vol, spacing=geo.spacing, **kw)
+    write_volume(out, cast_like(res, vol.dtype), geo)
+    _say(args, f"wrote {out}")
+    return 0
+
+
+def cmd_anomaly(args) -> int:
+    from .engine import anomaly
+    from .io import write_volume
+
+    out = _out(args.output, args.input, args.brain_mask)
+    labels_out = _out(args.labels, args.input, args.brain_mask) if args.labels else None
+    report_out = Path(args.report).resolve() if args.report else None
+    if report_out is not None:
+        if not report_out.parent.is_dir():
+            raise InputError(f"report directory {report_out.parent} does not exist")
+        if report_out.suffix.lower() != ".json":
+            raise InputError(f"--report must be a .json path, not {args.report}")
+    outs = [p for p in (out, labels_out, report_out) if p is not None]
+    if len(set(outs)) != len(outs):
+        raise InputError("heatmap, labels and report must be different files")
+    vol, geo = _read(args.input, args.volume_index)
+    bm = None
+    if args.brain_mask:
+        bm, _ = _read(args.brain_mask, None)
+        if bm.shape != vol.shape:
+            raise InputError(f"brain mask has shape {bm.shape[::-1]} (i,j,k) but the image has {vol.shape[::-1]}")
+    model = _model(args)
+    res = _run("anomaly", args, anomaly, model=model, volume=vol, spacing=geo.spacing, brain_mask=bm,
+               axis=file_axis_to_array(args.axis), threshold=args.threshold, geometry=geo)
+    write_volume(out, res.heatmap, geo)
+    if labels_out:
+        write_volume(labels_out, res.labels.astype(np.int16 if res.labels.max() < 32767 else np.int32), geo)
+    if report_out:
+        from .engine.checkpoint import _atomic_write_bytes
+
+        report = {
+            "input": str(Path(args.input).resolve()),
+            "model": model.config.name,
+            "threshold": args.threshold,
+            "units": "heatmap value 1.0 = the model's calibrated healthy threshold",
+            "max_score": float(res.heatmap.max()),
+            "n_candidates": len(res.candidates),
+            "candidates": [_report_row(c) for c in res.candidates],
+        }
+        _atomic_write_bytes(report_out, (json.dumps(report, indent=2) + "\n").encode())
+    _say(args, f"wrote {out}" + (f", {labels_out}" if labels_out else "") + (f", {report_out}" if report_out else "")
+         + f"; {len(res.candidates)} candidate(s), max score {float(res.heatmap.max()):.2f}")
+    return 0
+
+
+def _report_row(c: dict) -> dict:
+    row = dict(c)
+    zyx = row.pop("centroid_voxel_zyx")
+    row["centroid_voxel_ijk"] = list(reversed(zyx))  # the file's voxel order
+    return row
+
+
+def cmd_uncertainty(args) -> int:
+    from .engine import uncertainty
+    from .io import write_volume
+
+    out = _out(args.output, args.input)
+    vol, geo = _read(args.input, args.volume_index)
+    model = _model(args)
+    res = _run("uncertainty", args, uncertainty, model=model, volume=vol, spacing=geo.spacing, samples=args.samples,
+               seed=args.seed, axis=file_axis_to_array(args.axis))
+    write_volume(out, res, geo)
+    _say(args, f"wrote {out}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .engine import sample
+    from .io import Geometry, write_volume
+
+    outdir = Path(args.output)
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"{outdir} exists and is not a directory")
+    if not outdir.parent.resolve().is_dir():
+        raise InputError(f"parent directory of {outdir} does not exist")
+    model = _model(args)
+    vols = _run("sample", args, sample, model=model, n=args.n, seed=args.seed)
+    outdir.mkdir(exist_ok=True)
+    sp = model.config.spacing_mm
+    geo = Geometry(spacing=(model.config.slice_spacing_mm, sp, sp), origin=(0.0, 0.0, 0.0),
+                   direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    for i, v in enumerate(vols):
+        write_volume(outdir / f"sample_{i:03d}.nii.gz", v, geo)
+    _say(args, f"wrote {len(vols)} volume(s) to {outdir}")
+    return 0
+
+
+def _gather(items: Sequence[str]) -> list[str]:
+    from .io import SUPPORTED_EXTENSIONS, is_supported_path
+
+    files: list[str] = []
+    for it in items:
+        p = Path(it)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(SUPPORTED_EXTENSIONS))
+            if not found:
+                raise InputError(f"{p}: no volumes ({', '.join(SUPPORTED_EXTENSIONS)}) in this folder")
+            files.extend(found)
+        elif p.is_file() and is_supported_path(p):
+            files.append(str(p))
+        else:
+            raise InputError(f"{p}: not a supported volume file or folder")
+    return files
+
+
+def cmd_train(args) -> int:
+    from .engine.train import TrainConfig, train
+
+    tc = TrainConfig(
+        train=_gather(args.data), val=_gather(args.val) if args.val else [], out=args.output, steps=args.steps,
+        batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed, device=args.device,
+        val_every=args.val_every, init=args.init, resume=args.resume, data_description=args.description or "",
+        name=args.name or Path(args.output).stem, channels=tuple(args.channels), latent_channels=args.latent_channels,
+        kl_weight=args.kl_weight,
+    )
+    if not Path(args.output).resolve().parent.is_dir():
+        raise InputError(f"output directory {Path(args.output).resolve().parent} does not exist")
+    bar = _Bar("train", not args.quiet)
+    last = {"t": 0.0}
+
+    def cb(info: dict) -> None:
+        bar(info["step"], info["steps"])
+        if not bar.enabled and not args.quiet and ("val_loss" in info or time.time() - last["t"] > 30):
+            last["t"] = time.time()
+            msg = f"step {info['step']}/{info['steps']} loss {info['loss']:.4f}"
+            if "val_loss" in info:
+                msg += f" val {info['val_loss']:.4f}"
+            print(msg, flush=True)
+
+    try:
+        path = train(tc, callback=cb)
+    finally:
+        bar.close()
+    if int(os.environ.get("RANK", "0")) == 0:
+        _say(args, f"wrote {path} and {Path(path).with_suffix('.json')}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .engine import load_model
+
+    model = load_model(args.model_path or args.model, device=args.device)
+    print(model.card())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.output), model_path=args.model, device=args.device, quiet=args.quiet)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", help="model .safetensors (with its .json beside it); default: the shipped model")
+    common.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
+    vol = argparse.ArgumentParser(add_help=False)
+    vol.add_argument("input", help="volume file (.nii, .nii.gz, .nrrd, .mha, .mhd) or DICOM series folder")
+    vol.add_argument("-o", "--output", required=True, help="output volume (same grid as the input)")
+    vol.add_argument("--axis", type=int, help="slice along this voxel axis of the file (0, 1, 2); default: largest spacing, ties -> last")
+    vol.add_argument("--volume-index", type=int, help="for 4D files: which 3D volume to use")
+
+    p = argparse.ArgumentParser(prog="medvae", description="VAE reconstruction, denoising, inpainting and anomaly maps for 3D MRI.")
+    p.add_argument("--version", action="version", version=f"napari-medvae {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("reconstruct", parents=[common, vol], help="healthy reconstruction").set_defaults(fn=cmd_volume_op)
+    sub.add_parser("denoise", parents=[common, vol], help="remove noise, keep structure").set_defaults(fn=cmd_volume_op)
+    ip = sub.add_parser("inpaint", parents=[common, vol], help="fill a masked region or missing slices")
+    ip.add_argument("--mask", help="mask volume on the same grid; its non-zero voxels are filled")
+    ip.add_argument("--missing-slices", help="slice indices along --axis, e.g. 40,41,57 or 40-45, or 'auto' (blank slices)")
+    ip.set_defaults(fn=cmd_inpaint)
+    an = sub.add_parser("anomaly", parents=[common, vol], help="anomaly heatmap (1.0 = calibrated threshold)")
+    an.add_argument("--brain-mask", help="restrict the heatmap to this mask (same grid)")
+    an.add_argument("--labels", help="write connected candidates above the threshold as a label volume")
+    an.add_argument("--report", help="write the candidates as JSON (voxels, mm3, peak, centroid)")
+    an.add_argument("--threshold", type=float, default=1.0, help="candidate threshold in heatmap units (default 1.0)")
+    an.set_defaults(fn=cmd_anomaly)
+    un = sub.add_parser("uncertainty", parents=[common, vol], help="std over posterior samples")
+    un.add_argument("--samples", type=int, default=8)
+    un.add_argument("--seed", type=int, default=0)
+    un.set_defaults(fn=cmd_uncertainty)
+    sp = sub.add_parser("sample", parents=[common], help="generate new volumes from the prior")
+    sp.add_argument("-n", type=int, default=1)
+    sp.add_argument("-o", "--output", required=True, help="output folder")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(fn=cmd_sample)
+    tr = sub.add_parser("train", parents=[common], help="train or fine-tune a model on healthy volumes")
+    tr.add_argument("data", nargs="+", help="healthy volumes or folders of them")
+    tr.add_argument("-o", "--output", required=True, help="model path stem, e.g. models/my_model")
+    tr.add_argument("--val", nargs="*", help="held-out healthy volumes/folders (validation + anomaly calibration)")
+    tr.add_argument("--steps", type=int, default=2000)
+    tr.add_argument("--batch-size", type=int, default=24)
+    tr.add_argument("--crop", type=int, default=80, help="training crop (pixels at the model grid, multiple of 4)")
+    tr.add_argument("--lr", type=float, default=2e-3)
+    tr.add_argument("--kl-weight", type=float, default=1e-3)
+    tr.add_argument("--channels", type=int, nargs=3, default=[16, 32, 64])
+    tr.add_argument("--latent-channels", type=int, default=8)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--val-every", type=int, default=250)
+    tr.add_argument("--init", help="fine-tune from this model instead of starting from scratch")
+    tr.add_argument("--resume", action="store_true", help="continue from the last saved training state")
+    tr.add_argument("--name", help="model name stored in its config")
+    tr.add_argument("--description", help="training-data description stored in the model card")
+    tr.set_defaults(fn=cmd_train)
+    inf = sub.add_parser("info", parents=[common], help="print a model card")
+    inf.add_argument("model_path", nargs="?")
+    inf.set_defaults(fn=cmd_info)
+    de = sub.add_parser("demo", parents=[common], help="run every operation on the sample data; writes outputs + PNG montage")
+    de.add_argument("-o", "--output", default="medvae_demo")
+    de.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args.fn(args) or 0)
+    except Cancelled as exc:
+        print(f"medvae: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("medvae: interrupted; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MedVAEError as exc:
+        if args.debug:
+            raise
+        print(f"medvae: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        print("medvae: error: out of memory; try a smaller volume or --device cpu on a machine with more RAM", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Anomaly heatmaps: restoration residual between a volume and its healthy reconstruction.
+
+score = median filter of |input - reconstruction| (normalised units, model grid), restricted to the
+brain; divided by the model's calibrated threshold (a high quantile of healthy held-out scores) so
+that 1.0 means "as unusual as the top 0.1 % of healthy voxels". Candidates are connected regions
+above the threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..errors import InputError
+from .model import Model
+from .preprocess import Prepared, check_spacing, prepare
+from .reconstruct import reconstruct_prepared
+from .runner import CancelFn, Progress, ProgressFn, check_mask
+
+MIN_CANDIDATE_MM3 = 20.0
+
+
+@dataclass
+class AnomalyResult:
+    """Heatmap (float32, 1.0 = calibrated threshold), candidate labels (int32) and their report rows."""
+
+    heatmap: np.ndarray
+    labels: np.ndarray
+    candidates: list[dict] = field(default_factory=list)
+    threshold: float = 1.0
+
+
+def auto_brain_mask(x: np.ndarray) -> np.ndarray:
+    """Signal region of a normalised (skull-stripped) volume, eroded to skip the boundary rim."""
+    sig = ndi.gaussian_filter(x, 1.0) > 0.15
+    sig = ndi.binary_fill_holes(sig)
+    return ndi.binary_erosion(sig, iterations=2)
+
+
+def residual_score(prep_data: np.ndarray, rec: np.ndarray, brain: np.ndarray, median_size: int) -> np.ndarray:
+    """Uncalibrated score on the model grid: median-filtered absolute residual inside ``brain``."""
+    score = ndi.median_filter(np.abs(prep_data - rec), size=median_size)
+    score[~brain] = 0.0
+    return score.astype(np.float32)
+
+
+def score_prepared(model: Model, prep: Prepared, progress: Progress, brain_mask: np.ndarray | None = None) -> np.ndarray:
+    """Uncalibrated residual score on the model grid (used by calibration and ``anomaly``)."""
+    rec = reconstruct_prepared(model, prep, progress)
+    brain = prep.mask_to_model(brain_mask) if brain_mask is not None else auto_brain_mask(prep.data)
+    return residual_score(prep.data, rec, brain, int(model.config.anomaly.get("median_size", 3)))
+
+
+def threshold_candidates(heatmap: np.ndarray, spacing: Sequence[float], threshold: float = 1.0,
+                         geometry=None, min_volume_mm3: float = MIN_CANDIDATE_MM3) -> tuple[np.ndarray, list[dict]]:
+    """Connected regions of ``heatmap > threshold`` (>= min_volume_mm3) as labels + report rows.
+
+    Rows are sorted by peak score (label 1 = highest peak); centroids in voxel (z, y, x) and, when a
+    ``geometry`` (io.Geometry) is given, world (x, y, z) mm.
+    """
+    sp = check_spacing(spacing)
+    if not np.isfinite(threshold) or threshold <= 0:
+        raise InputError(f"threshold must be a positive number, not {threshold}")
+    voxel_mm3 = float(np.prod(sp))
+    lab, n = ndi.label(heatmap > threshold)
+    if n == 0:
+        return np.zeros(heatmap.shape, dtype=np.int32), []
+    idx = np.arange(1, n + 1)
+    counts = ndi.sum_labels(np.ones_like(heatmap, dtype=np.float32), lab, idx)
+    peaks = ndi.maximum(heatmap, lab, idx)
+    keep = [(int(i), float(p), int(c)) for i, p, c in zip(idx, peaks, counts, strict=True) if c * voxel_mm3 >= min_volume_mm3]
+    keep.sort(key=lambda t: -t[1])
+    labels = np.zeros(heatmap.shape, dtype=np.int32)
+    rows = []
+    centroids = ndi.center_of_mass(heatmap, lab, [k[0] for k in keep]) if keep else []
+    for new, ((old, peak, count), cen) in enumerate(zip(keep, centroids, strict=True), start=1):
+        labels[lab == old] = new
+        row = {
+            "label": new,
+            "voxels": count,
+            "volume_mm3": round(count * voxel_mm3, 2),
+            "peak": round(peak, 4),
+            "centroid_voxel_zyx": [round(float(c), 2) for c in cen],
+        }
+        if geometry is not None:
+            row["centroid_world_xyz_mm"] = [round(float(c), 2) for c in geometry.index_to_world(cen)]
+        rows.append(row)
+    return labels, rows
+
+
+def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain_mask: np.ndarray | None = None,
+            axis: int | None = None, threshold: float = 1.0, geometry=None,
+            progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> AnomalyResult:
+    """Anomaly heatmap of ``volume`` (z, y, x) on its own grid, plus candidates above ``threshold``."""
+    thr = model.config.anomaly.get("threshold")
+    if not thr:
+        raise InputError("this model has no calibrated anomaly threshold (train it with held-out healthy volumes)")
+    sp = check_spacing(spacing)
+    bm = None if brain_mask is None else check_mask(brain_mask, volume.shape, "brain mask")
+    if bm is not None and not bm.any():
+        raise InputError("the brain mask is empty")
+    prep = prepare(volume, sp, model.config, axis)
+    p = Progress(prep.data.shape[0] + 1, progress, cancel)
+    p.check()
+    score = score_prepared(model, prep, p, bm)
+    heat = prep.to_original(score / np.float32(thr), denormalise=False)
+    heat = np.clip(heat, 0, None)
+    if bm is not None:
+        heat[~bm] = 0.0
+    labels, rows = threshold_candidates(heat, sp, threshold, geometry)
+    p.step()
+    return AnomalyResult(heat.astype(np.float32), labels, rows, threshold)

@@ -1,0 +1,179 @@
+"""Model files: ``<name>.safetensors`` (weights) + ``<name>.json`` (config). Never pickle.
+
+The JSON config is validated on load and must match the weights tensor by tensor; anything else is
+refused with a message that says what is wrong. Writes are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+
+FORMAT_VERSION = 1
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, zip (torch.save since 1.6)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to use a model besides its weights (saved as JSON next to them).
+
+    spacing_mm: in-plane pixel size (mm) the network was trained at; volumes are resampled to it.
+    slice_spacing_mm: distance (mm) between the neighbouring slices the network expects as context.
+    normalization: {"method": "percentile", "percentile": p}: intensities divided by the p-th
+    percentile of the volume (zero stays zero), outputs multiplied back.
+    anomaly: {"threshold": residual score that maps to 1.0, "quantile": healthy quantile used,
+    "median_size": voxels of the median filter}.
+    """
+
+    architecture: dict
+    name: str = "medvae"
+    format_version: int = FORMAT_VERSION
+    spacing_mm: float = 2.0
+    slice_spacing_mm: float = 2.0
+    normalization: dict = field(default_factory=lambda: {"method": "percentile", "percentile": 99.5})
+    anomaly: dict = field(default_factory=lambda: {"threshold": None, "quantile": 0.999, "median_size": 3})
+    sample_shape: list[int] = field(default_factory=lambda: [94, 116, 98])
+    training: dict = field(default_factory=dict)
+    modality: str = "MRI T1 (brain, skull-stripped)"
+    package_version: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "config") -> ModelConfig:
+        """Validate a parsed JSON config; raise ModelError naming the bad field."""
+        if not isinstance(d, dict):
+            raise ModelError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        version = d.get("format_version")
+        if not isinstance(version, int):
+            raise ModelError(f"{source}: missing integer 'format_version' (this is not a napari-medvae model config)")
+        if version > FORMAT_VERSION:
+            raise ModelError(
+                f"{source}: model format version {version} is newer than this napari-medvae understands "
+                f"({FORMAT_VERSION}); upgrade napari-medvae to use it"
+            )
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ModelError(f"{source}: unknown config fields {unknown}")
+        if "architecture" not in d or not isinstance(d["architecture"], dict):
+            raise ModelError(f"{source}: missing 'architecture' object")
+        cfg = cls(**d)
+        for name in ("spacing_mm", "slice_spacing_mm"):
+            v = getattr(cfg, name)
+            if not isinstance(v, (int, float)) or not v > 0:
+                raise ModelError(f"{source}: '{name}' must be a positive number of millimetres, not {v!r}")
+        norm = cfg.normalization
+        if norm.get("method") != "percentile" or not 50 < float(norm.get("percentile", 0)) <= 100:
+            raise ModelError(f"{source}: normalization must be {{'method': 'percentile', 'percentile': 50..100}}, not {norm}")
+        thr = cfg.anomaly.get("threshold")
+        if thr is not None and not (isinstance(thr, (int, float)) and thr > 0):
+            raise ModelError(f"{source}: anomaly.threshold must be a positive number or null, not {thr!r}")
+        try:
+            from .networks import SliceVAEConfig
+
+            SliceVAEConfig.from_dict(cfg.architecture)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{source}: bad architecture: {exc}") from None
+        return cfg
+
+
+def model_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """Return (weights, config) paths for a model given as stem, .safetensors or .json path."""
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.safetensors"))
+        if len(found) != 1:
+            raise ModelError(f"{p}: expected exactly one .safetensors model in the folder, found {len(found)}")
+        p = found[0]
+    if p.suffix in (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"):
+        raise ModelError(
+            f"{p}: '{p.suffix}' files are PyTorch/pickle checkpoints, which can run arbitrary code when "
+            "loaded; napari-medvae only loads <name>.safetensors + <name>.json"
+        )
+    if p.suffix in (".safetensors", ".json"):
+        stem = p.with_suffix("")
+    elif p.suffix == "":
+        stem = p
+    else:
+        raise ModelError(f"{p}: not a model file; expected <name>.safetensors with <name>.json beside it")
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
+    """Read and validate a model; returns (config, state_dict of CPU tensors)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights, config = model_paths(path)
+    if not weights.exists():
+        raise ModelError(f"{weights}: model weights not found")
+    with open(weights, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(_PICKLE_MAGIC):
+        raise ModelError(
+            f"{weights}: this is a pickle/torch.save file renamed to .safetensors; refusing to load it "
+            "(pickle can run arbitrary code). Convert it to safetensors with a trusted tool first."
+        )
+    if not config.exists():
+        raise ModelError(f"{weights}: its config {config.name} is missing; a model is <name>.safetensors + <name>.json")
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{config}: not valid JSON ({exc})") from None
+    cfg = ModelConfig.from_dict(raw, source=str(config))
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{weights}: not a readable safetensors file ({exc})") from None
+    check_state(cfg, state, str(weights))
+    return cfg, state
+
+
+def check_state(cfg: ModelConfig, state: dict, source: str) -> None:
+    """Raise ModelError unless ``state`` has exactly the tensors (names, shapes) the config's network has."""
+    from .networks import build_network
+
+    expected = {k: tuple(v.shape) for k, v in build_network(cfg.architecture).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    if missing or extra:
+        raise ModelError(
+            f"{source}: weights do not match the architecture in the config "
+            f"({len(missing)} tensors missing, e.g. {missing[:2]}; {len(extra)} unexpected, e.g. {extra[:2]})"
+        )
+    wrong = [(k, got[k], expected[k]) for k in expected if got[k] != expected[k]]
+    if wrong:
+        k, g, e = wrong[0]
+        raise ModelError(f"{source}: tensor '{k}' has shape {g}, the config's architecture needs {e} ({len(wrong)} differ)")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, state: dict) -> Path:
+    """Write <stem>.safetensors + <stem>.json atomically; returns the weights path."""
+    from safetensors.torch import save
+
+    weights, config = model_paths(Path(path).with_suffix("") if Path(path).suffix else path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    _atomic_write_bytes(weights, save(tensors, metadata={"format": "pt", "napari_medvae": str(cfg.format_version)}))
+    _atomic_write_bytes(config, (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    return weights

@@ -1,0 +1,85 @@
+"""Inpainting: fill painted regions or missing slices from the surrounding anatomy.
+
+Voxels outside the mask are returned unchanged (bit for bit, as float32); inside the mask the
+network's prediction, made with the mask as an input channel, is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .model import Model
+from .preprocess import check_axis, check_spacing, check_volume, prepare
+from .runner import CancelFn, Progress, ProgressFn, check_mask, run_network
+
+
+def detect_blank_slices(volume: np.ndarray, axis: int) -> list[int]:
+    """Constant slices (e.g. dropped or zero-filled) lying between the first and last non-constant slice."""
+    check_volume(volume)
+    ax = check_axis(axis, (1.0, 1.0, 1.0))
+    moved = np.moveaxis(volume, ax, 0)
+    flat = moved.reshape(moved.shape[0], -1)
+    constant = flat.min(axis=1) == flat.max(axis=1)
+    content = np.flatnonzero(~constant)
+    if len(content) == 0:
+        return []
+    return [int(i) for i in range(content[0] + 1, content[-1]) if constant[i]]
+
+
+def slices_mask(shape: Sequence[int], indices: Iterable[int], axis: int) -> np.ndarray:
+    """A bool mask selecting whole slices ``indices`` along ``axis`` (duplicates allowed, range checked)."""
+    idx = sorted({int(i) for i in indices})
+    n = shape[axis]
+    bad = [i for i in idx if not 0 <= i < n]
+    if bad:
+        raise InputError(f"missing-slice indices {bad} are out of range: axis {axis} has {n} slices (0..{n - 1})")
+    if not idx:
+        raise InputError("no missing slices given (and none detected); nothing to inpaint")
+    mask = np.zeros(shape, dtype=bool)
+    sl = [slice(None)] * 3
+    sl[axis] = idx
+    mask[tuple(sl)] = True
+    return mask
+
+
+def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask: np.ndarray | None = None,
+            missing_slices: Iterable[int] | str | None = None, axis: int | None = None,
+            progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
+    """Fill the voxels of ``mask`` (non-zero) or the ``missing_slices`` along ``axis`` ("auto" = blank ones).
+
+    Returns float32 on the input grid; voxels outside the mask equal the input.
+    """
+    check_volume(volume)
+    sp = check_spacing(spacing)
+    if (mask is None) == (missing_slices is None):
+        raise InputError("give exactly one of a mask or missing slices to inpaint")
+    if mask is not None:
+        m = check_mask(mask, volume.shape)
+    else:
+        ax = check_axis(axis, sp)
+        if isinstance(missing_slices, str):
+            if missing_slices != "auto":
+                raise InputError(f"missing slices must be indices or 'auto', not {missing_slices!r}")
+            found = detect_blank_slices(volume, ax)
+            if not found:
+                raise InputError(f"no blank slices found along axis {ax}; nothing to inpaint")
+            missing_slices = found
+        m = slices_mask(volume.shape, missing_slices, ax)
+        axis = ax
+    n = int(m.sum())
+    if n == 0:
+        raise InputError("the mask is empty (no non-zero voxels); paint the region to fill first")
+    if n > 0.9 * m.size:
+        raise InputError(f"the mask covers {100 * n / m.size:.0f}% of the volume; at least 10% must be known to inpaint")
+    prep = prepare(volume, sp, model.config, axis)
+    mm = prep.mask_to_model(m)
+    p = Progress(prep.data.shape[0], progress, cancel)
+    p.check()
+    pred = run_network(model, np.where(mm, 0.0, prep.data).astype(np.float32), mm, prep.stride, p)
+    filled = prep.to_original(np.clip(pred, 0, None))
+    out = volume.astype(np.float32, copy=True)
+    out[m] = filled[m]
+    return out

@@ -1,0 +1,125 @@
+"""Network architectures, built from MONAI blocks.
+
+``SliceVAE`` is a 2.5D context-encoding VAE (after Zimmerer et al., MICCAI 2019): the encoder sees
+``2*context+1`` neighbouring slices with masked voxels zeroed plus one mask channel per slice, and
+the decoder predicts the clean centre slice. The bottleneck (1/4 resolution, ``latent_channels``)
+is variational (mu, log-variance, KL to N(0, I)). Encoder-to-decoder skip connections carry fine
+detail for denoising and inpainting; during training they are dropped for a fraction of samples
+(``skip_drop``), which keeps the decoder able to generate from the latent alone (``sample``).
+
+Tensors: input B x 2K x H x W (K = 2*context+1; first K channels intensities, last K masks),
+output B x 1 x H x W; H and W must be multiples of 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from monai.networks.blocks import Convolution, ResidualUnit
+from torch import nn
+
+
+@dataclass
+class SliceVAEConfig:
+    """Architecture hyper-parameters; round-trips through the model's JSON config."""
+
+    context: int = 2
+    channels: tuple[int, int, int] = (16, 32, 64)
+    latent_channels: int = 8
+    norm_groups: int = 8
+    type: str = field(default="SliceVAE")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SliceVAEConfig:
+        d = dict(d)
+        if d.get("type", "SliceVAE") != "SliceVAE":
+            raise ValueError(f"unknown architecture type {d.get('type')!r}; this version knows 'SliceVAE'")
+        d["channels"] = tuple(int(c) for c in d.get("channels", (16, 32, 64)))
+        if len(d["channels"]) != 3 or min(d["channels"]) < 1:
+            raise ValueError(f"architecture.channels must be 3 positive integers, not {d['channels']}")
+        for c in d["channels"]:
+            if c % int(d.get("norm_groups", 8)):
+                raise ValueError(f"every channel count must be a multiple of norm_groups ({d.get('norm_groups', 8)})")
+        return cls(**d)
+
+    @property
+    def slices(self) -> int:
+        return 2 * self.context + 1
+
+
+def _conv(cin: int, cout: int, groups: int, strides: int = 1, transposed: bool = False) -> nn.Module:
+    return Convolution(
+        spatial_dims=2, in_channels=cin, out_channels=cout, strides=strides, kernel_size=3,
+        act="SWISH", norm=("GROUP", {"num_groups": groups}), is_transposed=transposed,
+        **({"output_padding": strides - 1} if transposed else {}),
+    )
+
+
+def _res(c: int, groups: int) -> nn.Module:
+    return ResidualUnit(spatial_dims=2, in_channels=c, out_channels=c, subunits=2, act="SWISH",
+                        norm=("GROUP", {"num_groups": groups}))
+
+
+class SliceVAE(nn.Module):
+    """2.5D context-encoding VAE with droppable skip connections (see module docstring)."""
+
+    def __init__(self, cfg: SliceVAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        c0, c1, c2, g = *cfg.channels, cfg.norm_groups
+        k = cfg.slices
+        self.enc0 = nn.Sequential(_conv(2 * k, c0, g), _conv(c0, c0, g))
+        self.enc1 = nn.Sequential(_conv(c0, c1, g, strides=2), _res(c1, g))
+        self.enc2 = nn.Sequential(_conv(c1, c2, g, strides=2), _res(c2, g))
+        self.to_latent = nn.Conv2d(c2, 2 * cfg.latent_channels, 1)
+        self.from_latent = nn.Sequential(nn.Conv2d(cfg.latent_channels, c2, 1), _res(c2, g))
+        self.up1 = _conv(c2, c1, g, strides=2, transposed=True)
+        self.dec1 = nn.Sequential(_conv(2 * c1, c1, g), _res(c1, g))
+        self.up0 = _conv(c1, c0, g, strides=2, transposed=True)
+        self.dec0 = _conv(2 * c0, c0, g)
+        self.out = nn.Conv2d(c0, 1, 1)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Return (mu, logvar, skips) for input B x 2K x H x W."""
+        s0 = self.enc0(x)
+        s1 = self.enc1(s0)
+        h = self.enc2(s1)
+        mu, logvar = self.to_latent(h).chunk(2, dim=1)
+        return mu, logvar.clamp(-12.0, 8.0), [s0, s1]
+
+    def decode(self, z: torch.Tensor, skips: list[torch.Tensor] | None, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode latent z (B x L x H/4 x W/4); ``skips`` None means generate from the latent alone."""
+        h = self.from_latent(z)
+        h = self.up1(h)
+        s1 = torch.zeros_like(h) if skips is None else skips[1]
+        if gate is not None and skips is not None:
+            s1 = s1 * gate
+        h = self.dec1(torch.cat([h, s1], dim=1))
+        h = self.up0(h)
+        s0 = torch.zeros_like(h) if skips is None else skips[0]
+        if gate is not None and skips is not None:
+            s0 = s0 * gate
+        h = self.dec0(torch.cat([h, s0], dim=1))
+        return self.out(h)
+
+    def forward(self, x: torch.Tensor, *, sample_latent: bool = False, gate: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (prediction B x 1 x H x W, mu, logvar). ``sample_latent`` draws z ~ q(z|x)."""
+        mu, logvar, skips = self.encode(x)
+        if sample_latent:
+            eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+            z = mu + eps * torch.exp(0.5 * logvar)
+        else:
+            z = mu
+        return self.decode(z, skips, gate), mu, logvar
+
+
+def build_network(arch: dict) -> SliceVAE:
+    """Build the network that a model config's ``architecture`` entry describes."""
+    return SliceVAE(SliceVAEConfig.from_dict(arch))

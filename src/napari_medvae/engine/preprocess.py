@@ -1,0 +1,153 @@
+"""Input checks, intensity normalisation and in-plane resampling to the model's grid, and back.
+
+The network works on slices along one array axis. Slices are resampled in-plane to the model's
+``spacing_mm``; along the slice axis nothing is resampled, instead the neighbours given as context
+are taken ``stride`` slices apart so they lie about ``slice_spacing_mm`` apart (so a missing slice
+stays exactly one slice and known slices are never blurred into it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+
+MIN_INPLANE = 16  # pixels at model resolution: below this the network has no field of view to use
+
+
+def check_volume(volume: np.ndarray, name: str = "volume") -> None:
+    """Raise InputError unless ``volume`` is a finite, non-constant, real 3D array."""
+    if not isinstance(volume, np.ndarray):
+        raise InputError(f"{name} must be a numpy array, not {type(volume).__name__}")
+    if volume.ndim != 3:
+        hint = " (RGB/colour images are not supported)" if volume.ndim == 4 and volume.shape[-1] in (3, 4) else ""
+        extra = "; pick one volume (e.g. --volume-index)" if volume.ndim > 3 and not hint else ""
+        raise InputError(f"{name} has shape {volume.shape} ({volume.ndim}D){hint}; a 3D volume is expected{extra}")
+    if volume.dtype == bool:
+        raise InputError(f"{name} is boolean (a mask?); an intensity volume is expected")
+    if np.iscomplexobj(volume):
+        raise InputError(f"{name} is complex-valued; pass the magnitude image")
+    if not np.issubdtype(volume.dtype, np.number):
+        raise InputError(f"{name} has dtype {volume.dtype}; a numeric volume is expected")
+    if min(volume.shape) < 3:
+        raise InputError(f"{name} has shape {volume.shape}: every axis needs at least 3 voxels")
+    if np.issubdtype(volume.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(volume)))
+        if bad:
+            raise InputError(f"{name} has {bad} NaN/Inf voxels; replace them (e.g. with 0) before processing")
+    lo, hi = volume.min(), volume.max()
+    if lo == hi:
+        raise InputError(f"{name} is constant (every voxel = {lo}); there is no image to process")
+
+
+def check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+    """Validate a (z, y, x) spacing in mm."""
+    try:
+        sp = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise InputError(f"spacing must be 3 numbers (z, y, x) in mm, not {spacing!r}") from None
+    if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
+        raise InputError(f"spacing must be 3 positive finite numbers (z, y, x) in mm, not {spacing!r}")
+    if max(sp) / min(sp) > 50:
+        raise InputError(f"spacing {sp} is more than 50x anisotropic; resample the volume first")
+    return sp  # type: ignore[return-value]
+
+
+def default_axis(spacing: Sequence[float]) -> int:
+    """Slice axis = the array axis with the largest spacing (acquisition axis); ties -> axis 0."""
+    sp = np.asarray(spacing, dtype=float)
+    return int(np.flatnonzero(np.isclose(sp, sp.max(), rtol=1e-3))[0])
+
+
+def check_axis(axis: int | None, spacing: Sequence[float]) -> int:
+    if axis is None:
+        return default_axis(spacing)
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool) or not 0 <= int(axis) <= 2:
+        raise InputError(f"axis must be 0, 1 or 2, not {axis!r}")
+    return int(axis)
+
+
+def intensity_scale(volume: np.ndarray, percentile: float) -> float:
+    """The intensity that maps to 1.0: the given percentile of the volume (subsampled for speed)."""
+    sub = volume[::2, ::2, ::2] if volume.size > 2_000_000 else volume
+    scale = float(np.percentile(sub, percentile))
+    if scale <= 0:
+        scale = float(volume.max())
+    if scale <= 0:
+        raise InputError("volume has no positive intensities; the model expects magnitude images (>= 0)")
+    return scale
+
+
+@dataclass
+class Prepared:
+    """A volume on the model's grid: ``data`` is (slices, H, W) float32, normalised, slice axis first."""
+
+    data: np.ndarray
+    scale: float
+    axis: int
+    shape: tuple[int, int, int]  # original array shape
+    inplane: tuple[int, int]  # original in-plane shape (after moving the slice axis first)
+    stride: int
+    spacing: tuple[float, float, float]
+
+    @property
+    def resampled(self) -> bool:
+        return tuple(self.data.shape[1:]) != tuple(self.inplane)
+
+    def mask_to_model(self, mask: np.ndarray) -> np.ndarray:
+        """Bring a bool mask (original grid) to the model grid; any overlap counts as masked."""
+        m = np.moveaxis(mask, self.axis, 0).astype(np.float32)
+        if self.resampled:
+            m = resize_inplane(m, self.data.shape[1:], antialias=True)
+        return m > 1e-3
+
+    def to_original(self, arr: np.ndarray, *, denormalise: bool = True) -> np.ndarray:
+        """Bring a (slices, H, W) model-grid array back to the original grid and intensity units."""
+        out = arr
+        if self.resampled:
+            out = resize_inplane(out, self.inplane, antialias=False)
+        if denormalise:
+            out = out * np.float32(self.scale)
+        return np.ascontiguousarray(np.moveaxis(out, 0, self.axis)).astype(np.float32, copy=False)
+
+
+def resize_inplane(stack: np.ndarray, size: Sequence[int], *, antialias: bool) -> np.ndarray:
+    """Bilinear in-plane resize of a (S, H, W) stack, in chunks of slices to bound memory."""
+    import torch
+    import torch.nn.functional as F
+
+    out = np.empty((stack.shape[0], *size), dtype=np.float32)
+    step = max(1, int(32_000_000 // max(1, stack.shape[1] * stack.shape[2] + size[0] * size[1])))
+    for i in range(0, stack.shape[0], step):
+        t = torch.from_numpy(np.ascontiguousarray(stack[i : i + step], dtype=np.float32))[:, None]
+        r = F.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False,
+                          antialias=antialias)
+        out[i : i + step] = r[:, 0].numpy()
+    return out
+
+
+def prepare(volume: np.ndarray, spacing: Sequence[float], config, axis: int | None = None) -> Prepared:
+    """Check, normalise and resample a volume for the model described by ``config``."""
+    check_volume(volume)
+    sp = check_spacing(spacing)
+    ax = check_axis(axis, sp)
+    scale = intensity_scale(volume, float(config.normalization["percentile"]))
+    moved = np.moveaxis(volume, ax, 0)
+    inplane_sp = [s for i, s in enumerate(sp) if i != ax]
+    inplane = tuple(int(n) for n in moved.shape[1:])
+    target = tuple(max(1, int(round(n * s / config.spacing_mm))) for n, s in zip(inplane, inplane_sp, strict=True))
+    if all(abs(t - n) <= 1 and abs(s / config.spacing_mm - 1) < 0.05 for t, n, s in zip(target, inplane, inplane_sp, strict=True)):
+        target = inplane
+    if min(target) < MIN_INPLANE:
+        raise InputError(
+            f"volume is too small: its slices are {inplane} voxels of {inplane_sp} mm, i.e. {target} at the model's "
+            f"{config.spacing_mm} mm; at least {MIN_INPLANE} pixels per side are needed"
+        )
+    data = moved.astype(np.float32) / np.float32(scale)
+    if target != inplane:
+        data = resize_inplane(data, target, antialias=True)
+    stride = max(1, int(round(config.slice_spacing_mm / sp[ax])))
+    return Prepared(np.ascontiguousarray(data), scale, ax, tuple(volume.shape), inplane, stride, sp)

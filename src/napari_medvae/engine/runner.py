@@ -1,0 +1,167 @@
+"""Batched 2.5D slice inference: device, AMP, memory-bounded batches, progress and cancellation.
+
+Only slices whose context holds some signal (or some masked voxels) go through the network, and
+only inside the in-plane bounding box of the signal; the rest of the output keeps the input.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..errors import Cancelled, InputError
+from .model import Model
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+
+class Progress:
+    """Counts work units over several passes and forwards them to a ``progress(done, total)`` callback."""
+
+    def __init__(self, total: int, callback: ProgressFn | None = None, cancel: CancelFn | None = None):
+        self.total = max(1, int(total))
+        self.done = 0
+        self.callback = callback
+        self.cancel = cancel
+
+    def check(self) -> None:
+        """Raise Cancelled if the user asked to stop."""
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("cancelled by the user; nothing was written")
+
+    def step(self, n: int = 1) -> None:
+        self.done = min(self.total, self.done + n)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+        self.check()
+
+
+def context_stack(data: np.ndarray, mask: np.ndarray | None, idx: np.ndarray, context: int, stride: int) -> np.ndarray:
+    """Network input for centre slices ``idx``: B x 2K x H x W (masked intensities, then masks).
+
+    Neighbours are ``stride`` slices apart; beyond the volume's ends they count as masked (unknown).
+    """
+    offsets = np.arange(-context, context + 1) * stride
+    nb = idx[:, None] + offsets[None, :]
+    outside = (nb < 0) | (nb >= data.shape[0])
+    nbc = np.clip(nb, 0, data.shape[0] - 1)
+    img = data[nbc]
+    m = np.broadcast_to(outside[:, :, None, None], img.shape).astype(np.float32)
+    if mask is not None:
+        m = np.maximum(m, mask[nbc].astype(np.float32))
+    return np.concatenate([img * (1.0 - m), m], axis=1).astype(np.float32, copy=False)
+
+
+def signal_box(data: np.ndarray, mask: np.ndarray | None, margin: int = 6) -> tuple[np.ndarray, slice, slice]:
+    """(slices worth running, y-range, x-range) covering the signal (>2 % of scale) and the mask."""
+    sig = data > 0.02
+    if mask is not None:
+        sig = sig | mask
+    per_slice = sig.any(axis=(1, 2))
+    if not per_slice.any():
+        return np.zeros(0, dtype=int), slice(0, 0), slice(0, 0)
+    plane = sig.any(axis=0)
+    ys, xs = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    h, w = data.shape[1:]
+    y0, y1 = max(0, ys[0] - margin), min(h, ys[-1] + 1 + margin)
+    x0, x1 = max(0, xs[0] - margin), min(w, xs[-1] + 1 + margin)
+    return np.flatnonzero(per_slice), slice(y0, y1), slice(x0, x1)
+
+
+def _pad4(n: int) -> int:
+    return (-n) % 4
+
+
+def auto_batch_size(model: Model, h: int, w: int) -> int:
+    """Slices per batch from free memory: ~60 % of free GPU memory, or a 1.5 GB budget on CPU."""
+    c0 = model.config.architecture["channels"][0]
+    per_slice = h * w * 4 * (c0 * 10 + 4 * model.net.cfg.slices)  # bytes of live activations, rough
+    if model.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(model.device)
+        budget = 0.6 * free
+        cap = 256
+    else:
+        budget = 1.5e9
+        cap = 32
+    return int(max(1, min(cap, budget // max(1, per_slice))))
+
+
+def run_network(
+    model: Model,
+    data: np.ndarray,
+    mask: np.ndarray | None,
+    stride: int,
+    progress: Progress,
+    *,
+    sample_latent: bool = False,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+) -> np.ndarray:
+    """Predict every slice of ``data`` (S x H x W, normalised); returns S x H x W float32."""
+    net = model.net
+    context = net.cfg.context
+    out = data.copy()
+    slices, ys, xs = signal_box(data, mask)
+    if len(slices) == 0:
+        return out
+    sub = data[:, ys, xs]
+    msub = None if mask is None else mask[:, ys, xs]
+    h, w = sub.shape[1:]
+    ph, pw = _pad4(h), _pad4(w)
+    bs = batch_size or auto_batch_size(model, h + ph, w + pw)
+    i = 0
+    while i < len(slices):
+        progress.check()
+        idx = slices[i : i + bs]
+        x = context_stack(sub, msub, idx, context, stride)
+        if ph or pw:
+            x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)))
+            pad_mask = np.zeros(x.shape[2:], dtype=bool)
+            pad_mask[h:, :] = True
+            pad_mask[:, w:] = True
+        try:
+            pred = _forward(model, x, sample_latent, generator)
+        except torch.OutOfMemoryError:
+            if bs > 1:
+                bs = max(1, bs // 2)
+                warnings.warn(f"out of memory on {model.device}; retrying with {bs} slices per batch", stacklevel=2)
+                if model.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            if model.device.type != "cpu":
+                warnings.warn(f"out of memory on {model.device} even with 1 slice per batch; falling back to CPU", stacklevel=2)
+                model.to("cpu")
+                continue
+            raise
+        out[idx, ys, xs] = pred[:, 0, :h, :w]
+        i += len(idx)
+        progress.step(len(idx))
+    return out
+
+
+def _forward(model: Model, x: np.ndarray, sample_latent: bool, generator: torch.Generator | None) -> np.ndarray:
+    t = torch.from_numpy(x).to(model.device, non_blocking=True)
+    if model.device.type == "cuda":
+        t = t.contiguous(memory_format=torch.channels_last)
+    amp = model.amp_dtype
+    with torch.inference_mode(), torch.autocast(model.device.type, dtype=amp, enabled=amp is not None):
+        pred, _, _ = model.net(t, sample_latent=sample_latent, generator=generator)
+    return pred.float().cpu().numpy()
+
+
+def check_mask(mask: np.ndarray, shape: tuple[int, ...], name: str = "mask") -> np.ndarray:
+    """Validate a mask on the volume's grid; returns it as bool (non-zero = selected)."""
+    if not isinstance(mask, np.ndarray):
+        raise InputError(f"{name} must be a numpy array, not {type(mask).__name__}")
+    if mask.shape != tuple(shape):
+        raise InputError(f"{name} has shape {mask.shape} but the volume has shape {tuple(shape)}; they must share a grid")
+    if np.issubdtype(mask.dtype, np.floating) and not np.isfinite(mask).all():
+        raise InputError(f"{name} contains NaN/Inf values")
+    return mask != 0
