@@ -1,0 +1,610 @@
+"""Tests for napari_medvae.io: geometry, readers, writers and every refusal path."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from napari_medvae import io as mio
+from napari_medvae.errors import InputError, MedVAEError, VolumeReadError, VolumeWriteError
+from napari_medvae.io import (
+    SUPPORTED_EXTENSIONS,
+    Geometry,
+    check_output_path,
+    is_supported_path,
+    read_volume,
+    write_volume,
+)
+
+EXTS = [".nii", ".nii.gz", ".nrrd", ".mha", ".mhd"]
+
+
+def rotation(seed: int) -> np.ndarray:
+    """A random proper rotation matrix (det +1), deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q @ np.diag(np.sign(np.diag(r)))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def oblique_geometry(seed: int = 0) -> Geometry:
+    rng = np.random.default_rng(seed)
+    return Geometry(
+        spacing=tuple(rng.uniform(0.4, 3.0, 3)),
+        origin=tuple(rng.uniform(-150, 150, 3)),
+        direction=tuple(rotation(seed).ravel()),
+    )
+
+
+def random_array(shape, dtype, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind == "f":
+        return rng.normal(size=shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, int(info.max) + 1, size=shape, dtype=dtype)
+
+
+def assert_geometry_close(a: Geometry, b: Geometry, tol: float = 1e-6) -> None:
+    # NIfTI stores geometry as float32: compare to 1e-6 relative (absolute for small values)
+    np.testing.assert_allclose(a.spacing, b.spacing, rtol=tol, atol=tol)
+    np.testing.assert_allclose(a.origin, b.origin, rtol=tol, atol=tol)
+    np.testing.assert_allclose(a.direction, b.direction, rtol=0, atol=tol)
+
+
+def sitk_image(array: np.ndarray, geom: Geometry) -> sitk.Image:
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(geom.spacing[::-1])
+    img.SetOrigin(geom.origin)
+    img.SetDirection(geom.direction)
+    return img
+
+
+def listing(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------
+# Round trips
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", EXTS)
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
+def test_round_trip_every_format(tmp_path, ext, dtype):
+    geom = oblique_geometry(seed=3)
+    arr = random_array((6, 7, 8), dtype, seed=1)
+    out = write_volume(tmp_path / f"vol{ext}", arr, geom)
+    assert out == (tmp_path / f"vol{ext}").resolve()
+    back, g2 = read_volume(out)
+    assert back.dtype == np.dtype(dtype)
+    assert back.shape == (6, 7, 8)
+    np.testing.assert_array_equal(back, arr)
+    assert_geometry_close(g2, geom)
+    # only the output (and, for .mhd, its data file) is left: no temp files
+    expected = ["vol.mhd", "vol.raw"] if ext == ".mhd" else [f"vol{ext}"]
+    assert listing(tmp_path) == expected
+
+
+@pytest.mark.parametrize("ext", [".nrrd", ".mha", ".mhd"])
+def test_double_precision_formats_are_exact(tmp_path, ext):
+    geom = oblique_geometry(seed=5)
+    arr = random_array((6, 7, 8), np.int16)
+    _, g2 = read_volume(write_volume(tmp_path / f"v{ext}", arr, geom))
+    assert_geometry_close(g2, geom, tol=1e-12)
+
+
+def test_write_converts_bool_and_float64(tmp_path):
+    g = Geometry.identity((2.0, 1.0, 0.5))
+    b, _ = read_volume(write_volume(tmp_path / "m.nii.gz", np.ones((4, 5, 6), bool), g))
+    assert b.dtype == np.uint8 and b.sum() == 4 * 5 * 6
+    f = np.linspace(0, 1, 120).reshape(4, 5, 6)
+    a, g2 = read_volume(write_volume(tmp_path / "f.mha", f, g))
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(a, f, rtol=1e-6)
+    assert g2 == g
+
+
+def test_write_accepts_geometry_dict_and_overwrites_plain_output(tmp_path):
+    g = oblique_geometry(1)
+    target = tmp_path / "o.nrrd"
+    write_volume(target, np.zeros((3, 4, 5), np.uint8), g.to_dict())
+    write_volume(target, np.full((3, 4, 5), 7, np.uint8), g)
+    a, _ = read_volume(target)
+    assert (a == 7).all()
+
+
+def test_mhd_header_points_at_final_data_file(tmp_path):
+    write_volume(tmp_path / "brain.mhd", np.zeros((3, 4, 5), np.int16), Geometry.identity())
+    header = (tmp_path / "brain.mhd").read_text(errors="replace")
+    assert "ElementDataFile = brain.raw" in header
+    assert "tmp" not in header
+
+
+def test_uppercase_extension(tmp_path):
+    arr = random_array((3, 4, 5), np.int16)
+    write_volume(tmp_path / "UP.NII.GZ", arr, Geometry.identity())
+    a, _ = read_volume(tmp_path / "UP.NII.GZ")
+    np.testing.assert_array_equal(a, arr)
+
+
+# ------------------------------------------------------------------------------------------------
+# Geometry
+# ------------------------------------------------------------------------------------------------
+
+
+def test_geometry_dict_round_trip_and_identity():
+    g = oblique_geometry(2)
+    assert Geometry.from_dict(g.to_dict()) == g
+    i = Geometry.identity((3.0, 1.0, 1.0))
+    assert i.spacing == (3.0, 1.0, 1.0)
+    assert i.origin == (0.0, 0.0, 0.0)
+    assert i.direction == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    assert "affine" not in i.napari_kwargs()
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ({"spacing": [1, 1], "origin": [0, 0, 0], "direction": list(np.eye(3).ravel())}, "spacing"),
+        ({"spacing": [1, 0, 1], "origin": [0, 0, 0], "direction": list(np.eye(3).ravel())}, "positive"),
+        ({"spacing": [1, -2, 1], "origin": [0, 0, 0], "direction": list(np.eye(3).ravel())}, "positive"),
+        (
+            {"spacing": [1, float("nan"), 1], "origin": [0, 0, 0], "direction": list(np.eye(3).ravel())},
+            "finite",
+        ),
+        (
+            {"spacing": [1, 1, 1], "origin": [0, float("inf"), 0], "direction": list(np.eye(3).ravel())},
+            "finite",
+        ),
+        ({"spacing": [1, 1, 1], "origin": [0, 0, 0], "direction": [1, 0, 0, 0, 1, 0]}, "direction"),
+        (
+            {"spacing": [1, 1, 1], "origin": [0, 0, 0], "direction": [2, 0, 0, 0, 1, 0, 0, 0, 1]},
+            "orthonormal",
+        ),
+        (
+            {"spacing": [1, 1, 1], "origin": [0, 0, 0], "direction": [1, 1, 0, 0, 1, 0, 0, 0, 1]},
+            "orthonormal",
+        ),
+        ({"spacing": [1, 1, 1], "origin": [0, 0, 0]}, "missing direction"),
+        ({"spacing": ["a", 1, 1], "origin": [0, 0, 0], "direction": list(np.eye(3).ravel())}, "spacing"),
+    ],
+)
+def test_geometry_from_dict_validates(bad, words):
+    with pytest.raises(InputError, match=words):
+        Geometry.from_dict(bad)
+
+
+def test_index_to_world_matches_simpleitk():
+    g = oblique_geometry(7)
+    img = sitk_image(np.zeros((6, 7, 8), np.uint8), g)
+    for zyx in [(0, 0, 0), (5, 6, 7), (1.5, 2.25, 3.75), (-1.0, 4.0, 10.0)]:
+        expected = img.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in zyx[::-1]))
+        np.testing.assert_allclose(g.index_to_world(zyx), expected, atol=1e-9)
+        np.testing.assert_allclose(g.world_to_index(expected), zyx, atol=1e-9)
+
+
+def napari_world(kwargs: dict, zyx) -> np.ndarray:
+    """What napari computes: affine @ (index * scale + translate)."""
+    data = np.asarray(zyx, float) * np.asarray(kwargs["scale"]) + np.asarray(kwargs["translate"])
+    a = np.asarray(kwargs.get("affine", np.eye(4)))
+    return a[:3, :3] @ data + a[:3, 3]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_napari_kwargs_place_voxels_at_reversed_physical_points(seed):
+    g = oblique_geometry(seed)
+    kw = g.napari_kwargs()
+    assert kw["scale"] == list(g.spacing)
+    assert kw["translate"] == list(g.origin[::-1])
+    assert kw["metadata"] == {"medvae_geometry": g.to_dict()}
+    assert np.asarray(kw["affine"]).shape == (4, 4)
+    for zyx in [(0, 0, 0), (5, 6, 7), (2, 0, 3)]:
+        np.testing.assert_allclose(napari_world(kw, zyx), g.index_to_world(zyx)[::-1], atol=1e-9)
+
+
+def test_napari_kwargs_agree_with_napari_transforms():
+    transforms = pytest.importorskip("napari.utils.transforms")
+    g = oblique_geometry(4)
+    kw = g.napari_kwargs()
+    chain = transforms.TransformChain(
+        [
+            transforms.CompositeAffine(kw["scale"], kw["translate"], ndim=3),
+            transforms.Affine(affine_matrix=kw["affine"], ndim=3),
+        ]
+    )
+    for zyx in [(0, 0, 0), (5, 6, 7), (1, 2, 3)]:
+        np.testing.assert_allclose(chain(np.asarray(zyx, float)), g.index_to_world(zyx)[::-1], atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_from_layer_kwargs_round_trip(seed):
+    g = oblique_geometry(seed)
+    kw = g.napari_kwargs()
+    # with metadata: exact
+    assert Geometry.from_layer_kwargs(kw["scale"], kw["translate"], kw["affine"], kw["metadata"]) == g
+    # without metadata: rebuilt from scale/translate/affine (4x4 array, 3x3 array, Affine-like)
+    rebuilt = Geometry.from_layer_kwargs(kw["scale"], kw["translate"], kw["affine"])
+    assert_geometry_close(rebuilt, g, tol=1e-9)
+
+    class AffineLike:
+        affine_matrix = kw["affine"]
+
+    assert_geometry_close(Geometry.from_layer_kwargs(kw["scale"], kw["translate"], AffineLike()), g, tol=1e-9)
+    # a 3x3 rotation with the translate folded in the napari way
+    rot = np.asarray(kw["affine"])[:3, :3]
+    t3 = np.linalg.solve(rot, np.asarray(g.origin[::-1]))
+    assert_geometry_close(Geometry.from_layer_kwargs(kw["scale"], t3, rot), g, tol=1e-9)
+
+
+def test_from_layer_kwargs_axis_aligned_and_stale_metadata():
+    g = Geometry(spacing=(3, 1, 0.5), origin=(10, 20, 30))
+    kw = g.napari_kwargs()
+    assert Geometry.from_layer_kwargs(kw["scale"], kw["translate"]) == g
+    assert Geometry.from_layer_kwargs(kw["scale"], kw["translate"], None, kw["metadata"]) == g
+    # the user changed the layer scale: the stale metadata must not win
+    changed = Geometry.from_layer_kwargs([2, 1, 0.5], kw["translate"], None, kw["metadata"])
+    assert changed.spacing == (2.0, 1.0, 0.5)
+    assert changed.origin == g.origin
+    # metadata alone
+    assert Geometry.from_layer_kwargs(None, None, None, kw["metadata"]) == g
+
+
+def test_from_layer_kwargs_refuses_non_3d_and_shear():
+    with pytest.raises(InputError, match="3D layer"):
+        Geometry.from_layer_kwargs([1, 1], [0, 0])
+    shear = np.eye(4)
+    shear[0, 1] = 0.5
+    with pytest.raises(InputError, match="shear"):
+        Geometry.from_layer_kwargs([1, 1, 1], [0, 0, 0], shear)
+
+
+# ------------------------------------------------------------------------------------------------
+# DICOM
+# ------------------------------------------------------------------------------------------------
+
+
+def write_dicom_series(directory: Path, array: np.ndarray, geom: Geometry, series_uid: str) -> None:
+    """Write a (z, y, x) int16 volume as one DICOM file per slice (SimpleITK's series example)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    img = sitk_image(array.astype(np.int16), geom)
+    d = geom.direction
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    common = [
+        ("0008|0031", "120000"),
+        ("0008|0021", "20240101"),
+        ("0008|0008", "DERIVED\\SECONDARY"),
+        ("0020|000e", series_uid),
+        ("0020|000d", series_uid + ".1"),
+        ("0020|0037", "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7]))),
+        ("0008|103e", "test series"),
+        ("0008|0060", "MR"),
+        ("0018|0050", str(geom.spacing[0])),
+    ]
+    for i in range(img.GetDepth()):
+        sl = img[:, :, i]
+        for tag, value in common:
+            sl.SetMetaData(tag, value)
+        sl.SetMetaData("0008|0012", "20240101")
+        sl.SetMetaData("0008|0013", "120000")
+        sl.SetMetaData("0008|0018", f"{series_uid}.{i + 100}")
+        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, i))))
+        sl.SetMetaData("0020|0013", str(i + 1))
+        writer.SetFileName(str(directory / f"{series_uid[-3:]}_{i:03d}.dcm"))
+        writer.Execute(sl)
+
+
+def dicom_geometry(seed: int) -> Geometry:
+    rng = np.random.default_rng(seed)
+    # DICOM stores positions as decimal strings: keep the values short
+    return Geometry(
+        spacing=(2.5, 0.75, 0.5),
+        origin=tuple(np.round(rng.uniform(-100, 100, 3), 2)),
+        direction=tuple(np.round(rotation(seed), 12).ravel()),
+    )
+
+
+def test_dicom_series_read(tmp_path):
+    g = dicom_geometry(11)
+    arr = random_array((5, 7, 8), np.int16) // 16
+    write_dicom_series(tmp_path / "series", arr, g, "1.2.826.0.1.3680043.2.1125.1001")
+    back, g2 = read_volume(tmp_path / "series")
+    np.testing.assert_array_equal(back, arr)
+    assert back.shape == (5, 7, 8)
+    assert_geometry_close(g2, g, tol=1e-5)
+    assert is_supported_path(tmp_path / "series")
+    with pytest.raises(VolumeReadError, match="single 3D volume"):
+        read_volume(tmp_path / "series", volume_index=1)
+
+
+def test_dicom_mixed_series_directory(tmp_path):
+    g = dicom_geometry(12)
+    uid_a, uid_b = "1.2.826.0.1.3680043.2.1125.2001", "1.2.826.0.1.3680043.2.1125.2002"
+    write_dicom_series(tmp_path / "mixed", random_array((4, 5, 6), np.int16) // 16, g, uid_a)
+    b = random_array((3, 5, 6), np.int16, seed=9) // 16
+    write_dicom_series(tmp_path / "mixed", b, g, uid_b)
+    with pytest.raises(VolumeReadError) as info:
+        read_volume(tmp_path / "mixed")
+    msg = str(info.value)
+    assert "2 DICOM series" in msg
+    assert f"{uid_a} (4 files)" in msg and f"{uid_b} (3 files)" in msg
+    assert "series_uid" in msg
+    got, _ = read_volume(tmp_path / "mixed", series_uid=uid_b)
+    np.testing.assert_array_equal(got, b)
+    with pytest.raises(VolumeReadError, match="not in"):
+        read_volume(tmp_path / "mixed", series_uid="1.2.3")
+
+
+def test_directory_without_dicom(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(VolumeReadError, match="no DICOM series"):
+        read_volume(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Read errors
+# ------------------------------------------------------------------------------------------------
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(VolumeReadError, match="no such file"):
+        read_volume(tmp_path / "nope.nii.gz")
+
+
+@pytest.mark.parametrize("name", ["scan.png", "scan.txt", "scan.dcm"])
+def test_unsupported_extension(tmp_path, name):
+    (tmp_path / name).write_bytes(b"\x00" * 100)
+    with pytest.raises(VolumeReadError, match="unsupported file type") as info:
+        read_volume(tmp_path / name)
+    assert ".nii.gz" in str(info.value)
+    if name.endswith(".dcm"):
+        assert "directory" in str(info.value)
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_corrupt_file(tmp_path, ext):
+    p = tmp_path / f"junk{ext}"
+    p.write_bytes(np.random.default_rng(0).bytes(400))
+    with pytest.raises(VolumeReadError) as info:
+        read_volume(p)
+    msg = str(info.value)
+    assert str(p) in msg
+    assert "Traceback" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_truncated_file(tmp_path, ext):
+    arr = random_array((6, 7, 8), np.int16)
+    p = write_volume(tmp_path / f"full{ext}", arr, oblique_geometry(1))
+    data = p.read_bytes()
+    cut = tmp_path / f"cut{ext}"
+    cut.write_bytes(data[: len(data) // 2 + 120])  # keep the whole header, lose voxel data
+    with pytest.raises(VolumeReadError) as info:
+        read_volume(cut)
+    assert str(cut) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_mhd_with_missing_data_file(tmp_path):
+    write_volume(tmp_path / "a.mhd", np.zeros((3, 4, 5), np.int16), Geometry.identity())
+    (tmp_path / "a.raw").unlink()
+    with pytest.raises(VolumeReadError, match="a.mhd"):
+        read_volume(tmp_path / "a.mhd")
+
+
+def test_gigantic_header_fails_fast(tmp_path, monkeypatch):
+    (tmp_path / "huge.raw").write_bytes(b"\x00" * 64)
+    (tmp_path / "huge.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 100000 100000 100000\n"
+        "ElementType = MET_SHORT\nElementSpacing = 1 1 1\nElementDataFile = huge.raw\n"
+    )
+    calls = []
+    monkeypatch.setattr(sitk.ImageFileReader, "Execute", lambda self: calls.append(1))
+    with pytest.raises(VolumeReadError, match="too large|voxels") as info:
+        read_volume(tmp_path / "huge.mhd")
+    assert "100000 x 100000 x 100000" in str(info.value)
+    assert calls == []  # refused from the header alone
+
+
+def test_header_larger_than_available_memory(tmp_path, monkeypatch):
+    p = write_volume(tmp_path / "v.mha", np.zeros((6, 7, 8), np.float32), Geometry.identity())
+    monkeypatch.setattr(mio, "_available_memory", lambda: 1000)
+    with pytest.raises(VolumeReadError, match="memory available"):
+        read_volume(p)
+
+
+def test_2d_image(tmp_path):
+    p = tmp_path / "flat.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((7, 8), np.uint8)), str(p))
+    with pytest.raises(VolumeReadError, match=r"is 2D \(shape \(7, 8\)\); a 3D volume is expected"):
+        read_volume(p)
+
+
+def test_rgb_image(tmp_path):
+    p = tmp_path / "rgb.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 7, 8, 3), np.uint8), isVector=True), str(p))
+    with pytest.raises(VolumeReadError, match="3 values per voxel"):
+        read_volume(p)
+
+
+def test_complex_image(tmp_path):
+    p = tmp_path / "c.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 7, 8), np.complex64)), str(p))
+    with pytest.raises(VolumeReadError, match="complex"):
+        read_volume(p)
+
+
+@pytest.fixture
+def four_d(tmp_path):
+    vols = [random_array((4, 5, 6), np.int16, seed=s) for s in range(3)]
+    img = sitk.JoinSeries([sitk_image(v, Geometry(spacing=(3, 2, 1), origin=(1, 2, 3))) for v in vols])
+    p = tmp_path / "series4d.nii.gz"
+    sitk.WriteImage(img, str(p))
+    return p, vols
+
+
+def test_4d_without_index(four_d):
+    p, _ = four_d
+    with pytest.raises(VolumeReadError, match="holds 3 volumes") as info:
+        read_volume(p)
+    assert "volume_index" in str(info.value)
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_4d_with_index(four_d, index):
+    p, vols = four_d
+    arr, g = read_volume(p, volume_index=index)
+    np.testing.assert_array_equal(arr, vols[index])
+    assert_geometry_close(g, Geometry(spacing=(3, 2, 1), origin=(1, 2, 3)))
+
+
+@pytest.mark.parametrize("index", [3, -1])
+def test_4d_out_of_range_index(four_d, index):
+    p, _ = four_d
+    with pytest.raises(VolumeReadError, match="volume_index"):
+        read_volume(p, volume_index=index)
+
+
+def test_3d_with_nonzero_index(tmp_path):
+    p = write_volume(tmp_path / "v.nrrd", np.zeros((3, 4, 5), np.uint8), Geometry.identity())
+    assert read_volume(p, volume_index=0)[0].shape == (3, 4, 5)
+    with pytest.raises(VolumeReadError, match="single 3D volume"):
+        read_volume(p, volume_index=1)
+
+
+def test_errors_are_medvae_errors():
+    assert issubclass(VolumeReadError, MedVAEError) and issubclass(VolumeWriteError, MedVAEError)
+
+
+# ------------------------------------------------------------------------------------------------
+# Output paths and atomic writes
+# ------------------------------------------------------------------------------------------------
+
+
+def test_supported_extensions_and_helper(tmp_path):
+    assert SUPPORTED_EXTENSIONS == (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+    assert is_supported_path(tmp_path / "x.nii.gz")
+    assert is_supported_path(tmp_path / "x.MHA")
+    assert is_supported_path(tmp_path)
+    assert not is_supported_path(tmp_path / "x.png")
+    assert not is_supported_path(tmp_path / "x.gz")
+
+
+def test_check_output_path_ok(tmp_path):
+    assert (
+        check_output_path(tmp_path / "out.nii.gz", [tmp_path / "in.nii.gz"])
+        == (tmp_path / "out.nii.gz").resolve()
+    )
+
+
+def test_check_output_path_unsupported_extension(tmp_path):
+    with pytest.raises(VolumeWriteError, match=r"unsupported extension.*\.nii\.gz"):
+        check_output_path(tmp_path / "out.png")
+
+
+def test_check_output_path_missing_dir(tmp_path):
+    with pytest.raises(VolumeWriteError, match="does not exist"):
+        check_output_path(tmp_path / "nope" / "out.nii.gz")
+
+
+def test_check_output_path_read_only_dir(tmp_path, monkeypatch):
+    real_access = os.access
+    monkeypatch.setattr(
+        mio.os, "access", lambda p, mode: False if Path(p) == tmp_path.resolve() else real_access(p, mode)
+    )
+    with pytest.raises(VolumeWriteError, match="not writable"):
+        check_output_path(tmp_path / "out.nii.gz")
+
+
+def test_check_output_path_same_as_input(tmp_path):
+    inp = write_volume(tmp_path / "in.nii.gz", np.zeros((3, 4, 5), np.uint8), Geometry.identity())
+    with pytest.raises(VolumeWriteError, match="would overwrite the input"):
+        check_output_path(inp, [inp])
+    # the same file reached another way: "..", symlink
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(VolumeWriteError, match="would overwrite the input"):
+        check_output_path(tmp_path / "sub" / ".." / "in.nii.gz", [str(inp)])
+    link = tmp_path / "link.nii.gz"
+    link.symlink_to(inp)
+    with pytest.raises(VolumeWriteError, match="would overwrite the input"):
+        check_output_path(link, [inp])
+
+
+def test_check_output_path_existing_directory(tmp_path):
+    (tmp_path / "dir.nii").mkdir()
+    with pytest.raises(VolumeWriteError, match="directory"):
+        check_output_path(tmp_path / "dir.nii")
+
+
+def test_write_refuses_bad_input(tmp_path):
+    with pytest.raises(VolumeWriteError, match="3D"):
+        write_volume(tmp_path / "x.nii", np.zeros((4, 5)), Geometry.identity())
+    with pytest.raises(VolumeWriteError, match="unsupported extension"):
+        write_volume(tmp_path / "x.png", np.zeros((3, 4, 5)), Geometry.identity())
+    with pytest.raises(VolumeWriteError, match="does not exist"):
+        write_volume(tmp_path / "no" / "x.nii", np.zeros((3, 4, 5)), Geometry.identity())
+    with pytest.raises(VolumeWriteError, match="dtype"):
+        write_volume(tmp_path / "x.nii", np.zeros((3, 4, 5), np.complex64), Geometry.identity())
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_failed_write_leaves_nothing_and_keeps_existing_file(tmp_path, monkeypatch, ext):
+    target = tmp_path / f"out{ext}"
+    write_volume(target, np.full((3, 4, 5), 5, np.uint8), Geometry.identity())
+    before = {name: (tmp_path / name).read_bytes() for name in listing(tmp_path)}
+
+    def failing_write(image, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"partial")  # simulate a half-written temp file
+        raise RuntimeError("ITK ERROR: ImageFileWriter(0x1234): disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", failing_write)
+    with pytest.raises(VolumeWriteError, match="disk full") as info:
+        write_volume(target, np.zeros((3, 4, 5), np.uint8), Geometry.identity())
+    assert "\n" not in str(info.value)
+    assert {name: (tmp_path / name).read_bytes() for name in listing(tmp_path)} == before
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".mhd"])
+def test_failed_replace_leaves_no_temp(tmp_path, monkeypatch, ext):
+    def failing_replace(src, dst):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(mio.os, "replace", failing_replace)
+    with pytest.raises(VolumeWriteError, match="Permission denied"):
+        write_volume(tmp_path / f"o{ext}", np.zeros((3, 4, 5), np.uint8), Geometry.identity())
+    assert listing(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Property test
+# ------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.tuples(st.integers(2, 7), st.integers(2, 7), st.integers(2, 7)),
+    dtype=st.sampled_from([np.uint8, np.int16, np.float32]),
+    spacing=st.tuples(*[st.floats(0.1, 5.0)] * 3),
+    origin=st.tuples(*[st.floats(-300.0, 300.0)] * 3),
+    rot_seed=st.integers(0, 2**31 - 1),
+    ext=st.sampled_from([".nii.gz", ".mha"]),
+    data_seed=st.integers(0, 2**31 - 1),
+)
+def test_property_round_trip(shape, dtype, spacing, origin, rot_seed, ext, data_seed):
+    geom = Geometry(spacing=spacing, origin=origin, direction=tuple(rotation(rot_seed).ravel()))
+    arr = random_array(shape, dtype, seed=data_seed)
+    with tempfile.TemporaryDirectory() as d:
+        back, g2 = read_volume(write_volume(Path(d) / f"p{ext}", arr, geom))
+        assert back.dtype == arr.dtype
+        np.testing.assert_array_equal(back, arr)
+        assert_geometry_close(g2, geom, tol=1e-6 if ext.startswith(".nii") else 1e-12)
