@@ -71,10 +71,10 @@ def cast_like(out: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def _read(path: str, volume_index: int | None):
+def _read(path: str, volume_index: int | None, series_uid: str | None = None):
     from .io import read_volume
 
-    return read_volume(path, volume_index=volume_index)
+    return read_volume(path, volume_index=volume_index, series_uid=series_uid)
 
 
 def _out(path: str, *inputs: str | None) -> Path:
@@ -115,7 +115,7 @@ def cmd_volume_op(args) -> int:
     from .io import write_volume
 
     out = _out(args.output, args.input)
-    vol, geo = _read(args.input, args.volume_index)
+    vol, geo = _read(args.input, args.volume_index, args.series_uid)
     model = _model(args)
     fn = reconstruct if args.command == "reconstruct" else denoise
     res = _run(args.command, args, fn, model=model, volume=vol, spacing=geo.spacing, axis=file_axis_to_array(args.axis))
@@ -154,7 +154,7 @@ def cmd_inpaint(args) -> int:
     if (args.mask is None) == (args.missing_slices is None):
         raise InputError("give exactly one of --mask MASK or --missing-slices LIST|auto")
     out = _out(args.output, args.input, args.mask)
-    vol, geo = _read(args.input, args.volume_index)
+    vol, geo = _read(args.input, args.volume_index, args.series_uid)
     kw: dict = {}
     if args.mask is not None:
         m, mgeo = _read(args.mask, None)
@@ -197,7 +197,7 @@ def cmd_anomaly(args) -> int:
     outs = [p for p in (out, labels_out, report_out) if p is not None]
     if len(set(outs)) != len(outs):
         raise InputError("heatmap, labels and report must be different files")
-    vol, geo = _read(args.input, args.volume_index)
+    vol, geo = _read(args.input, args.volume_index, args.series_uid)
     bm = None
     if args.brain_mask:
         bm, _ = _read(args.brain_mask, None)
@@ -239,7 +239,7 @@ def cmd_uncertainty(args) -> int:
     from .io import write_volume
 
     out = _out(args.output, args.input)
-    vol, geo = _read(args.input, args.volume_index)
+    vol, geo = _read(args.input, args.volume_index, args.series_uid)
     model = _model(args)
     res = _run("uncertainty", args, uncertainty, model=model, volume=vol, spacing=geo.spacing, samples=args.samples,
                seed=args.seed, axis=file_axis_to_array(args.axis))
@@ -349,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     vol.add_argument("-o", "--output", required=True, help="output volume (same grid as the input)")
     vol.add_argument("--axis", type=int, help="slice along this voxel axis of the file (0, 1, 2); default: largest spacing, ties -> last")
     vol.add_argument("--volume-index", type=int, help="for 4D files: which 3D volume to use")
+    vol.add_argument("--series-uid", help="for DICOM folders with several series: which one to read")
 
     p = argparse.ArgumentParser(prog="medvae", description="VAE reconstruction, denoising, inpainting and anomaly maps for 3D MRI.")
     p.add_argument("--version", action="version", version=f"napari-medvae {__version__}")

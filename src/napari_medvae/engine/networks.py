@@ -2,7 +2,7 @@
 
 ``SliceVAE`` is a 2.5D context-encoding VAE (after Zimmerer et al., MICCAI 2019): the encoder sees
 ``2*context+1`` neighbouring slices with masked voxels zeroed plus one mask channel per slice, and
-the decoder predicts the clean centre slice. The bottleneck (1/4 resolution, ``latent_channels``)
+the decoder predicts the clean centre slice as a residual to the (masked) input centre slice. The bottleneck (1/4 resolution, ``latent_channels``)
 is variational (mu, log-variance, KL to N(0, I)). Encoder-to-decoder skip connections carry fine
 detail for denoising and inpainting; during training they are dropped for a fraction of samples
 (``skip_drop``), which keeps the decoder able to generate from the latent alone (``sample``).
@@ -108,6 +108,11 @@ class SliceVAE(nn.Module):
         h = self.dec0(torch.cat([h, s0], dim=1))
         return self.out(h)
 
+    def centre(self, x: torch.Tensor) -> torch.Tensor:
+        """The (masked, zero-filled) centre slice of the input: B x 1 x H x W."""
+        c = self.cfg.context
+        return x[:, c : c + 1]
+
     def forward(self, x: torch.Tensor, *, sample_latent: bool = False, gate: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (prediction B x 1 x H x W, mu, logvar). ``sample_latent`` draws z ~ q(z|x)."""
@@ -117,7 +122,10 @@ class SliceVAE(nn.Module):
             z = mu + eps * torch.exp(0.5 * logvar)
         else:
             z = mu
-        return self.decode(z, skips, gate), mu, logvar
+        # residual learning (as in DnCNN): the known centre slice is added back, gated with the skips so
+        # that a decoder without skips still learns to produce whole images
+        base = self.centre(x) if gate is None else self.centre(x) * gate
+        return self.decode(z, skips, gate) + base, mu, logvar
 
 
 def build_network(arch: dict) -> SliceVAE:

@@ -137,10 +137,12 @@ def corrupt(clean: np.ndarray, outside: np.ndarray, rng: np.random.Generator) ->
             for j in range(max(0, c - extent), min(k, c + extent + 1)):
                 mask[j] |= hole
             weight[hole] = np.maximum(weight[hole], 4.0)
-    if rng.random() < 0.25:  # missing slices: the centre one, sometimes a gap of 2-3
-        lo = c - (rng.integers(0, 2) if rng.random() < 0.4 else 0)
-        hi = c + (rng.integers(0, 2) if rng.random() < 0.4 else 0)
-        mask[lo : hi + 1] = True
+    if rng.random() < 0.3:  # missing slices: a run of 1-3 slices containing the centre one
+        length = int(rng.choice([1, 1, 2, 3]))
+        lo = c - int(rng.integers(0, length))
+        mask[max(0, lo) : lo + length] = True
+        if rng.random() < 0.2:  # and sometimes another missing slice further out
+            mask[int(rng.integers(0, k))] = True
         weight = np.maximum(weight, 3.0)
     img = np.where(mask, 0.0, img).astype(np.float32)
     return img, mask, weight

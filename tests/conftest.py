@@ -1,0 +1,42 @@
+"""Shared fixtures: the shipped model and the sample volumes (2 mm, MNI152-derived, held out from training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def model():
+    from napari_medvae.engine import load_model
+
+    return load_model(None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def read():
+    from napari_medvae.io import read_volume
+
+    cache: dict = {}
+
+    def _read(name: str):
+        if name not in cache:
+            cache[name] = read_volume(SAMPLE / name)
+        arr, geo = cache[name]
+        return arr.copy(), geo
+
+    return _read
+
+
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray, peak: float) -> float:
+    mse = float(np.mean((a[mask].astype(np.float64) - b[mask].astype(np.float64)) ** 2))
+    return 10 * np.log10(peak**2 / max(mse, 1e-12))

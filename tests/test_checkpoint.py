@@ -1,0 +1,98 @@
+"""Model files: safetensors + JSON only; everything else is refused with a clear message."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import pytest
+
+from napari_medvae.engine import ModelError, default_model_path, load_model
+from napari_medvae.engine.checkpoint import load_checkpoint, save_checkpoint
+
+
+@pytest.fixture()
+def model_copy(tmp_path):
+    src = default_model_path()
+    shutil.copy(src, tmp_path / "m.safetensors")
+    shutil.copy(src.with_suffix(".json"), tmp_path / "m.json")
+    return tmp_path / "m.safetensors"
+
+
+def test_default_model_loads_and_has_calibration():
+    m = load_model(None, device="cpu")
+    assert m.config.anomaly["threshold"] > 0
+    assert "training" in m.card()
+
+
+def test_save_load_round_trip(tmp_path, model_copy):
+    cfg, state = load_checkpoint(model_copy)
+    out = save_checkpoint(tmp_path / "copy", cfg, state)
+    cfg2, state2 = load_checkpoint(out)
+    assert cfg2 == cfg and all((state[k] == state2[k]).all() for k in state)
+
+
+def test_refuses_pickle_files(tmp_path):
+    p = tmp_path / "evil.pt"
+    p.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ModelError, match="pickle"):
+        load_model(p)
+
+
+def test_refuses_pickle_renamed_to_safetensors(tmp_path, model_copy):
+    model_copy.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ModelError, match="pickle"):
+        load_model(model_copy)
+
+
+def test_refuses_missing_config(model_copy):
+    model_copy.with_suffix(".json").unlink()
+    with pytest.raises(ModelError, match="config"):
+        load_model(model_copy)
+
+
+def test_refuses_config_of_other_architecture(model_copy):
+    j = model_copy.with_suffix(".json")
+    cfg = json.loads(j.read_text())
+    cfg["architecture"]["channels"] = [32, 64, 128]
+    j.write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="shape|match"):
+        load_model(model_copy)
+
+
+def test_refuses_newer_format(model_copy):
+    j = model_copy.with_suffix(".json")
+    cfg = json.loads(j.read_text())
+    cfg["format_version"] = 99
+    j.write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="newer"):
+        load_model(model_copy)
+
+
+@pytest.mark.parametrize("text, msg", [("{not json", "JSON"), ("[1, 2]", "object"), ('{"format_version": 1}', "architecture")])
+def test_refuses_bad_json(model_copy, text, msg):
+    model_copy.with_suffix(".json").write_text(text)
+    with pytest.raises(ModelError, match=msg):
+        load_model(model_copy)
+
+
+def test_refuses_truncated_weights(model_copy):
+    data = model_copy.read_bytes()
+    model_copy.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="safetensors"):
+        load_model(model_copy)
+
+
+def test_refuses_wrong_tensor_shapes(tmp_path, model_copy):
+    cfg, state = load_checkpoint(model_copy)
+    k = next(iter(state))
+    state[k] = state[k][:1].clone()
+    out = save_checkpoint(tmp_path / "bad", cfg, state)
+    with pytest.raises(ModelError, match="shape"):
+        load_model(out)
+
+
+def test_refuses_other_extensions(tmp_path):
+    with pytest.raises(ModelError, match="not a model file"):
+        load_model(tmp_path / "model.onnx")

@@ -1,0 +1,161 @@
+"""The ``medvae`` CLI, in process: real files out, same grid as the input, one-line errors, no partial files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from napari_medvae.cli import main, parse_slices
+from napari_medvae.io import read_volume
+
+S = "sample_data"
+
+
+def _same_grid(a, b):
+    va, ga = read_volume(a)
+    vb, gb = read_volume(b)
+    assert va.shape == vb.shape
+    np.testing.assert_allclose(ga.spacing, gb.spacing, rtol=1e-6)
+    np.testing.assert_allclose(ga.origin, gb.origin, atol=1e-4)
+    np.testing.assert_allclose(ga.direction, gb.direction, atol=1e-6)
+    return va, vb
+
+
+@pytest.mark.parametrize("cmd, src, ext", [
+    ("reconstruct", "mni_t1_lesion.nii.gz", ".nii.gz"),
+    ("denoise", "mni_t1_noisy.nii.gz", ".mha"),
+])
+def test_volume_commands_write_same_grid(tmp_path, sample_dir, cmd, src, ext):
+    out = tmp_path / f"out{ext}"
+    assert main([cmd, str(sample_dir / src), "-o", str(out), "-q"]) == 0
+    vin, vout = _same_grid(sample_dir / src, out)
+    assert vout.dtype == vin.dtype  # integer input -> same integer type
+
+
+def test_inpaint_missing_slices_auto_and_list(tmp_path, sample_dir, capsys):
+    src = sample_dir / "mni_t1_missing.nii.gz"
+    out = tmp_path / "auto.nrrd"
+    assert main(["inpaint", str(src), "-o", str(out), "--missing-slices", "auto"]) == 0
+    assert "30, 44, 45, 46, 60" in capsys.readouterr().out
+    vin, vout = _same_grid(src, out)
+    assert vout[30].any() and np.array_equal(vout[31], vin[31])
+    out2 = tmp_path / "list.nii.gz"
+    assert main(["inpaint", str(src), "-o", str(out2), "--missing-slices", "30,44-46,60", "--axis", "2", "-q"]) == 0
+    np.testing.assert_array_equal(read_volume(out)[0], read_volume(out2)[0])
+
+
+def test_inpaint_with_mask(tmp_path, sample_dir):
+    src = sample_dir / "mni_t1_lesion.nii.gz"
+    mask = sample_dir / "mni_t1_lesion_mask.nii.gz"
+    out = tmp_path / "filled.nii.gz"
+    assert main(["inpaint", str(src), "-o", str(out), "--mask", str(mask), "-q"]) == 0
+    vin, vout = _same_grid(src, out)
+    m = read_volume(mask)[0] > 0
+    np.testing.assert_array_equal(vin[~m], vout[~m])
+
+
+def test_anomaly_writes_heatmap_labels_and_report(tmp_path, sample_dir):
+    src = sample_dir / "mni_t1_lesion.nii.gz"
+    heat, lab, rep = tmp_path / "h.nii.gz", tmp_path / "l.nii.gz", tmp_path / "r.json"
+    assert main(["anomaly", str(src), "-o", str(heat), "--labels", str(lab), "--report", str(rep), "-q"]) == 0
+    _, h = _same_grid(src, heat)
+    _, labels = _same_grid(src, lab)
+    assert h.dtype == np.float32 and labels.max() >= 1
+    report = json.loads(rep.read_text())
+    c = report["candidates"][0]
+    assert {"voxels", "volume_mm3", "peak", "centroid_voxel_ijk", "centroid_world_xyz_mm"} <= set(c)
+    truth = read_volume(sample_dir / "mni_t1_lesion_mask.nii.gz")[0]
+    i, j, k = (int(round(v)) for v in c["centroid_voxel_ijk"])
+    assert truth[k, j, i] > 0
+
+
+def test_anomaly_with_brain_mask(tmp_path, sample_dir):
+    out = tmp_path / "h.nii.gz"
+    src = sample_dir / "mni_t1_healthy.nii.gz"
+    assert main(["anomaly", str(src), "-o", str(out), "--brain-mask", str(sample_dir / "mni_t1_brainmask.nii.gz"), "-q"]) == 0
+    h = read_volume(out)[0]
+    bm = read_volume(sample_dir / "mni_t1_brainmask.nii.gz")[0]
+    assert (h[bm == 0] == 0).all()
+
+
+def test_uncertainty_sample_info(tmp_path, sample_dir, capsys):
+    src = sample_dir / "mni_t1_healthy.nii.gz"
+    out = tmp_path / "u.nii.gz"
+    assert main(["uncertainty", str(src), "-o", str(out), "--samples", "2", "-q"]) == 0
+    _same_grid(src, out)
+    assert main(["sample", "-n", "2", "-o", str(tmp_path / "gen"), "-q"]) == 0
+    assert len(list((tmp_path / "gen").glob("sample_*.nii.gz"))) == 2
+    assert main(["info"]) == 0
+    assert "anomaly threshold" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_writes_every_output(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "-q"]) == 0
+    names = {p.name for p in out.iterdir()}
+    for n in ("lesion_reconstruction.nii.gz", "lesion_anomaly.nii.gz", "noisy_denoised.nii.gz", "missing_inpainted.nii.gz",
+              "healthy_inpainted.nii.gz", "healthy_uncertainty.nii.gz", "sample_000.nii.gz", "montage.png", "summary.json"):
+        assert n in names
+
+
+# ---- bad input: one line, exit 2, nothing written -------------------------------------------
+
+
+def _err(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medvae: error: ")
+    return err[0]
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["reconstruct", "missing.nii.gz"], "does not exist|not found|No such"),
+    (["reconstruct", f"{S}/mni_t1_healthy.nii.gz", "--axis", "5"], "axis"),
+    (["inpaint", f"{S}/mni_t1_missing.nii.gz", "--missing-slices", "1,x"], "missing-slices"),
+    (["inpaint", f"{S}/mni_t1_missing.nii.gz", "--missing-slices", "5,500", "--axis", "2"], "out of range"),
+    (["inpaint", f"{S}/mni_t1_missing.nii.gz"], "exactly one"),
+    (["inpaint", f"{S}/mni_t1_healthy.nii.gz", "--missing-slices", "auto"], "no blank slices"),
+    (["reconstruct", f"{S}/mni_t1_healthy.nii.gz", "--model", "evil.pt"], "pickle"),
+    (["reconstruct", f"{S}/mni_t1_healthy.nii.gz", "--device", "tpu"], "device"),
+])
+def test_bad_input_one_line_no_output(tmp_path, capsys, args, msg, monkeypatch, sample_dir):
+    monkeypatch.chdir(sample_dir.parent)
+    out = tmp_path / "o.nii.gz"
+    assert main([*args[:2], "-o", str(out), *args[2:]]) == 2
+    import re
+
+    assert re.search(msg, _err(capsys))
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_overwrite_input(tmp_path, capsys, sample_dir):
+    src = tmp_path / "in.nii.gz"
+    shutil.copy(sample_dir / "mni_t1_healthy.nii.gz", src)
+    before = src.read_bytes()
+    assert main(["denoise", str(src), "-o", str(src)]) == 2
+    assert "overwrite" in _err(capsys)
+    assert src.read_bytes() == before
+
+
+def test_mask_on_other_grid(tmp_path, capsys, sample_dir):
+    from napari_medvae.io import Geometry, write_volume
+
+    m = tmp_path / "m.nii.gz"
+    write_volume(m, np.ones((5, 5, 5), np.uint8), Geometry.identity())
+    out = tmp_path / "o.nii.gz"
+    assert main(["inpaint", str(sample_dir / "mni_t1_healthy.nii.gz"), "-o", str(out), "--mask", str(m)]) == 2
+    assert "shape" in _err(capsys) and not out.exists()
+
+
+def test_missing_output_dir(tmp_path, capsys, sample_dir):
+    assert main(["reconstruct", str(sample_dir / "mni_t1_healthy.nii.gz"), "-o", str(tmp_path / "no" / "o.nii.gz")]) == 2
+    _err(capsys)
+
+
+def test_parse_slices():
+    assert parse_slices("40,41, 57") == [40, 41, 57]
+    assert parse_slices("3-5,9") == [3, 4, 5, 9]
+    assert parse_slices("AUTO") == "auto"

@@ -1,0 +1,207 @@
+"""Engine behaviour on the sample volumes (never seen in training) with the shipped default model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import psnr
+
+from napari_medvae.engine import (
+    Cancelled,
+    InputError,
+    anomaly,
+    denoise,
+    detect_blank_slices,
+    inpaint,
+    reconstruct,
+    sample,
+    threshold_candidates,
+    uncertainty,
+)
+
+
+def _brain(truth):
+    return truth > 0.1 * truth.max()
+
+
+def test_reconstruct_keeps_healthy_tissue_and_pulls_lesion_towards_truth(model, read):
+    vol, geo = read("mni_t1_lesion.nii.gz")
+    truth, _ = read("mni_t1_lesion_truth.nii.gz")
+    lesion, _ = read("mni_t1_lesion_mask.nii.gz")
+    before = vol.copy()
+    rec = reconstruct(model, vol, geo.spacing)
+    assert rec.shape == vol.shape and rec.dtype == np.float32
+    np.testing.assert_array_equal(vol, before)  # input untouched
+    healthy = _brain(truth) & (lesion == 0)
+    assert psnr(rec, truth, healthy, float(truth.max())) >= 28.0
+    les = lesion > 0
+    err_in = np.abs(vol[les].astype(float) - truth[les]).mean()
+    err_rec = np.abs(rec[les] - truth[les]).mean()
+    assert err_rec < err_in
+    for kind in (1, 2):  # hyper- and hypo-intense each pulled towards healthy
+        k = lesion == kind
+        assert np.abs(rec[k] - truth[k]).mean() < np.abs(vol[k].astype(float) - truth[k]).mean()
+
+
+def test_inpaint_missing_slices_beats_linear_interpolation(model, read):
+    vol, geo = read("mni_t1_missing.nii.gz")
+    truth, _ = read("mni_t1_missing_truth.nii.gz")
+    missing = detect_blank_slices(vol, 0)
+    assert missing == [30, 44, 45, 46, 60]
+    out = inpaint(model, vol, geo.spacing, missing_slices="auto", axis=0)
+    known = np.ones(vol.shape[0], dtype=bool)
+    known[missing] = False
+    # linear interpolation between the nearest known slices
+    idx = np.arange(vol.shape[0])
+    kn = idx[known]
+    lin = vol.astype(np.float32).copy()
+    for z in missing:
+        lo, hi = kn[kn < z].max(), kn[kn > z].min()
+        t = (z - lo) / (hi - lo)
+        lin[z] = (1 - t) * vol[lo] + t * vol[hi]
+    m = np.zeros(vol.shape, dtype=bool)
+    m[missing] = True
+    m &= _brain(truth)
+    peak = float(truth.max())
+    assert psnr(out, truth, m, peak) > psnr(lin, truth, m, peak)
+
+
+def test_inpaint_leaves_known_voxels_unchanged(model, read):
+    vol, geo = read("mni_t1_healthy.nii.gz")
+    mask = np.zeros(vol.shape, dtype=np.uint8)
+    mask[40:46, 50:60, 40:52] = 1
+    out = inpaint(model, vol, geo.spacing, mask=mask)
+    np.testing.assert_array_equal(out[mask == 0], vol[mask == 0].astype(np.float32))
+    assert not np.array_equal(out[mask == 1], vol[mask == 1])
+
+
+def test_anomaly_peak_lies_in_the_synthetic_lesion(model, read):
+    vol, geo = read("mni_t1_lesion.nii.gz")
+    lesion, _ = read("mni_t1_lesion_mask.nii.gz")
+    res = anomaly(model, vol, geo.spacing, geometry=geo)
+    assert res.heatmap.shape == vol.shape and res.heatmap.dtype == np.float32
+    peak = np.unravel_index(np.argmax(res.heatmap), vol.shape)
+    assert lesion[peak] > 0
+    assert res.heatmap.max() > 1.0 and res.candidates
+    top = res.candidates[0]
+    assert lesion[tuple(int(round(c)) for c in top["centroid_voxel_zyx"])] > 0
+    assert set(top) >= {"label", "voxels", "volume_mm3", "peak", "centroid_voxel_zyx", "centroid_world_xyz_mm"}
+
+
+def test_denoise_improves_psnr_and_keeps_grid(model, read):
+    vol, geo = read("mni_t1_noisy.nii.gz")
+    truth, _ = read("mni_t1_noisy_truth.nii.gz")
+    out = denoise(model, vol, geo.spacing)
+    b = _brain(truth)
+    assert out.shape == vol.shape
+    assert psnr(out, truth, b, float(truth.max())) > psnr(vol, truth, b, float(truth.max())) + 2.0
+
+
+def test_threshold_candidates_counts_regions():
+    heat = np.zeros((10, 20, 20), np.float32)
+    heat[2:5, 2:6, 2:6] = 3.0
+    heat[7:9, 10:14, 10:14] = 1.5
+    labels, rows = threshold_candidates(heat, (2.0, 2.0, 2.0), 1.0)
+    assert [r["label"] for r in rows] == [1, 2] and rows[0]["peak"] == 3.0
+    assert rows[0]["voxels"] == 48 and rows[0]["volume_mm3"] == 48 * 8
+    assert labels.max() == 2
+    _, rows = threshold_candidates(heat, (2.0, 2.0, 2.0), 2.0)
+    assert len(rows) == 1
+
+
+def test_uncertainty_and_sample_shapes(model, read):
+    vol, geo = read("mni_t1_healthy.nii.gz")
+    u = uncertainty(model, vol[:, ::2, ::2].copy(), (2.0, 4.0, 4.0), samples=2)
+    assert u.shape == vol[:, ::2, ::2].shape and np.isfinite(u).all() and u.max() > 0
+    s = sample(model, 1, shape=(4, 32, 32))
+    assert s.shape == (1, 4, 32, 32) and np.isfinite(s).all()
+
+
+def test_anisotropic_volume_keeps_its_grid(model, read):
+    vol, _ = read("mni_t1_healthy.nii.gz")
+    thick = vol[::3]  # 6 mm slices along axis 0
+    out = reconstruct(model, thick, (6.0, 2.0, 2.0))
+    assert out.shape == thick.shape
+
+
+def test_cancel_stops_the_job(model, read):
+    vol, geo = read("mni_t1_healthy.nii.gz")
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        reconstruct(model, vol, geo.spacing, cancel=cancel)
+
+
+def test_progress_reaches_total(model, read):
+    vol, geo = read("mni_t1_healthy.nii.gz")
+    seen = []
+    reconstruct(model, vol, geo.spacing, progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1][0] == seen[-1][1]
+
+
+# ---- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "vol, msg",
+    [
+        (np.ones((10, 10), np.float32), "2D"),
+        (np.ones((2, 10, 10, 10), np.float32), "4D"),
+        (np.ones((10, 10, 10, 3), np.uint8), "RGB"),
+        (np.ones((10, 10, 10), bool), "boolean"),
+        (np.ones((10, 10, 10), np.complex64), "complex"),
+        (np.full((10, 10, 10), 7.0, np.float32), "constant"),
+        (np.pad(np.full((1, 1, 1), np.nan, np.float32), 4, constant_values=1), "NaN"),
+        (np.random.default_rng(0).random((8, 8, 8)).astype(np.float32), "too small"),
+    ],
+)
+def test_bad_volumes_raise_clear_errors(model, vol, msg):
+    with pytest.raises(InputError, match=msg):
+        reconstruct(model, vol, (2.0, 2.0, 2.0))
+
+
+@pytest.mark.parametrize("spacing", [(0, 1, 1), (1, -2, 1), (1, 1), (np.inf, 1, 1), (100.0, 1.0, 1.0)])
+def test_bad_spacing(model, read, spacing):
+    vol, _ = read("mni_t1_healthy.nii.gz")
+    with pytest.raises(InputError, match="spacing"):
+        reconstruct(model, vol, spacing)
+
+
+def test_bad_axis(model, read):
+    vol, geo = read("mni_t1_healthy.nii.gz")
+    with pytest.raises(InputError, match="axis"):
+        reconstruct(model, vol, geo.spacing, axis=3)
+
+
+def test_inpaint_bad_masks_and_slices(model, read):
+    vol, geo = read("mni_t1_healthy.nii.gz")
+    with pytest.raises(InputError, match="shape"):
+        inpaint(model, vol, geo.spacing, mask=np.ones((3, 3, 3)))
+    with pytest.raises(InputError, match="empty"):
+        inpaint(model, vol, geo.spacing, mask=np.zeros(vol.shape))
+    with pytest.raises(InputError, match="covers"):
+        inpaint(model, vol, geo.spacing, mask=np.ones(vol.shape))
+    with pytest.raises(InputError, match="out of range"):
+        inpaint(model, vol, geo.spacing, missing_slices=[5, 500], axis=0)
+    with pytest.raises(InputError, match="exactly one"):
+        inpaint(model, vol, geo.spacing)
+    with pytest.raises(InputError, match="no blank slices"):
+        inpaint(model, vol, geo.spacing, missing_slices="auto", axis=0)
+
+
+def test_inpaint_duplicate_indices_are_filled_once(model, read):
+    vol, geo = read("mni_t1_missing.nii.gz")
+    a = inpaint(model, vol, geo.spacing, missing_slices=[30, 30, 60], axis=0)
+    b = inpaint(model, vol, geo.spacing, missing_slices=[30, 60], axis=0)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_device():
+    from napari_medvae.engine import resolve_device
+
+    with pytest.raises(InputError, match="device"):
+        resolve_device("tpu")
