@@ -112,7 +112,7 @@ def _err(capsys):
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["reconstruct", "missing.nii.gz"], "does not exist|not found|No such"),
+    (["reconstruct", "missing.nii.gz"], "no such file"),
     (["reconstruct", f"{S}/mni_t1_healthy.nii.gz", "--axis", "5"], "axis"),
     (["inpaint", f"{S}/mni_t1_missing.nii.gz", "--missing-slices", "1,x"], "missing-slices"),
     (["inpaint", f"{S}/mni_t1_missing.nii.gz", "--missing-slices", "5,500", "--axis", "2"], "out of range"),

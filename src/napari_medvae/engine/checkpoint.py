@@ -116,8 +116,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
     if not weights.exists():
         raise ModelError(f"{weights}: model weights not found")
     with open(weights, "rb") as fh:
-        head = fh.read(8)
-    if head.startswith(_PICKLE_MAGIC):
+        head = fh.read(9)
+    header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+    looks_safetensors = head[8:9] == b"{" and 0 < header_len < weights.stat().st_size
+    if not looks_safetensors and head.startswith(_PICKLE_MAGIC):
         raise ModelError(
             f"{weights}: this is a pickle/torch.save file renamed to .safetensors; refusing to load it "
             "(pickle can run arbitrary code). Convert it to safetensors with a trusted tool first."

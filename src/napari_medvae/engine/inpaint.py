@@ -15,6 +15,9 @@ from .model import Model
 from .preprocess import check_axis, check_spacing, check_volume, prepare
 from .runner import CancelFn, Progress, ProgressFn, check_mask, run_network
 
+FLIPS = [(slice(None),), (slice(None, None, -1),), (slice(None), slice(None), slice(None, None, -1)),
+         (slice(None, None, -1), slice(None), slice(None, None, -1))]
+
 
 def detect_blank_slices(volume: np.ndarray, axis: int) -> list[int]:
     """Constant slices (e.g. dropped or zero-filled) lying between the first and last non-constant slice."""
@@ -46,11 +49,13 @@ def slices_mask(shape: Sequence[int], indices: Iterable[int], axis: int) -> np.n
 
 
 def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask: np.ndarray | None = None,
-            missing_slices: Iterable[int] | str | None = None, axis: int | None = None,
+            missing_slices: Iterable[int] | str | None = None, axis: int | None = None, tta: bool = True,
             progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
     """Fill the voxels of ``mask`` (non-zero) or the ``missing_slices`` along ``axis`` ("auto" = blank ones).
 
-    Returns float32 on the input grid; voxels outside the mask equal the input.
+    Returns float32 on the input grid; voxels outside the mask equal the input. ``tta`` averages the
+    predictions of the volume and its mirror images (slice axis, left-right), which only costs time on
+    the slices that hold masked voxels.
     """
     check_volume(volume)
     sp = check_spacing(spacing)
@@ -76,10 +81,15 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
         raise InputError(f"the mask covers {100 * n / m.size:.0f}% of the volume; at least 10% must be known to inpaint")
     prep = prepare(volume, sp, model.config, axis)
     mm = prep.mask_to_model(m)
-    p = Progress(prep.data.shape[0], progress, cancel)
+    flips = FLIPS if tta else FLIPS[:1]
+    p = Progress(int(mm.any(axis=(1, 2)).sum()) * len(flips), progress, cancel)
     p.check()
-    pred = run_network(model, np.where(mm, 0.0, prep.data).astype(np.float32), mm, prep.stride, p)
-    filled = prep.to_original(np.clip(pred, 0, None))
+    known = np.where(mm, 0.0, prep.data).astype(np.float32)
+    acc = np.zeros_like(known)
+    for flip in flips:  # test-time augmentation: mirrored along the slice axis and left-right
+        d, k = (np.ascontiguousarray(a[flip]) for a in (known, mm))
+        acc += run_network(model, d, k, prep.stride, p, only_masked=True)[flip]
+    filled = prep.to_original(np.clip(acc / len(flips), 0, None))
     out = volume.astype(np.float32, copy=True)
     out[m] = filled[m]
     return out

@@ -2,7 +2,9 @@
 
 ``SliceVAE`` is a 2.5D context-encoding VAE (after Zimmerer et al., MICCAI 2019): the encoder sees
 ``2*context+1`` neighbouring slices with masked voxels zeroed plus one mask channel per slice, and
-the decoder predicts the clean centre slice as a residual to the (masked) input centre slice. The bottleneck (1/4 resolution, ``latent_channels``)
+the decoder predicts the clean centre slice as a residual to the input centre slice, whose masked voxels
+are first given a classical estimate (``prefill``: interpolation along the slice axis, else normalised
+convolution), so the network learns to beat that estimate rather than start from zero. The bottleneck (1/4 resolution, ``latent_channels``)
 is variational (mu, log-variance, KL to N(0, I)). Encoder-to-decoder skip connections carry fine
 detail for denoising and inpainting; during training they are dropped for a fraction of samples
 (``skip_drop``), which keeps the decoder able to generate from the latent alone (``sample``).
@@ -16,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
@@ -28,6 +31,7 @@ class SliceVAEConfig:
     channels: tuple[int, int, int] = (16, 32, 64)
     latent_channels: int = 8
     norm_groups: int = 8
+    prefill: bool = False
     type: str = field(default="SliceVAE")
 
     def to_dict(self) -> dict:
@@ -51,6 +55,52 @@ class SliceVAEConfig:
     @property
     def slices(self) -> int:
         return 2 * self.context + 1
+
+
+def prefill(x: torch.Tensor, k: int, iterations: int = 10) -> torch.Tensor:
+    """Replace masked voxels of a B x 2K x H x W input by a classical first guess.
+
+    Along the slice axis: linear interpolation between the nearest known voxels above and below (or the
+    nearest one when only one side is known); voxels with no known voxel in their column: in-plane
+    normalised convolution (7 x 7 box, repeated). The network then only learns a correction to it.
+    """
+    img, m = x[:, :k], x[:, k:]
+    known = 1.0 - m
+    out = img.clone()
+    avail = known.clone()
+    for j in range(k):
+        side = []
+        for step in (-1, 1):
+            val = torch.zeros_like(img[:, 0])
+            dist = torch.zeros_like(img[:, 0])
+            found = torch.zeros_like(img[:, 0])
+            for d in range(1, k):
+                i = j + step * d
+                if not 0 <= i < k:
+                    break
+                sel = known[:, i] * (1.0 - found)
+                val = val + sel * img[:, i]
+                dist = dist + sel * d
+                found = found + sel
+            side.append((val, dist, found))
+        (v0, d0, f0), (v1, d1, f1) = side
+        both = f0 * f1
+        interp = (v0 * d1 + v1 * d0) / (d0 + d1).clamp_min(1.0)
+        est = both * interp + f0 * (1 - f1) * v0 + f1 * (1 - f0) * v1
+        has = (f0 + f1).clamp(max=1.0)
+        mj = m[:, j]
+        out[:, j] = img[:, j] * (1 - mj) + est * mj * has
+        avail[:, j] = 1 - mj * (1 - has)
+    for _ in range(iterations):
+        need = 1.0 - avail
+        if not bool(need.any()):
+            break
+        num = F.avg_pool2d(out * avail, 7, stride=1, padding=3)
+        den = F.avg_pool2d(avail, 7, stride=1, padding=3)
+        newly = need * (den > 0)
+        out = out + newly * num / den.clamp_min(1e-6)
+        avail = avail + newly
+    return torch.cat([out, m], dim=1)
 
 
 def _conv(cin: int, cout: int, groups: int, strides: int = 1, transposed: bool = False) -> nn.Module:
@@ -109,13 +159,15 @@ class SliceVAE(nn.Module):
         return self.out(h)
 
     def centre(self, x: torch.Tensor) -> torch.Tensor:
-        """The (masked, zero-filled) centre slice of the input: B x 1 x H x W."""
+        """The centre slice of the (pre-filled) input: B x 1 x H x W."""
         c = self.cfg.context
         return x[:, c : c + 1]
 
     def forward(self, x: torch.Tensor, *, sample_latent: bool = False, gate: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (prediction B x 1 x H x W, mu, logvar). ``sample_latent`` draws z ~ q(z|x)."""
+        if self.cfg.prefill:
+            x = prefill(x, self.cfg.slices)
         mu, logvar, skips = self.encode(x)
         if sample_latent:
             eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)

@@ -113,7 +113,7 @@ def corrupt(clean: np.ndarray, outside: np.ndarray, rng: np.random.Generator) ->
     mask[outside] = True
     weight = np.ones((h, w), dtype=np.float32)
     brain = clean > 0.1
-    if rng.random() < 0.35:  # lesion-like blobs: hyper- or hypo-intense, spanning a few slices
+    if rng.random() < 0.45:  # lesion-like blobs: hyper- or hypo-intense, spanning a few slices
         for _ in range(rng.integers(1, 3)):
             blob2d = _ellipse(h, w, rng, 2.0, 9.0)
             factor = rng.uniform(1.3, 1.9) if rng.random() < 0.5 else rng.uniform(0.15, 0.6)
@@ -324,7 +324,8 @@ def train(tc: TrainConfig, callback: Callback | None = None, cancel: Callable[[]
         cfg = base.config
         state = base.net.state_dict()
     else:
-        arch = SliceVAEConfig(context=tc.context, channels=tuple(tc.channels), latent_channels=tc.latent_channels).to_dict()
+        arch = SliceVAEConfig(context=tc.context, channels=tuple(tc.channels), latent_channels=tc.latent_channels,
+                              prefill=True).to_dict()
         cfg = ModelConfig(architecture=arch, name=tc.name, spacing_mm=tc.spacing_mm, slice_spacing_mm=tc.slice_spacing_mm)
         state = None
     model = from_config(cfg, state, device="cpu")
@@ -373,7 +374,7 @@ def train(tc: TrainConfig, callback: Callback | None = None, cancel: Callable[[]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        info = {"step": step + 1, "steps": tc.steps, "loss": float(loss), "rec": rec, "kl": kl}
+        info = {"step": step + 1, "steps": tc.steps, "loss": float(loss.detach()), "rec": rec, "kl": kl}
         last = step + 1 == tc.steps
         if rank == 0 and ((step + 1) % tc.val_every == 0 or last):
             val_loss = _validate(net, val_batches, device, tc.kl_weight)
