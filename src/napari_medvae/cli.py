@@ -295,7 +295,7 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed, device=args.device,
         val_every=args.val_every, init=args.init, resume=args.resume, data_description=args.description or "",
         name=args.name or Path(args.output).stem, channels=tuple(args.channels), latent_channels=args.latent_channels,
-        kl_weight=args.kl_weight,
+        kl_weight=args.kl_weight, sample_log=args.sample_log,
     )
     if not Path(args.output).resolve().parent.is_dir():
         raise InputError(f"output directory {Path(args.output).resolve().parent} does not exist")
@@ -393,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from the last saved training state")
     tr.add_argument("--name", help="model name stored in its config")
     tr.add_argument("--description", help="training-data description stored in the model card")
+    tr.add_argument("--sample-log", help="append each rank's drawn (volume, slice) pairs to SAMPLE_LOG.rankN.jsonl")
     tr.set_defaults(fn=cmd_train)
     inf = sub.add_parser("info", parents=[common], help="print a model card")
     inf.add_argument("model_path", nargs="?")

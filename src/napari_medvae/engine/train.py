@@ -60,6 +60,7 @@ class TrainConfig:
     spacing_mm: float = 2.0
     slice_spacing_mm: float = 2.0
     init: str | None = None
+    sample_log: str | None = None  # if set, each rank appends the (volume, slice) it drew per step as JSON lines
     resume: bool = False
     data_description: str = ""
     name: str = "medvae"
@@ -162,6 +163,7 @@ class SliceSampler:
     def __init__(self, volumes: list[tuple[np.ndarray, int]], context: int, crop: int, seed: int, augment: bool = True):
         from monai.transforms import Compose, RandAdjustContrast, RandFlip, RandScaleIntensity
 
+        self.drawn: list[tuple[int, int]] = []  # (volume, slice) pairs of the last batch
         self.volumes = [v for v, _ in volumes]
         self.strides = [s for _, s in volumes]
         self.context, self.crop = context, crop
@@ -181,6 +183,7 @@ class SliceSampler:
         vi = int(rng.integers(len(self.volumes)))
         vol = self.volumes[vi]
         zi = int(rng.choice(self.slices[vi]))
+        self.drawn.append((vi, zi))
         offs = np.arange(-self.context, self.context + 1) * self.strides[vi]
         nb = zi + offs
         outside_k = (nb < 0) | (nb >= vol.shape[0])
@@ -209,6 +212,7 @@ class SliceSampler:
         return x, clean[self.context][None], weight[None]
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.drawn = []
         xs, ys, ws = zip(*(self.one() for _ in range(n)), strict=True)
         return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), torch.from_numpy(np.stack(ws))
 
@@ -366,6 +370,9 @@ def train(tc: TrainConfig, callback: Callback | None = None, cancel: Callable[[]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc.steps, tc.lr)
         x, y, w = (t.to(device) for t in sampler.batch(tc.batch_size))
+        if tc.sample_log:
+            with open(f"{tc.sample_log}.rank{rank}.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"rank": rank, "step": step + 1, "drawn": sampler.drawn}) + "\n")
         gate = (torch.rand((x.shape[0], 1, 1, 1), generator=gen) > tc.skip_drop).float().to(device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             pred, mu, logvar = ddp(x, sample_latent=True, gate=gate)
