@@ -294,7 +294,7 @@ def cmd_train(args) -> int:
         train=_gather(args.data), val=_gather(args.val) if args.val else [], out=args.output, steps=args.steps,
         batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed, device=args.device,
         val_every=args.val_every, init=args.init, resume=args.resume, data_description=args.description or "",
-        name=args.name or Path(args.output).stem, channels=tuple(args.channels), latent_channels=args.latent_channels,
+        name=args.name or Path(args.output).stem, channels=tuple(args.channels), latent_channels=args.latent_channels, context=args.context,
         kl_weight=args.kl_weight, sample_log=args.sample_log,
     )
     if not Path(args.output).resolve().parent.is_dir():
@@ -387,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--kl-weight", type=float, default=1e-3)
     tr.add_argument("--channels", type=int, nargs=3, default=[16, 32, 64])
     tr.add_argument("--latent-channels", type=int, default=8)
+    tr.add_argument("--context", type=int, default=3, help="neighbouring slices on each side given as context")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--val-every", type=int, default=250)
     tr.add_argument("--init", help="fine-tune from this model instead of starting from scratch")

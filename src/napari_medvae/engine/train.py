@@ -56,7 +56,7 @@ class TrainConfig:
     calibration_quantile: float = 0.999
     channels: tuple[int, int, int] = (16, 32, 64)
     latent_channels: int = 8
-    context: int = 2
+    context: int = 3
     spacing_mm: float = 2.0
     slice_spacing_mm: float = 2.0
     init: str | None = None
