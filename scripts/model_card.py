@@ -1,0 +1,50 @@
+"""Print the README's model-card table from a model's JSON config (and a `medvae demo` summary.json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("config", type=Path, nargs="?", default=Path("src/napari_medvae/models/default.json"))
+    ap.add_argument("--demo-summary", type=Path, help="summary.json written by `medvae demo`")
+    a = ap.parse_args()
+    c = json.loads(a.config.read_text())
+    t = c["training"]
+    arch = c["architecture"]
+    rows = [
+        ("name / format", f"`{c['name']}`, format {c['format_version']}, napari-medvae {c['package_version']}"),
+        ("files", f"`{a.config.with_suffix('.safetensors').name}` + `{a.config.name}` "
+                  f"({a.config.with_suffix('.safetensors').stat().st_size / 1e6:.1f} MB)"),
+        ("modality", c["modality"]),
+        ("architecture", f"{arch['type']}: context ±{arch['context']} slices, channels {arch['channels']}, "
+                         f"latent {arch['latent_channels']} × ¼ resolution, prefill {arch.get('prefill', False)}"),
+        ("grid", f"{c['spacing_mm']} mm in-plane, context slices {c['slice_spacing_mm']} mm apart"),
+        ("normalisation", f"divide by the {c['normalization']['percentile']}th percentile of the volume"),
+        ("training data", t["data"]),
+        ("training", f"{t['steps']} steps × batch {t['batch_size']} crops of {t['crop']}² px, AdamW lr {t['lr']} "
+                     f"(warm-up + cosine), KL weight {t['kl_weight']}, skip drop {t['skip_drop']}, seed {t['seed']}, "
+                     f"{t['world_size']} process(es) on {t['device']}, {t['seconds'] / 60:.1f} min"),
+        ("validation loss", f"{t['val_loss']} (weighted L1 + KL on corrupted held-out slices)"),
+        ("anomaly calibration", f"threshold {c['anomaly']['threshold']:.4f} = {c['anomaly']['quantile']} quantile of "
+                                f"healthy held-out voxel scores (median filter {c['anomaly']['median_size']})"),
+    ]
+    print("| | |\n|---|---|")
+    for k, v in rows:
+        print(f"| {k} | {v} |")
+    if a.demo_summary:
+        s = json.loads(a.demo_summary.read_text())
+        print("\nOn the sample volumes (never seen in training), from `medvae demo` "
+              f"({s['device']}):\n\n| metric | value |\n|---|---|")
+        for k, v in s["metrics"].items():
+            print(f"| {k} | {v} |")
+        print("\n| operation | seconds |\n|---|---|")
+        for k, v in s["outputs"].items():
+            print(f"| {k} | {v['seconds']} |")
+
+
+if __name__ == "__main__":
+    main()
