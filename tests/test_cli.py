@@ -159,3 +159,29 @@ def test_parse_slices():
     assert parse_slices("40,41, 57") == [40, 41, 57]
     assert parse_slices("3-5,9") == [3, 4, 5, 9]
     assert parse_slices("AUTO") == "auto"
+
+
+def test_out_of_distribution_needs_force(tmp_path, capsys, sample_dir):
+    from napari_medvae.io import write_volume
+
+    vol, geo = read_volume(sample_dir / "mni_t1_healthy.nii.gz")
+    src = tmp_path / "ct.nii.gz"
+    write_volume(src, vol.astype(np.int16) * 4 - 1000, geo)
+    out = tmp_path / "o.nii.gz"
+    assert main(["reconstruct", str(src), "-o", str(out)]) == 2
+    assert "out-of-distribution" in _err(capsys) and not out.exists()
+    assert main(["reconstruct", str(src), "-o", str(out), "--force", "-q"]) == 0 and out.exists()
+
+
+def test_calibrate_writes_a_new_model(tmp_path, sample_dir, capsys):
+    from napari_medvae.engine import load_model
+
+    out = tmp_path / "recal"
+    assert main(["calibrate", "--healthy", str(sample_dir / "mni_t1_healthy.nii.gz"), "-o", str(out), "-q"]) == 0
+    m = load_model(out.with_suffix(".safetensors"), device="cpu")
+    assert m.config.anomaly["threshold"] > 0 and m.config.intensity_profile["histogram"]
+    assert main(["calibrate", "--healthy", str(sample_dir / "mni_t1_noisy_truth.nii.gz"), "-o", str(tmp_path / "x"),
+                 "--model", str(out.with_suffix(".safetensors")), "-q"]) == 0
+    assert main(["calibrate", str(out.with_suffix(".json")), "--healthy", str(sample_dir / "mni_t1_healthy.nii.gz"),
+                 "-o", str(out)]) == 2
+    assert "overwrite" in _err(capsys)

@@ -205,3 +205,25 @@ def test_bad_device():
 
     with pytest.raises(InputError, match="device"):
         resolve_device("tpu")
+
+
+def test_ct_like_volume_is_refused_unless_forced(model, read):
+    from napari_medvae.engine.ood import OutOfDistributionError
+
+    vol, geo = read("mni_t1_healthy.nii.gz")
+    ct = vol.astype(np.int16) * 4 - 1000  # Hounsfield-like: air at -1000
+    with pytest.raises(OutOfDistributionError, match="out-of-distribution score 1.00"):
+        reconstruct(model, ct, geo.spacing)
+    out = reconstruct(model, ct, geo.spacing, force=True)
+    assert out.shape == ct.shape
+
+
+def test_sample_volumes_are_in_distribution(model, read):
+    from napari_medvae.engine.ood import ood_score
+    from napari_medvae.engine.preprocess import prepare
+
+    for name in ("mni_t1_healthy.nii.gz", "mni_t1_noisy.nii.gz", "mni_t1_lesion.nii.gz", "mni_t1_missing.nii.gz"):
+        vol, geo = read(name)
+        prep = prepare(vol, geo.spacing, model.config)
+        assert prep.ood is not None and prep.ood < model.config.intensity_profile["threshold"], name
+        assert ood_score(prep.data, 0.0, model.config.intensity_profile) == prep.ood

@@ -118,7 +118,8 @@ def cmd_volume_op(args) -> int:
     vol, geo = _read(args.input, args.volume_index, args.series_uid)
     model = _model(args)
     fn = reconstruct if args.command == "reconstruct" else denoise
-    res = _run(args.command, args, fn, model=model, volume=vol, spacing=geo.spacing, axis=file_axis_to_array(args.axis))
+    res = _run(args.command, args, fn, model=model, volume=vol, spacing=geo.spacing, axis=file_axis_to_array(args.axis),
+               force=args.force)
     write_volume(out, cast_like(res, vol.dtype), geo)
     _say(args, f"wrote {out}")
     return 0
@@ -176,7 +177,7 @@ def cmd_inpaint(args) -> int:
         kw["missing_slices"] = slices
         kw["axis"] = axis
     model = _model(args)
-    res = _run("inpaint", args, inpaint, model=model, volume=vol, spacing=geo.spacing, **kw)
+    res = _run("inpaint", args, inpaint, model=model, volume=vol, spacing=geo.spacing, force=args.force, **kw)
     write_volume(out, cast_like(res, vol.dtype), geo)
     _say(args, f"wrote {out}")
     return 0
@@ -205,7 +206,7 @@ def cmd_anomaly(args) -> int:
             raise InputError(f"brain mask has shape {bm.shape[::-1]} (i,j,k) but the image has {vol.shape[::-1]}")
     model = _model(args)
     res = _run("anomaly", args, anomaly, model=model, volume=vol, spacing=geo.spacing, brain_mask=bm,
-               axis=file_axis_to_array(args.axis), threshold=args.threshold, geometry=geo)
+               axis=file_axis_to_array(args.axis), threshold=args.threshold, geometry=geo, force=args.force)
     write_volume(out, res.heatmap, geo)
     if labels_out:
         write_volume(labels_out, res.labels.astype(np.int16 if res.labels.max() < 32767 else np.int32), geo)
@@ -242,7 +243,7 @@ def cmd_uncertainty(args) -> int:
     vol, geo = _read(args.input, args.volume_index, args.series_uid)
     model = _model(args)
     res = _run("uncertainty", args, uncertainty, model=model, volume=vol, spacing=geo.spacing, samples=args.samples,
-               seed=args.seed, axis=file_axis_to_array(args.axis))
+               seed=args.seed, axis=file_axis_to_array(args.axis), force=args.force)
     write_volume(out, res, geo)
     _say(args, f"wrote {out}")
     return 0
@@ -320,6 +321,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from .engine.model import default_model_path
+    from .engine.train import recalibrate
+
+    src = Path(args.model_path or args.model or default_model_path())
+    out = Path(args.output)
+    if out.with_suffix("").resolve() == src.with_suffix("").resolve():
+        raise InputError("refusing to overwrite the model being calibrated; choose another -o")
+    if not out.resolve().parent.is_dir():
+        raise InputError(f"output directory {out.resolve().parent} does not exist")
+    path = recalibrate(str(src), _gather(args.healthy), str(out), args.quantile)
+    _say(args, f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from .engine import load_model
 
@@ -350,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     vol.add_argument("--axis", type=int, help="slice along this voxel axis of the file (0, 1, 2); default: largest spacing, ties -> last")
     vol.add_argument("--volume-index", type=int, help="for 4D files: which 3D volume to use")
     vol.add_argument("--series-uid", help="for DICOM folders with several series: which one to read")
+    vol.add_argument("--force", action="store_true", help="run even if the volume looks unlike the model's training data")
 
     p = argparse.ArgumentParser(prog="medvae", description="VAE reconstruction, denoising, inpainting and anomaly maps for 3D MRI.")
     p.add_argument("--version", action="version", version=f"napari-medvae {__version__}")
@@ -396,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--description", help="training-data description stored in the model card")
     tr.add_argument("--sample-log", help="append each rank's drawn (volume, slice) pairs to SAMPLE_LOG.rankN.jsonl")
     tr.set_defaults(fn=cmd_train)
+    ca = sub.add_parser("calibrate", parents=[common], help="re-calibrate anomaly threshold + OOD profile on healthy volumes")
+    ca.add_argument("model_path", nargs="?", help="model to calibrate (default: --model or the shipped model)")
+    ca.add_argument("--healthy", nargs="+", required=True, help="healthy held-out volumes or folders")
+    ca.add_argument("-o", "--output", required=True, help="new model path stem")
+    ca.add_argument("--quantile", type=float, default=0.999)
+    ca.set_defaults(fn=cmd_calibrate)
     inf = sub.add_parser("info", parents=[common], help="print a model card")
     inf.add_argument("model_path", nargs="?")
     inf.set_defaults(fn=cmd_info)

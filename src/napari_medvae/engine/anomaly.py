@@ -93,7 +93,7 @@ def threshold_candidates(heatmap: np.ndarray, spacing: Sequence[float], threshol
 
 def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain_mask: np.ndarray | None = None,
             axis: int | None = None, threshold: float = 1.0, geometry=None,
-            progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> AnomalyResult:
+            force: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> AnomalyResult:
     """Anomaly heatmap of ``volume`` (z, y, x) on its own grid, plus candidates above ``threshold``."""
     thr = model.config.anomaly.get("threshold")
     if not thr:
@@ -102,7 +102,7 @@ def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain
     bm = None if brain_mask is None else check_mask(brain_mask, volume.shape, "brain mask")
     if bm is not None and not bm.any():
         raise InputError("the brain mask is empty")
-    prep = prepare(volume, sp, model.config, axis)
+    prep = prepare(volume, sp, model.config, axis, force=force)
     p = Progress(prep.data.shape[0] + 1, progress, cancel)
     p.check()
     score = score_prepared(model, prep, p, bm)

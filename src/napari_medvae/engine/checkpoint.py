@@ -29,6 +29,7 @@ class ModelConfig:
     percentile of the volume (zero stays zero), outputs multiplied back.
     anomaly: {"threshold": residual score that maps to 1.0, "quantile": healthy quantile used,
     "median_size": voxels of the median filter}.
+    intensity_profile: normalised histogram of healthy held-out volumes for the out-of-distribution check.
     """
 
     architecture: dict
@@ -39,6 +40,7 @@ class ModelConfig:
     normalization: dict = field(default_factory=lambda: {"method": "percentile", "percentile": 99.5})
     anomaly: dict = field(default_factory=lambda: {"threshold": None, "quantile": 0.999, "median_size": 3})
     sample_shape: list[int] = field(default_factory=lambda: [94, 116, 98])
+    intensity_profile: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     modality: str = "MRI T1 (brain, skull-stripped)"
     package_version: str = ""

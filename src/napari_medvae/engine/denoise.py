@@ -34,9 +34,9 @@ def keep_structure(x: np.ndarray, rec: np.ndarray) -> np.ndarray:
 
 
 def denoise(model: Model, volume: np.ndarray, spacing: Sequence[float], *, axis: int | None = None,
-            progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
+            force: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
     """Denoise ``volume`` (z, y, x; spacing mm); float32 on the input grid, lesions preserved."""
-    prep = prepare(volume, spacing, model.config, axis)
+    prep = prepare(volume, spacing, model.config, axis, force=force)
     p = Progress(prep.data.shape[0] + 1, progress, cancel)
     p.check()
     rec = reconstruct_prepared(model, prep, p)

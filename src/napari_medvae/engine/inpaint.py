@@ -50,7 +50,7 @@ def slices_mask(shape: Sequence[int], indices: Iterable[int], axis: int) -> np.n
 
 def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask: np.ndarray | None = None,
             missing_slices: Iterable[int] | str | None = None, axis: int | None = None, tta: bool = True,
-            progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
+            force: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
     """Fill the voxels of ``mask`` (non-zero) or the ``missing_slices`` along ``axis`` ("auto" = blank ones).
 
     Returns float32 on the input grid; voxels outside the mask equal the input. ``tta`` averages the
@@ -79,7 +79,7 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
         raise InputError("the mask is empty (no non-zero voxels); paint the region to fill first")
     if n > 0.9 * m.size:
         raise InputError(f"the mask covers {100 * n / m.size:.0f}% of the volume; at least 10% must be known to inpaint")
-    prep = prepare(volume, sp, model.config, axis)
+    prep = prepare(volume, sp, model.config, axis, force=force)
     mm = prep.mask_to_model(m)
     flips = FLIPS if tta else FLIPS[:1]
     p = Progress(int(mm.any(axis=(1, 2)).sum()) * len(flips), progress, cancel)

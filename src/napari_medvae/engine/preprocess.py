@@ -92,6 +92,7 @@ class Prepared:
     inplane: tuple[int, int]  # original in-plane shape (after moving the slice axis first)
     stride: int
     spacing: tuple[float, float, float]
+    ood: float | None = None  # out-of-distribution score (0 = like the training data, 1 = unlike)
 
     @property
     def resampled(self) -> bool:
@@ -129,8 +130,13 @@ def resize_inplane(stack: np.ndarray, size: Sequence[int], *, antialias: bool) -
     return out
 
 
-def prepare(volume: np.ndarray, spacing: Sequence[float], config, axis: int | None = None) -> Prepared:
-    """Check, normalise and resample a volume for the model described by ``config``."""
+def prepare(volume: np.ndarray, spacing: Sequence[float], config, axis: int | None = None, force: bool = False) -> Prepared:
+    """Check, normalise and resample a volume for the model described by ``config``.
+
+    Raises OutOfDistributionError for volumes unlike the training data unless ``force``.
+    """
+    from .ood import check_ood, ood_score
+
     check_volume(volume)
     sp = check_spacing(spacing)
     ax = check_axis(axis, sp)
@@ -150,4 +156,7 @@ def prepare(volume: np.ndarray, spacing: Sequence[float], config, axis: int | No
     if target != inplane:
         data = resize_inplane(data, target, antialias=True)
     stride = max(1, int(round(config.slice_spacing_mm / sp[ax])))
-    return Prepared(np.ascontiguousarray(data), scale, ax, tuple(volume.shape), inplane, stride, sp)
+    profile = getattr(config, "intensity_profile", None)
+    score = ood_score(data, float(volume.min()), profile)
+    check_ood(score, profile, force)
+    return Prepared(np.ascontiguousarray(data), scale, ax, tuple(volume.shape), inplane, stride, sp, score)

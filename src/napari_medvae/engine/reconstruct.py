@@ -17,12 +17,12 @@ def reconstruct_prepared(model: Model, prep: Prepared, progress: Progress) -> np
 
 
 def reconstruct(model: Model, volume: np.ndarray, spacing: Sequence[float], *, axis: int | None = None,
-                progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
+                force: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
     """Reconstruct ``volume`` (z, y, x; spacing in mm, same order); float32 on the input grid.
 
     Healthy tissue is kept, noise and lesion-like deviations are pulled towards healthy appearance.
     """
-    prep = prepare(volume, spacing, model.config, axis)
+    prep = prepare(volume, spacing, model.config, axis, force=force)
     p = Progress(prep.data.shape[0], progress, cancel)
     p.check()
     rec = reconstruct_prepared(model, prep, p)

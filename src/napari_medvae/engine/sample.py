@@ -15,11 +15,11 @@ from .runner import CancelFn, Progress, ProgressFn, run_network
 
 
 def uncertainty(model: Model, volume: np.ndarray, spacing: Sequence[float], *, samples: int = 8, seed: int = 0,
-                axis: int | None = None, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
+                axis: int | None = None, force: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
     """Per-voxel standard deviation (input intensity units) over ``samples`` posterior draws z ~ q(z|x)."""
     if not isinstance(samples, (int, np.integer)) or not 2 <= samples <= 64:
         raise InputError(f"samples must be an integer from 2 to 64, not {samples!r}")
-    prep = prepare(volume, spacing, model.config, axis)
+    prep = prepare(volume, spacing, model.config, axis, force=force)
     p = Progress(prep.data.shape[0] * samples, progress, cancel)
     p.check()
     gen = torch.Generator(device=model.device).manual_seed(int(seed))

@@ -300,6 +300,25 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     return float(np.quantile(np.concatenate(vals), quantile))
 
 
+def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float = 0.999) -> None:
+    """Set the model's anomaly threshold and out-of-distribution intensity profile from healthy volumes."""
+    from .ood import intensity_profile
+
+    model.config.anomaly["quantile"] = quantile
+    model.config.anomaly["threshold"] = calibrate(model, volumes, quantile)
+    model.config.intensity_profile = intensity_profile([v for v, _ in volumes])
+
+
+def recalibrate(model_path: str, healthy: Sequence[str], out: str, quantile: float = 0.999) -> Path:
+    """``medvae calibrate``: re-calibrate a model on (local) healthy held-out volumes; writes a new model."""
+    model = load_model(model_path, device="cpu")
+    vols = load_volumes(healthy, model.config)
+    calibrate_model(model, vols, quantile)
+    model.config.training = {**(model.config.training or {}), "calibrated_on": f"{len(vols)} volumes",
+                             "calibration_files": [Path(p).name for p in healthy]}
+    return save_checkpoint(out, model.config, model.net.state_dict())
+
+
 Callback = Callable[[dict], None]
 
 
@@ -398,8 +417,7 @@ def train(tc: TrainConfig, callback: Callback | None = None, cancel: Callable[[]
         net.eval()
         if np.isnan(val_loss):
             val_loss = _validate(net, val_batches, device, tc.kl_weight)
-        model.config.anomaly["quantile"] = tc.calibration_quantile
-        model.config.anomaly["threshold"] = calibrate(model, vals, tc.calibration_quantile)
+        calibrate_model(model, vals, tc.calibration_quantile)
         prev = model.config.training or {}
         model.config.training = {
             "data": tc.data_description or f"{len(tc.train)} volumes",

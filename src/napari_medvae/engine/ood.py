@@ -1,0 +1,66 @@
+"""Out-of-distribution check: is this volume like the ones the model was trained on?
+
+A model's config stores the normalised intensity histogram of its healthy held-out volumes. A new
+volume's histogram (same normalisation, same grid) is compared by total-variation distance (0 = same
+distribution, 1 = disjoint). Negative intensities (e.g. CT in Hounsfield units) count as fully out of
+distribution for magnitude-MRI models. Above the threshold, operations refuse to run unless forced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+BIN_EDGES = np.linspace(0.0, 1.6, 33)
+FOREGROUND = 0.05  # normalised intensity separating signal from (near-)empty background
+DEFAULT_THRESHOLD = 0.5
+
+
+class OutOfDistributionError(InputError):
+    """The volume looks unlike the model's training data; pass force=True (CLI --force) to run anyway."""
+
+    def __init__(self, message: str, score: float):
+        super().__init__(message)
+        self.score = score
+
+
+def _histogram(data: np.ndarray) -> np.ndarray:
+    sub = data[::2, ::2, ::2] if data.size > 4_000_000 else data
+    fg = sub[sub > FOREGROUND]
+    h, _ = np.histogram(np.clip(fg, 0, BIN_EDGES[-1] - 1e-6), bins=BIN_EDGES)
+    return h / max(1, h.sum())
+
+
+def intensity_profile(volumes: Sequence[np.ndarray]) -> dict:
+    """Mean normalised foreground histogram of healthy volumes (model grid), for the model config."""
+    hist = np.mean([_histogram(v) for v in volumes], axis=0)
+    scores = [0.5 * float(np.abs(_histogram(v) - hist).sum()) for v in volumes]
+    return {"bin_edges": [round(float(b), 4) for b in BIN_EDGES], "histogram": [round(float(h), 6) for h in hist],
+            "threshold": DEFAULT_THRESHOLD, "healthy_max_score": round(max(scores), 4)}
+
+
+def ood_score(data: np.ndarray, raw_min: float, profile: dict | None) -> float | None:
+    """Total-variation distance of ``data``'s histogram to the profile; 1.0 for negative-valued volumes."""
+    if not profile:
+        return None
+    if raw_min < 0:
+        return 1.0
+    ref = np.asarray(profile["histogram"], dtype=float)
+    return round(0.5 * float(np.abs(_histogram(data) - ref).sum()), 4)
+
+
+def check_ood(score: float | None, profile: dict | None, force: bool) -> None:
+    """Raise OutOfDistributionError when ``score`` exceeds the profile's threshold and not ``force``."""
+    if score is None or force or not profile:
+        return
+    thr = float(profile.get("threshold", DEFAULT_THRESHOLD))
+    if score > thr:
+        raise OutOfDistributionError(
+            f"this volume looks unlike the model's training data (out-of-distribution score {score:.2f} > {thr:.2f}; "
+            "e.g. CT, another contrast or a non-skull-stripped head fed to a skull-stripped T1 brain model); "
+            "results would be unreliable. Run anyway with force (CLI: --force) if you are sure",
+            score,
+        )
