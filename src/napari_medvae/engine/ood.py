@@ -14,8 +14,8 @@ import numpy as np
 
 from ..errors import InputError
 
-BIN_EDGES = np.linspace(0.0, 1.6, 33)
-FOREGROUND = 0.05  # normalised intensity separating signal from (near-)empty background
+BIN_EDGES = np.linspace(0.2, 1.6, 29)
+FOREGROUND = 0.2  # normalised intensity: tissue above it (background and Rician noise floor below)
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -30,7 +30,7 @@ class OutOfDistributionError(InputError):
 def _histogram(data: np.ndarray) -> np.ndarray:
     sub = data[::2, ::2, ::2] if data.size > 4_000_000 else data
     fg = sub[sub > FOREGROUND]
-    h, _ = np.histogram(np.clip(fg, 0, BIN_EDGES[-1] - 1e-6), bins=BIN_EDGES)
+    h, _ = np.histogram(np.clip(fg, BIN_EDGES[0], BIN_EDGES[-1] - 1e-6), bins=BIN_EDGES)
     return h / max(1, h.sum())
 
 

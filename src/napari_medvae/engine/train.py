@@ -405,7 +405,7 @@ def train(tc: TrainConfig, callback: Callback | None = None, cancel: Callable[[]
         if rank == 0 and ((step + 1) % tc.val_every == 0 or last):
             val_loss = _validate(net, val_batches, device, tc.kl_weight)
             info["val_loss"] = val_loss
-            history.append({"step": step + 1, "loss": float(loss), "val_loss": val_loss,
+            history.append({"step": step + 1, "loss": float(loss.detach()), "val_loss": val_loss,
                              "seconds": round(time.time() - t_train, 1)})
             log.debug("step %d/%d loss %.4f val %.4f", step + 1, tc.steps, float(loss), val_loss)
             _save_state(tc.out, net, opt, step + 1, history)
