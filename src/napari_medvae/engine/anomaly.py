@@ -68,25 +68,34 @@ def threshold_candidates(heatmap: np.ndarray, spacing: Sequence[float], threshol
     lab, n = ndi.label(heatmap > threshold)
     if n == 0:
         return np.zeros(heatmap.shape, dtype=np.int32), []
-    idx = np.arange(1, n + 1)
-    counts = ndi.sum_labels(np.ones_like(heatmap, dtype=np.float32), lab, idx)
-    peaks = ndi.maximum(heatmap, lab, idx)
-    keep = [(int(i), float(p), int(c)) for i, p, c in zip(idx, peaks, counts, strict=True) if c * voxel_mm3 >= min_volume_mm3]
+    # statistics over the (few) candidate voxels only, not the whole volume
+    where = np.nonzero(lab)
+    ids = lab[where]
+    vals = heatmap[where].astype(np.float64)
+    counts = np.bincount(ids, minlength=n + 1)
+    peaks = np.full(n + 1, -np.inf)
+    np.maximum.at(peaks, ids, vals)
+    wsum = np.bincount(ids, weights=vals, minlength=n + 1)
+    cen = np.stack([np.bincount(ids, weights=vals * c, minlength=n + 1) for c in where], axis=1) / np.maximum(wsum, 1e-12)[:, None]
+    keep = [(i, float(peaks[i]), int(counts[i])) for i in range(1, n + 1) if counts[i] * voxel_mm3 >= min_volume_mm3]
     keep.sort(key=lambda t: -t[1])
+    relabel = np.zeros(n + 1, dtype=np.int32)  # old label -> rank by peak (0 = dropped)
+    for new, (old, _, _) in enumerate(keep, start=1):
+        relabel[old] = new
     labels = np.zeros(heatmap.shape, dtype=np.int32)
+    labels[where] = relabel[ids]
     rows = []
-    centroids = ndi.center_of_mass(heatmap, lab, [k[0] for k in keep]) if keep else []
-    for new, ((old, peak, count), cen) in enumerate(zip(keep, centroids, strict=True), start=1):
-        labels[lab == old] = new
+    for new, (old, peak, count) in enumerate(keep, start=1):
+        cen_old = cen[old]
         row = {
             "label": new,
             "voxels": count,
             "volume_mm3": round(count * voxel_mm3, 2),
             "peak": round(peak, 4),
-            "centroid_voxel_zyx": [round(float(c), 2) for c in cen],
+            "centroid_voxel_zyx": [round(float(c), 2) for c in cen_old],
         }
         if geometry is not None:
-            row["centroid_world_xyz_mm"] = [round(float(c), 2) for c in geometry.index_to_world(cen)]
+            row["centroid_world_xyz_mm"] = [round(float(c), 2) for c in geometry.index_to_world(cen_old)]
         rows.append(row)
     return labels, rows
 

@@ -65,10 +65,13 @@ def prefill(x: torch.Tensor, k: int, iterations: int = 10) -> torch.Tensor:
     normalised convolution (7 x 7 box, repeated). The network then only learns a correction to it.
     """
     img, m = x[:, :k], x[:, k:]
+    masked_slices = [j for j in range(k) if bool(m[:, j].any())]
+    if not masked_slices:  # nothing to fill (the usual case for reconstruct/denoise/anomaly)
+        return x
     known = 1.0 - m
     out = img.clone()
     avail = known.clone()
-    for j in range(k):
+    for j in masked_slices:
         side = []
         for step in (-1, 1):
             val = torch.zeros_like(img[:, 0])
