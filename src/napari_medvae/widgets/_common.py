@@ -1,7 +1,7 @@
 """Shared plumbing of the dock widgets: the session's model, layer pickers, jobs with progress and cancel.
 
-Nothing here imports torch at module level: the engine is imported when a job starts, so napari
-starts fast with the plugin installed.
+Nothing here imports torch at module level: the engine is imported inside jobs (worker threads), so
+napari starts fast with the plugin installed (tests/test_manifest.py checks ``sys.modules``).
 """
 
 from __future__ import annotations
@@ -11,51 +11,133 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
-_MODEL: dict[str, Any] = {"model": None, "path": None, "device": "auto"}
+# ---------------------------------------------------------------------------------------------
+# the session's model: one per napari session, shared by every widget, chosen in the Model widget
+
+_SESSION: dict[str, Any] = {"model": None, "path": None, "device": "auto", "force": False}
 _LOCK = threading.Lock()
 
 
+class ModelSignals(QObject):
+    """``changed(model)`` after a model is loaded (emitted from worker threads; queued to the GUI)."""
+
+    changed = Signal(object)
+
+
+_SIGNALS: ModelSignals | None = None
+
+
+def model_signals() -> ModelSignals:
+    """The session's signal hub; created in the GUI thread by the first widget that asks."""
+    global _SIGNALS
+    if _SIGNALS is None:
+        _SIGNALS = ModelSignals()
+    return _SIGNALS
+
+
 def get_model():
-    """The model chosen in the Model widget (loaded on first use: the shipped default on 'auto')."""
+    """The model chosen in the Model widget; loaded on first use (shipped default, device 'auto').
+
+    Called inside jobs (worker threads): loading imports torch and reads the weights.
+    """
     from ..engine import load_model
 
     with _LOCK:
-        if _MODEL["model"] is None:
-            _MODEL["model"] = load_model(_MODEL["path"], device=_MODEL["device"])
-        return _MODEL["model"]
+        loaded = _SESSION["model"] is None
+        if loaded:
+            _SESSION["model"] = load_model(_SESSION["path"], device=_SESSION["device"])
+        model = _SESSION["model"]
+    if loaded and _SIGNALS is not None:
+        _SIGNALS.changed.emit(model)
+    return model
+
+
+def current_model():
+    """The loaded model, or None if no job has needed one yet (never loads)."""
+    return _SESSION["model"]
 
 
 def set_model(model, path: str | None, device: str) -> None:
+    """Make ``model`` the session's model (every widget's next job uses it)."""
     with _LOCK:
-        _MODEL.update(model=model, path=path, device=device)
+        _SESSION.update(model=model, path=path, device=device)
+    if _SIGNALS is not None:
+        _SIGNALS.changed.emit(model)
+
+
+def reset_model() -> None:
+    """Forget the session's model: the next job loads the shipped default on 'auto' again."""
+    with _LOCK:
+        _SESSION.update(model=None, path=None, device="auto")
+
+
+def set_force(force: bool) -> None:
+    """Skip the engine's out-of-distribution check (the user accepts unreliable results)."""
+    _SESSION["force"] = bool(force)
+
+
+def force() -> bool:
+    return bool(_SESSION["force"])
+
+
+def device_text(model, requested: str) -> tuple[str, str]:
+    """(device label, warning) for a loaded model; the warning is non-empty when it fell back to the CPU."""
+    dev = str(model.device)
+    label = f"device: {dev}" + (f" (requested: {requested})" if requested != dev else "")
+    warn = ""
+    if model.device.type == "cpu" and requested != "cpu":
+        warn = "No GPU found: running on the CPU. Results are the same, but jobs take longer."
+    return label, warn
+
+
+# ---------------------------------------------------------------------------------------------
+# notifications
 
 
 def notify_error(exc: BaseException) -> None:
-    """Show an error as a napari notification (one line), never a traceback dialog."""
+    """Show an error as a one-line napari notification, never a traceback dialog."""
     from napari.utils.notifications import show_error, show_info
 
     from ..errors import Cancelled, MedVAEError
 
     if isinstance(exc, Cancelled):
         show_info("medvae: job cancelled; nothing was added")
+    elif type(exc).__name__ == "OutOfDistributionError":
+        show_error(f"medvae: {exc}. In napari: tick 'Run on unusual volumes' in the Model widget.")
     elif isinstance(exc, MedVAEError):
         show_error(f"medvae: {exc}")
+    elif isinstance(exc, MemoryError):
+        show_error("medvae: out of memory; close other layers or crop the volume and try again")
     else:
         show_error(f"medvae: unexpected error: {type(exc).__name__}: {exc}")
 
 
+def need(layer, what: str = "an image layer") -> bool:
+    """False (with a notification) when no layer is chosen."""
+    if layer is None:
+        from napari.utils.notifications import show_error
+
+        show_error(f"medvae: choose {what} first")
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# layers
+
+
 def layer_geometry(layer) -> dict:
-    """Keyword arguments that give a new layer the same world geometry (and metadata) as ``layer``."""
+    """Keyword arguments giving a new layer the same world geometry (and metadata) as ``layer``."""
     meta = dict(layer.metadata) if layer.metadata else {}
     return {"scale": tuple(layer.scale), "translate": tuple(layer.translate),
             "affine": np.array(layer.affine.affine_matrix), "metadata": meta}
 
 
 def layer_spacing(layer) -> tuple[float, ...]:
-    """Voxel spacing in mm, array order: the layer's scale (3D layers)."""
+    """Voxel spacing in mm, array order (z, y, x): the layer's scale."""
     return tuple(float(s) for s in layer.scale)
 
 
@@ -67,11 +149,12 @@ class LayerCombo(QComboBox):
         self.viewer = viewer
         self.layer_type = layer_type
         self.allow_none = allow_none
-        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.reordered):
+        events = viewer.layers.events
+        for ev in (events.inserted, events.removed, events.reordered):
             ev.connect(self.refresh)
         self.refresh()
 
-    def refresh(self, *_):
+    def refresh(self, *_) -> None:
         current = self.currentText()
         self.blockSignals(True)
         self.clear()
@@ -83,7 +166,13 @@ class LayerCombo(QComboBox):
         idx = self.findText(current)
         if idx >= 0:
             self.setCurrentIndex(idx)
+        elif self.count() and not self.allow_none:
+            self.setCurrentIndex(self.count() - 1)  # newest layer
         self.blockSignals(False)
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt API; picks up renamed layers
+        self.refresh()
+        super().showPopup()
 
     def layer(self):
         name = self.currentText()
@@ -92,15 +181,42 @@ class LayerCombo(QComboBox):
         return self.viewer.layers[name]
 
 
+def axis_combo() -> QComboBox:
+    """Slice-axis choice: 'auto' (thickest spacing, ties -> 0) or array axis 0/1/2 as napari shows it."""
+    box = QComboBox()
+    box.addItems(["auto (thickest)", "0", "1", "2"])
+    box.setToolTip("array axis slices are taken along; auto = the axis with the largest voxel spacing")
+    return box
+
+
+def axis_value(box: QComboBox) -> int | None:
+    text = box.currentText()
+    return None if text.startswith("auto") else int(text)
+
+
+def warning_label() -> QLabel:
+    lab = QLabel("")
+    lab.setStyleSheet("color: #e0a030;")
+    lab.setWordWrap(True)
+    return lab
+
+
+# ---------------------------------------------------------------------------------------------
+# jobs
+
+
 class JobBar(QWidget):
     """Progress bar + Cancel button; runs one engine job at a time in a napari thread worker.
 
-    The engine reports progress through a callback (called in the worker thread): the latest
-    (done, total) is stored and a timer in the GUI thread shows it in this bar and in napari's activity
-    dock. Cancel sets a flag the engine polls before every batch; the job then raises Cancelled.
+    The engine reports progress through a callback called in the worker thread: the latest
+    (done, total) is stored, and a timer in the GUI thread shows it in this bar and in a
+    ``napari.utils.progress`` bar (napari's activity dock). Cancel sets a flag that the engine
+    polls before every batch of slices; the engine then raises ``Cancelled`` and no layer is added.
+    A result that arrives after Cancel was pressed is dropped as well.
     """
 
     finished = Signal()
+    ticked = Signal()
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -115,7 +231,7 @@ class JobBar(QWidget):
         lay.addWidget(self.bar)
         lay.addWidget(self.cancel_btn)
         self.worker = None
-        self._state = (0, 1)
+        self.state = (0, 1)
         self._flag = threading.Event()
         self._timer = QTimer(self)
         self._timer.setInterval(100)
@@ -128,14 +244,15 @@ class JobBar(QWidget):
         return self.worker is not None
 
     def lock(self, *buttons: QWidget) -> None:
-        """Buttons disabled while a job runs."""
+        """Widgets disabled while a job runs."""
         self._buttons.extend(buttons)
 
     def start(self, desc: str, fn: Callable[..., Any], on_done: Callable[[Any], None], *,
-              keep_on_cancel: bool = False, **kwargs) -> None:
-        """Run ``fn(progress=..., cancel=..., **kwargs)`` in a worker; ``on_done(result)`` in the GUI thread.
+              keep_on_cancel: bool = False) -> None:
+        """Run ``fn(progress, cancel)`` in a worker; then ``on_done(result)`` in the GUI thread.
 
-        A job that returns after Cancel is dropped, unless ``keep_on_cancel`` (training: Stop keeps the model).
+        ``keep_on_cancel``: the job handles Cancel itself and its result is still used (training:
+        Stop saves the model learnt so far).
         """
         from napari.qt.threading import create_worker
         from napari.utils import progress as napari_progress
@@ -145,29 +262,29 @@ class JobBar(QWidget):
             show_warning("medvae: a job is already running; wait for it or cancel it")
             return
         self._flag.clear()
-        self._state = (0, 1)
+        self.state = (0, 1)
 
         def call():
-            return fn(progress=self._report, cancel=self._flag.is_set, **kwargs)
+            return fn(self._report, self._flag.is_set)
 
-        worker = create_worker(call, _ignore_errors=True)  # errors are shown by _failed as notifications
+        worker = create_worker(call, _ignore_errors=True)  # errors become notifications in _failed
         worker.returned.connect(lambda res: self._done(res, on_done, keep_on_cancel))
-        worker.errored.connect(self._failed)
+        worker.errored.connect(notify_error)
         worker.finished.connect(self._finish)
         self.worker = worker
         for b in self._buttons:
             b.setEnabled(False)
         self.cancel_btn.setEnabled(True)
-        self.bar.setRange(0, 0)
+        self.bar.setRange(0, 0)  # busy until the first progress report
         self._napari_bar = napari_progress(total=0, desc=f"medvae: {desc}")
         self._timer.start()
         worker.start()
 
     def _report(self, done: int, total: int) -> None:
-        self._state = (done, total)
+        self.state = (int(done), int(total))
 
     def _tick(self) -> None:
-        done, total = self._state
+        done, total = self.state
         if total > 0 and done > 0:
             self.bar.setRange(0, total)
             self.bar.setValue(done)
@@ -175,27 +292,34 @@ class JobBar(QWidget):
             if pb is not None:
                 if pb.total != total:
                     pb.total = total
-                pb.update(max(0, done - pb.n))
+                    pb.n = 0
+                pb.update(done - pb.n)
+        self.ticked.emit()
 
     def cancel(self) -> None:
-        """Ask the running job to stop (within one batch, well under a second on typical volumes)."""
-        self._flag.set()
-        self.cancel_btn.setEnabled(False)
+        """Ask the running job to stop: the engine checks the flag before each batch of slices."""
+        if self.running:
+            self._flag.set()
+            self.cancel_btn.setEnabled(False)
 
-    def _done(self, result, on_done, keep_on_cancel: bool = False) -> None:
-        if self._flag.is_set() and not keep_on_cancel:  # cancelled after the last batch: drop the result
-            notify_error(_cancelled())
+    @property
+    def cancelled(self) -> bool:
+        return self._flag.is_set()
+
+    def _done(self, result, on_done, keep_on_cancel: bool) -> None:
+        if self._flag.is_set() and not keep_on_cancel:
+            from ..errors import Cancelled
+
+            notify_error(Cancelled("cancelled"))
             return
         try:
             on_done(result)
-        except Exception as exc:  # noqa: BLE001 - shown to the user, not swallowed
+        except Exception as exc:  # noqa: BLE001 - shown to the user as a notification
             notify_error(exc)
-
-    def _failed(self, exc: BaseException) -> None:
-        notify_error(exc)
 
     def _finish(self) -> None:
         self._timer.stop()
+        self._tick()
         if self._napari_bar is not None:
             self._napari_bar.close()
             self._napari_bar = None
@@ -206,24 +330,3 @@ class JobBar(QWidget):
         for b in self._buttons:
             b.setEnabled(True)
         self.finished.emit()
-
-
-def _cancelled():
-    from ..errors import Cancelled
-
-    return Cancelled("cancelled")
-
-
-def device_label_text() -> str:
-    """Human-readable device of the loaded model (or what 'auto' would pick) without loading torch twice."""
-    m = _MODEL["model"]
-    if m is None:
-        return "device: chosen when the first job runs (auto: CUDA > MPS > CPU)"
-    return f"device: {m.device}"
-
-
-def warning_label() -> QLabel:
-    lab = QLabel("")
-    lab.setStyleSheet("color: #e0a030;")
-    lab.setWordWrap(True)
-    return lab

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
@@ -15,11 +14,21 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import JobBar, LayerCombo, get_model, layer_geometry, layer_spacing
+from . import _common
+from ._common import (
+    JobBar,
+    LayerCombo,
+    axis_combo,
+    axis_value,
+    get_model,
+    layer_geometry,
+    layer_spacing,
+    need,
+)
 
 
 class InpaintWidget(QWidget):
-    """Fill the non-zero voxels of a Labels layer, or whole missing slices (indices or auto-detected)."""
+    """Fill the non-zero voxels of a Labels layer, or whole missing slices (typed or auto-detected)."""
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -32,15 +41,16 @@ class InpaintWidget(QWidget):
         self.mask_mode.setChecked(True)
         self.mask = LayerCombo(napari_viewer, Labels)
         self.new_mask_btn = QPushButton("New mask to paint")
+        self.new_mask_btn.setToolTip("adds an empty Labels layer on the image's grid, in paint mode")
         self.slices = QLineEdit("auto")
-        self.slices.setToolTip("slice indices along the axis, e.g. 40,41,57 or 40-45, or 'auto' for blank slices")
-        self.axis = QComboBox()
-        self.axis.addItems(["auto (thickest)", "0", "1", "2"])
-        self.axis.setToolTip("array axis (as napari shows it) along which slices are missing")
+        self.slices.setToolTip("slice indices along the axis, e.g. 40,41,57 or 40-45; 'auto' = blank slices")
+        self.detect_btn = QPushButton("Detect blank")
+        self.detect_btn.setToolTip("find blank slices along the axis and list them here")
+        self.axis = axis_combo()
         self.only_filled = QCheckBox("Show only the filled voxels")
         self.run_btn = QPushButton("Inpaint")
         self.job = JobBar()
-        self.job.lock(self.run_btn, self.new_mask_btn)
+        self.job.lock(self.run_btn, self.new_mask_btn, self.detect_btn)
         form = QFormLayout()
         form.addRow("Image", self.source)
         modes = QHBoxLayout()
@@ -51,8 +61,11 @@ class InpaintWidget(QWidget):
         mrow.addWidget(self.mask)
         mrow.addWidget(self.new_mask_btn)
         form.addRow("Mask", mrow)
-        form.addRow("Slices", self.slices)
-        form.addRow("Axis", self.axis)
+        srow = QHBoxLayout()
+        srow.addWidget(self.slices)
+        srow.addWidget(self.detect_btn)
+        form.addRow("Slices", srow)
+        form.addRow("Slice axis", self.axis)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.only_filled)
@@ -60,15 +73,13 @@ class InpaintWidget(QWidget):
         lay.addWidget(self.job)
         lay.addStretch()
         self.new_mask_btn.clicked.connect(self.new_mask)
+        self.detect_btn.clicked.connect(self.detect)
         self.run_btn.clicked.connect(self.run)
 
     def new_mask(self) -> None:
         """Add an empty Labels layer on the image's grid, ready for painting."""
-        from napari.utils.notifications import show_error
-
         layer = self.source.layer()
-        if layer is None:
-            show_error("medvae: choose an image layer first")
+        if not need(layer):
             return
         geo = layer_geometry(layer)
         lab = self.viewer.add_labels(np.zeros(layer.data.shape, dtype=np.uint8), name=f"{layer.name} mask", **geo)
@@ -78,57 +89,82 @@ class InpaintWidget(QWidget):
         self.mask.setCurrentText(lab.name)
         self.mask_mode.setChecked(True)
 
+    def detect(self) -> None:
+        """Find blank slices (engine.detect_blank_slices) and write them into the Slices field."""
+        layer = self.source.layer()
+        if not need(layer):
+            return
+        data = layer.data
+        spacing = layer_spacing(layer)
+        axis = axis_value(self.axis)
+
+        def job(progress, cancel):
+            from ..engine import detect_blank_slices
+            from ..engine.preprocess import check_axis
+
+            ax = check_axis(axis, spacing)
+            return detect_blank_slices(np.asarray(data), ax)
+
+        def done(idx: list[int]) -> None:
+            from napari.utils.notifications import show_info
+
+            self.slice_mode.setChecked(True)
+            self.slices.setText(",".join(str(i) for i in idx) if idx else "auto")
+            show_info(f"medvae: {len(idx)} blank slice(s) found" + ("" if idx else "; type indices to fill"))
+
+        self.job.start("detect blank slices", job, done)
+
     def run(self) -> None:
+        """Start inpainting on the image and mask/slices chosen now (recorded at start)."""
         from napari.utils.notifications import show_error
 
         from ..cli import parse_slices
         from ..errors import MedVAEError
 
         layer = self.source.layer()
-        if layer is None:
-            show_error("medvae: choose an image layer first")
+        if not need(layer):
             return
-        data = np.asarray(layer.data)
-        kw: dict = {}
+        data = layer.data
+        mask = None
+        indices: list[int] | str = "auto"
         if self.mask_mode.isChecked():
             mlayer = self.mask.layer()
             if mlayer is None:
                 show_error("medvae: choose or create a mask (Labels) layer, or switch to missing slices")
                 return
-            kw["mask"] = np.asarray(mlayer.data) != 0
+            mask = np.asarray(mlayer.data) != 0
         else:
             try:
-                kw["missing_slices"] = parse_slices(self.slices.text())
+                indices = parse_slices(self.slices.text())
             except MedVAEError as exc:
                 show_error(f"medvae: {exc}")
                 return
-            ax = self.axis.currentText()
-            kw["axis"] = None if ax.startswith("auto") else int(ax)
+        axis = axis_value(self.axis)
         geo = layer_geometry(layer)
         spacing = layer_spacing(layer)
         name = f"{layer.name} inpainted"
         only_filled = self.only_filled.isChecked()
+        force = _common.force()
 
         def job(progress, cancel):
             from ..engine import InputError, detect_blank_slices, inpaint
             from ..engine.inpaint import slices_mask
             from ..engine.preprocess import check_axis
 
-            mask, axis = kw.get("mask"), kw.get("axis")
-            if mask is None:  # resolve slices to a mask here so "only filled voxels" knows them
-                axis = check_axis(axis, spacing)
-                idx = kw["missing_slices"]
-                if idx == "auto":
-                    idx = detect_blank_slices(data, axis)
-                    if not idx:
-                        raise InputError(f"no blank slices found along axis {axis}; nothing to inpaint")
-                mask = slices_mask(data.shape, idx, axis)
-            out = inpaint(get_model(), data, spacing, mask=mask, axis=axis, progress=progress, cancel=cancel)
+            vol = np.asarray(data)
+            m, ax = mask, axis
+            if m is None:  # slices -> a mask here, so that "only the filled voxels" knows them
+                ax = check_axis(axis, spacing)
+                idx = detect_blank_slices(vol, ax) if indices == "auto" else indices
+                if not idx:
+                    raise InputError(f"no blank slices found along axis {ax}; type the indices to fill")
+                m = slices_mask(vol.shape, idx, ax)
+            out = inpaint(get_model(), vol, spacing, mask=m, axis=ax, force=force, progress=progress, cancel=cancel)
             if only_filled:
-                out = np.where(mask, out, 0).astype(np.float32)
+                out = np.where(m, out, 0).astype(out.dtype)
             return out
 
-        def done(result):
+        def done(result) -> None:
             self.viewer.add_image(result, name=name, colormap="gray", **geo)
 
         self.job.start("inpaint", job, done)

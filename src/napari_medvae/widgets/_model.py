@@ -1,18 +1,22 @@
-"""Model dock widget: choose the model and device, see its card, train or fine-tune with a live loss plot."""
+"""Model dock widget: choose the model and device, read its card, train or fine-tune with a live loss plot."""
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QPainter, QPen
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -20,11 +24,11 @@ from qtpy.QtWidgets import (
 )
 
 from . import _common
-from ._common import JobBar, set_model, warning_label
+from ._common import JobBar, model_signals, set_model, warning_label
 
 
 class LossPlot(QWidget):
-    """A minimal live plot of training (white) and validation (orange) loss."""
+    """A minimal live plot of the training loss (white) and validation loss (orange) against step."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -47,7 +51,9 @@ class LossPlot(QWidget):
         p = QPainter(self)
         p.fillRect(self.rect(), Qt.black)
         values = [v for _, v in self.train] + [v for _, v in self.val]
-        if len(values) < 2:
+        if not values:
+            p.setPen(QPen(Qt.gray, 1))
+            p.drawText(self.rect(), Qt.AlignCenter, "loss plot (during training)")
             return
         lo, hi = min(values), max(values)
         w, h = self.width(), self.height()
@@ -55,43 +61,67 @@ class LossPlot(QWidget):
         def pt(step: float, v: float) -> QPointF:
             return QPointF(w * step / self.steps, h - 4 - (h - 8) * (v - lo) / max(hi - lo, 1e-9))
 
-        p.setPen(QPen(Qt.white, 1))
-        for (s0, v0), (s1, v1) in zip(self.train, self.train[1:], strict=False):
-            p.drawLine(pt(s0, v0), pt(s1, v1))
-        p.setPen(QPen(Qt.darkYellow, 2))
-        for (s0, v0), (s1, v1) in zip(self.val, self.val[1:], strict=False):
-            p.drawLine(pt(s0, v0), pt(s1, v1))
+        for series, pen in ((self.train, QPen(Qt.white, 1)), (self.val, QPen(Qt.darkYellow, 2))):
+            p.setPen(pen)
+            for (s0, v0), (s1, v1) in zip(series, series[1:], strict=False):
+                p.drawLine(pt(s0, v0), pt(s1, v1))
+        p.setPen(QPen(Qt.gray, 1))
+        p.drawText(4, 12, f"{hi:.4g}")
+        p.drawText(4, h - 4, f"{lo:.4g}")
+
+
+def _volume_files(folder: str) -> list[str]:
+    """Supported volume files under ``folder`` (recursive), sorted."""
+    from ..io import SUPPORTED_EXTENSIONS
+
+    return sorted(str(f) for f in Path(folder).rglob("*") if f.is_file() and f.name.lower().endswith(SUPPORTED_EXTENSIONS))
 
 
 class ModelWidget(QWidget):
-    """Pick the shipped default or a checkpoint, a device, and (re)train on healthy volumes."""
+    """Pick the shipped default or a checkpoint and a device; train / fine-tune on healthy volumes."""
 
     def __init__(self, napari_viewer):
         super().__init__()
+        from napari.layers import Image
+
         self.viewer = napari_viewer
+        self._image_type = Image
         self.path = QLineEdit()
         self.path.setPlaceholderText("shipped default model")
+        self.path.setToolTip("a <name>.safetensors checkpoint (with <name>.json beside it); empty = shipped default")
         self.browse = QPushButton("Browse…")
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device.setToolTip("auto = CUDA GPU, else Apple MPS, else CPU")
         self.load_btn = QPushButton("Load model")
-        self.device_label = QLabel(_common.device_label_text())
+        self.device_label = QLabel("device: not loaded yet")
+        self.device_label.setStyleSheet("font-weight: bold;")
         self.warning = warning_label()
+        self.force = QCheckBox("Run on unusual volumes (skip the out-of-distribution check)")
+        self.force.setToolTip("the engine refuses volumes unlike the training data (e.g. CT for a T1 model); "
+                              "tick to run anyway: results may be unreliable")
         self.card = QLabel("")
         self.card.setWordWrap(True)
         self.card.setTextInteractionFlags(Qt.TextSelectableByMouse)
+
+        self.layers = QListWidget()
+        self.layers.setToolTip("tick image layers of healthy subjects to train on")
+        self.layers.setMaximumHeight(90)
         self.data_dir = QLineEdit()
-        self.data_dir.setPlaceholderText("folder of healthy volumes (.nii.gz, .nrrd, .mha, …)")
+        self.data_dir.setPlaceholderText("and/or a folder of healthy volumes")
         self.data_browse = QPushButton("Browse…")
         self.out = QLineEdit(str(Path.home() / "medvae_models" / "finetuned"))
+        self.out.setToolTip("the new model is saved as <this>.safetensors + <this>.json")
         self.steps = QSpinBox()
         self.steps.setRange(1, 100_000)
         self.steps.setValue(300)
-        self.train_btn = QPushButton("Fine-tune current model")
+        self.from_scratch = QCheckBox("Train from scratch (else fine-tune the current model)")
+        self.train_btn = QPushButton("Train")
         self.plot = LossPlot()
         self.job = JobBar()
         self.job.cancel_btn.setText("Stop")
-        self.job.lock(self.load_btn, self.train_btn)
+        self.job.lock(self.load_btn, self.train_btn, self.browse, self.device)
+        self._losses: deque[dict] = deque()  # filled by the training thread, drained by the plot
 
         form = QFormLayout()
         row = QHBoxLayout()
@@ -103,7 +133,8 @@ class ModelWidget(QWidget):
         drow.addWidget(self.data_dir)
         drow.addWidget(self.data_browse)
         tform = QFormLayout()
-        tform.addRow("Healthy data", drow)
+        tform.addRow("Healthy layers", self.layers)
+        tform.addRow("Folder", drow)
         tform.addRow("Steps", self.steps)
         tform.addRow("Save as", self.out)
         lay = QVBoxLayout(self)
@@ -111,17 +142,34 @@ class ModelWidget(QWidget):
         lay.addWidget(self.load_btn)
         lay.addWidget(self.device_label)
         lay.addWidget(self.warning)
+        lay.addWidget(self.force)
         lay.addWidget(self.card)
-        lay.addWidget(QLabel("<b>Train / fine-tune</b>"))
+        lay.addWidget(QLabel("<b>Train / fine-tune on healthy volumes</b>"))
         lay.addLayout(tform)
+        lay.addWidget(self.from_scratch)
         lay.addWidget(self.train_btn)
         lay.addWidget(self.plot)
         lay.addWidget(self.job)
         lay.addStretch()
+
         self.browse.clicked.connect(self._browse_model)
         self.data_browse.clicked.connect(self._browse_data)
         self.load_btn.clicked.connect(self.load)
         self.train_btn.clicked.connect(self.train)
+        self.force.toggled.connect(_common.set_force)
+        self.job.ticked.connect(self._plot_tick)
+        model_signals().changed.connect(self._show_model)
+        events = napari_viewer.layers.events
+        for ev in (events.inserted, events.removed):
+            ev.connect(self._refresh_layers)
+        self._refresh_layers()
+        self.force.setChecked(_common.force())
+        if _common.current_model() is not None:
+            self._show_model(_common.current_model())
+        else:
+            self.load()  # the shipped default, in a worker: the card and device show up when it is ready
+
+    # ------------------------------------------------------------------ choosing a model
 
     def _browse_model(self) -> None:
         f, _ = QFileDialog.getOpenFileName(self, "Model weights", "", "safetensors (*.safetensors)")
@@ -143,59 +191,103 @@ class ModelWidget(QWidget):
 
             return load_model(path, device=device)
 
-        self.job.start("load model", job, lambda m: self._loaded(m, path, device))
+        self.job.start("load model", job, lambda m: set_model(m, path, device))
 
-    def _loaded(self, model, path, device) -> None:
-        set_model(model, path, device)
-        self.device_label.setText(_common.device_label_text())
-        if model.device.type == "cpu" and device != "cpu":
-            self.warning.setText("No GPU available: running on the CPU (slower). Results are the same.")
-        else:
-            self.warning.setText("")
+    def _show_model(self, model) -> None:
+        """Device label, CPU-fallback warning (stays until another model is loaded) and the model card."""
+        if model is None:
+            return
+        label, warn = _common.device_text(model, _common._SESSION["device"])
+        self.device_label.setText(label)
+        self.warning.setText(warn)
         self.card.setText(model.card())
 
+    # ------------------------------------------------------------------ training
+
+    def _ticked_layers(self) -> list:
+        out = []
+        for i in range(self.layers.count()):
+            item = self.layers.item(i)
+            name = item.text()
+            if item.checkState() == Qt.Checked and name in self.viewer.layers:
+                out.append(self.viewer.layers[name])
+        return out
+
+    def _refresh_layers(self, *_) -> None:
+        checked = {layer.name for layer in self._ticked_layers()}
+        self.layers.clear()
+        for layer in self.viewer.layers:
+            if isinstance(layer, self._image_type) and layer.ndim == 3:
+                item = QListWidgetItem(layer.name)
+                item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+                item.setCheckState(Qt.Checked if layer.name in checked else Qt.Unchecked)
+                self.layers.addItem(item)
+
     def train(self) -> None:
-        """Fine-tune the current model on a folder of healthy volumes; Stop saves what was learnt so far."""
+        """Train on the ticked layers and/or a folder; Stop keeps (and saves) what was learnt so far."""
         from napari.utils.notifications import show_error
 
+        from ..io import Geometry
+
         data = self.data_dir.text().strip()
-        if not data or not Path(data).is_dir():
-            show_error("medvae: choose a folder of healthy volumes to train on")
+        if data and not Path(data).is_dir():
+            show_error(f"medvae: {data} is not a folder")
+            return
+        layers = [(layer.name, layer.data, Geometry.from_layer_kwargs(layer.scale, layer.translate, layer.affine,
+                                                                       layer.metadata))
+                  for layer in self._ticked_layers()]
+        if not layers and not data:
+            show_error("medvae: tick healthy image layers or choose a folder of healthy volumes to train on")
             return
         out = self.out.text().strip()
+        if not out:
+            show_error("medvae: choose where to save the new model ('Save as')")
+            return
         steps = self.steps.value()
-        init = self.path.text().strip() or None
+        scratch = self.from_scratch.isChecked()
+        init = None if scratch else (self.path.text().strip() or None)
         device = self.device.currentText()
+        described = ", ".join([n for n, _, _ in layers] + ([data] if data else []))
         self.plot.reset(steps)
+        self._losses.clear()
 
         def job(progress, cancel):
-            from ..cli import _gather
+            import tempfile
+
+            import numpy as np
+
             from ..engine import load_model
             from ..engine.model import default_model_path
             from ..engine.train import TrainConfig, train
+            from ..errors import InputError
+            from ..io import write_volume
 
+            files = _volume_files(data) if data else []
+            if data and not files:
+                raise InputError(f"{data}: no volumes (.nii, .nii.gz, .nrrd, .mha, .mhd) in this folder")
             Path(out).parent.mkdir(parents=True, exist_ok=True)
-            tc = TrainConfig(train=_gather([data]), out=out, steps=steps, init=init or str(default_model_path()),
-                             device=device, val_every=max(1, min(100, steps // 3)), lr=5e-4,
-                             data_description=f"fine-tuned on {data}")
+            with tempfile.TemporaryDirectory(prefix="medvae_train_") as tmp:
+                for i, (_, arr, geo) in enumerate(layers):  # the engine trains from files
+                    files.append(str(write_volume(Path(tmp) / f"layer{i}.nii.gz", np.asarray(arr), geo)))
+                tc = TrainConfig(train=files, out=out, steps=steps, device=device,
+                                 init=None if scratch else (init or str(default_model_path())),
+                                 val_every=max(1, min(100, steps // 3)), lr=2e-3 if scratch else 5e-4,
+                                 data_description=f"{'trained' if scratch else 'fine-tuned'} on {described}")
 
-            def cb(info):
-                progress(info["step"], info["steps"])
-                self._last_info = info
+                def callback(info: dict) -> None:
+                    progress(info["step"], info["steps"])
+                    self._losses.append(info)
 
-            path = train(tc, callback=cb, cancel=cancel)
+                path = train(tc, callback=callback, cancel=cancel)
             return load_model(path, device=device), str(path)
 
-        def done(res):
+        def done(res) -> None:
             model, path = res
             self.path.setText(path)
-            self._loaded(model, path, device)
+            set_model(model, path, device)
 
-        self._last_info = None
         self.job.start("train", job, done, keep_on_cancel=True)
-        self.job._timer.timeout.connect(self._plot_tick)
 
     def _plot_tick(self) -> None:
-        info = getattr(self, "_last_info", None)
-        if info is not None and (not self.plot.train or self.plot.train[-1][0] < info["step"]):
-            self.plot.add(info)
+        while self._losses:
+            self.plot.add(self._losses.popleft())

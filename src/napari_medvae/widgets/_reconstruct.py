@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
-from ._common import JobBar, LayerCombo, get_model, layer_geometry, layer_spacing
+from . import _common
+from ._common import (
+    JobBar,
+    LayerCombo,
+    axis_combo,
+    axis_value,
+    get_model,
+    layer_geometry,
+    layer_spacing,
+    need,
+)
 
 
 class ReconstructWidget(QWidget):
-    """Healthy reconstruction or structure-preserving denoising of an image layer (new layer; source untouched)."""
+    """Healthy-looking reconstruction, or structure-preserving denoising, of an image layer (a new layer)."""
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -16,12 +26,16 @@ class ReconstructWidget(QWidget):
 
         self.viewer = napari_viewer
         self.source = LayerCombo(napari_viewer, Image)
+        self.axis = axis_combo()
         self.reconstruct_btn = QPushButton("Reconstruct")
+        self.reconstruct_btn.setToolTip("the model's healthy-looking version of the volume")
         self.denoise_btn = QPushButton("Denoise")
+        self.denoise_btn.setToolTip("remove noise, keep anatomy and lesions")
         self.job = JobBar()
         self.job.lock(self.reconstruct_btn, self.denoise_btn)
         form = QFormLayout()
         form.addRow("Image", self.source)
+        form.addRow("Slice axis", self.axis)
         buttons = QHBoxLayout()
         buttons.addWidget(self.reconstruct_btn)
         buttons.addWidget(self.denoise_btn)
@@ -34,17 +48,16 @@ class ReconstructWidget(QWidget):
         self.denoise_btn.clicked.connect(lambda: self.run("denoised"))
 
     def run(self, kind: str) -> None:
-        """Start the job on the layer selected now (recorded: changing the selection later has no effect)."""
-        from napari.utils.notifications import show_error
-
+        """Start ``kind`` ('reconstruction' | 'denoised') on the layer selected now (recorded at start)."""
         layer = self.source.layer()
-        if layer is None:
-            show_error("medvae: choose an image layer first")
+        if not need(layer):
             return
         data = layer.data
         geo = layer_geometry(layer)
         name = f"{layer.name} {kind}"
         spacing = layer_spacing(layer)
+        axis = axis_value(self.axis)
+        force = _common.force()
 
         def job(progress, cancel):
             import numpy as np
@@ -52,9 +65,9 @@ class ReconstructWidget(QWidget):
             from ..engine import denoise, reconstruct
 
             fn = reconstruct if kind == "reconstruction" else denoise
-            return fn(get_model(), np.asarray(data), spacing, progress=progress, cancel=cancel)
+            return fn(get_model(), np.asarray(data), spacing, axis=axis, force=force, progress=progress, cancel=cancel)
 
-        def done(result):
+        def done(result) -> None:
             self.viewer.add_image(result, name=name, colormap="gray", **geo)
 
         self.job.start(kind, job, done)

@@ -1,0 +1,61 @@
+"""Jobs: Cancel stops quickly and leaves no layer; errors become notifications, not tracebacks."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from plugin_helpers import TIMEOUT_MS, Notifications, dock, open_volume
+
+pytestmark = pytest.mark.napari
+
+
+def test_cancel_mid_job_leaves_no_layer(make_napari_viewer, qtbot, sample_dir):
+    viewer = make_napari_viewer()
+    src = open_volume(viewer, sample_dir / "mni_t1_healthy.nii.gz")
+    w = dock(viewer, "Anomaly review")
+    w.source.setCurrentText(src.name)
+    w.uncertainty.setChecked(True)  # a long job: anomaly + 8 posterior passes
+    note = Notifications()
+    try:
+        w.run_btn.click()
+        qtbot.waitUntil(lambda: w.job.state[0] > 0, timeout=TIMEOUT_MS)  # the network is running
+        t0 = time.perf_counter()
+        w.job.cancel_btn.click()
+        qtbot.waitUntil(lambda: not w.job.running, timeout=TIMEOUT_MS)
+        stopped = time.perf_counter() - t0
+    finally:
+        note.close()
+    assert stopped < 3.0, f"cancel took {stopped:.1f} s"  # 1 s target; slack for a loaded 2-core CI box
+    assert [layer.name for layer in viewer.layers] == ["mni_t1_healthy"]
+    assert w.run_btn.isEnabled() and not w.job.cancel_btn.isEnabled()
+    assert any("cancelled" in msg for msg in note.messages)
+
+
+def test_bad_input_gives_a_notification_and_no_layer(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((64, 64)).astype(np.float32), name="flat")
+    w = dock(viewer, "Reconstruct & Denoise")
+    w.source.setCurrentText("flat")
+    note = Notifications()
+    try:
+        w.reconstruct_btn.click()
+        qtbot.waitUntil(lambda: not w.job.running and bool(note.messages), timeout=TIMEOUT_MS)
+    finally:
+        note.close()
+    assert note.messages[0].startswith("medvae: ") and "3D" in note.messages[0]
+    assert [layer.name for layer in viewer.layers] == ["flat"]
+
+
+def test_no_image_layer_is_a_notification(make_napari_viewer):
+    viewer = make_napari_viewer()
+    note = Notifications()
+    try:
+        for title, button in (("Reconstruct & Denoise", "denoise_btn"), ("Inpaint", "run_btn"),
+                              ("Anomaly review", "run_btn")):
+            getattr(dock(viewer, title), button).click()
+    finally:
+        note.close()
+    assert len(note.messages) == 3 and all("choose an image layer" in m for m in note.messages)
+    assert len(viewer.layers) == 0
