@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from ..errors import InputError
 from .model import Model
@@ -17,6 +18,40 @@ from .runner import CancelFn, Progress, ProgressFn, check_mask, run_network
 
 FLIPS = [(slice(None),), (slice(None, None, -1),), (slice(None), slice(None), slice(None, None, -1)),
          (slice(None, None, -1), slice(None), slice(None, None, -1))]
+
+
+def first_guess(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Classical fill of the masked voxels of a (slices, H, W) volume, refined by the network afterwards.
+
+    Whole missing slices: cubic (fewer than 4 known slices: linear) interpolation along the slice axis
+    over all known slices. Other regions: biharmonic inpainting (skimage) of each connected region in a
+    box around it. Unmasked voxels are returned unchanged.
+    """
+    from scipy.interpolate import interp1d
+
+    out = np.where(mask, 0.0, data).astype(np.float32)
+    per_slice = mask.reshape(mask.shape[0], -1)
+    full = per_slice.all(axis=1)
+    partial = mask & ~full[:, None, None]
+    if full.any():
+        known = np.flatnonzero(~per_slice.any(axis=1))
+        if len(known) >= 2:
+            kind = "cubic" if len(known) >= 4 else "linear"
+            f = interp1d(known, data[known], axis=0, kind=kind, bounds_error=False,
+                         fill_value=(data[known[0]], data[known[-1]]))
+            idx = np.flatnonzero(full)
+            out[idx] = np.clip(f(idx), 0, None)
+    if partial.any():
+        from skimage.restoration import inpaint_biharmonic
+
+        lab, _ = ndi.label(partial)
+        for sl in ndi.find_objects(lab):
+            box = tuple(slice(max(0, s.start - 3), s.stop + 3) for s in sl)
+            region = partial[box]
+            if region.all():
+                continue
+            out[box] = np.where(region, np.clip(inpaint_biharmonic(out[box].astype(np.float64), region), 0, None), out[box])
+    return out
 
 
 def detect_blank_slices(volume: np.ndarray, axis: int) -> list[int]:
@@ -84,11 +119,11 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
     flips = FLIPS if tta else FLIPS[:1]
     p = Progress(int(mm.any(axis=(1, 2)).sum()) * len(flips), progress, cancel)
     p.check()
-    known = np.where(mm, 0.0, prep.data).astype(np.float32)
-    acc = np.zeros_like(known)
+    init = first_guess(prep.data, mm)
+    acc = np.zeros_like(init)
     for flip in flips:  # test-time augmentation: mirrored along the slice axis and left-right
-        d, k = (np.ascontiguousarray(a[flip]) for a in (known, mm))
-        acc += run_network(model, d, k, prep.stride, p, only_masked=True)[flip]
+        d, k = (np.ascontiguousarray(a[flip]) for a in (init, mm))
+        acc += run_network(model, d, k, prep.stride, p, only_masked=True, prefilled=True)[flip]
     filled = prep.to_original(np.clip(acc / len(flips), 0, None))
     out = volume.astype(np.float32, copy=True)
     out[m] = filled[m]

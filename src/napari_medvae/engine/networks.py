@@ -32,6 +32,7 @@ class SliceVAEConfig:
     latent_channels: int = 8
     norm_groups: int = 8
     prefill: bool = False
+    prefill_order: int = 1
     type: str = field(default="SliceVAE")
 
     def to_dict(self) -> dict:
@@ -57,11 +58,12 @@ class SliceVAEConfig:
         return 2 * self.context + 1
 
 
-def prefill(x: torch.Tensor, k: int, iterations: int = 10) -> torch.Tensor:
+def prefill(x: torch.Tensor, k: int, iterations: int = 10, order: int = 1) -> torch.Tensor:
     """Replace masked voxels of a B x 2K x H x W input by a classical first guess.
 
-    Along the slice axis: linear interpolation between the nearest known voxels above and below (or the
-    nearest one when only one side is known); voxels with no known voxel in their column: in-plane
+    Along the slice axis: linear (``order`` 1) or, where two known voxels lie on each side, cubic (``order``
+    3) interpolation between the nearest known voxels above and below (the nearest one when only one side
+    is known); voxels with no known voxel in their column: in-plane
     normalised convolution (7 x 7 box, repeated). The network then only learns a correction to it.
     """
     img, m = x[:, :k], x[:, k:]
@@ -74,21 +76,32 @@ def prefill(x: torch.Tensor, k: int, iterations: int = 10) -> torch.Tensor:
     for j in masked_slices:
         side = []
         for step in (-1, 1):
-            val = torch.zeros_like(img[:, 0])
-            dist = torch.zeros_like(img[:, 0])
-            found = torch.zeros_like(img[:, 0])
+            z = torch.zeros_like(img[:, 0])
+            val, dist, found, val2, dist2, found2 = z, z, z, z, z, z
             for d in range(1, k):
                 i = j + step * d
                 if not 0 <= i < k:
                     break
+                sel2 = known[:, i] * found * (1.0 - found2)  # second known voxel on this side
+                val2, dist2, found2 = val2 + sel2 * img[:, i], dist2 + sel2 * d, found2 + sel2
                 sel = known[:, i] * (1.0 - found)
-                val = val + sel * img[:, i]
-                dist = dist + sel * d
-                found = found + sel
-            side.append((val, dist, found))
-        (v0, d0, f0), (v1, d1, f1) = side
+                val, dist, found = val + sel * img[:, i], dist + sel * d, found + sel
+            side.append((val, dist, found, val2, dist2, found2))
+        (v0, d0, f0, v0b, d0b, f0b), (v1, d1, f1, v1b, d1b, f1b) = side
         both = f0 * f1
         interp = (v0 * d1 + v1 * d0) / (d0 + d1).clamp_min(1.0)
+        if order == 3:  # cubic Lagrange through two known voxels on each side, where there are four
+            four = both * f0b * f1b
+            pos = [-d0b, -d0, d1, d1b]
+            vals = [v0b, v0, v1, v1b]
+            cubic = torch.zeros_like(interp)
+            for a in range(4):
+                w = torch.ones_like(interp)
+                for b in range(4):
+                    if a != b:
+                        w = w * (0 - pos[b]) / torch.where(four > 0, pos[a] - pos[b], torch.ones_like(interp))
+                cubic = cubic + w * vals[a]
+            interp = torch.where(four > 0, cubic, interp)
         est = both * interp + f0 * (1 - f1) * v0 + f1 * (1 - f0) * v1
         has = (f0 + f1).clamp(max=1.0)
         mj = m[:, j]
@@ -167,10 +180,21 @@ class SliceVAE(nn.Module):
         return x[:, c : c + 1]
 
     def forward(self, x: torch.Tensor, *, sample_latent: bool = False, gate: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return (prediction B x 1 x H x W, mu, logvar). ``sample_latent`` draws z ~ q(z|x)."""
+                generator: torch.Generator | None = None, prefilled: bool = False,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (prediction B x 1 x H x W, mu, logvar). ``sample_latent`` draws z ~ q(z|x).
+
+        ``prefilled``: masked voxels already hold a first guess made on the whole volume (inpainting);
+        only masked voxels still at 0 (e.g. context beyond the volume's ends) get the in-window prefill.
+        """
         if self.cfg.prefill:
-            x = prefill(x, self.cfg.slices)
+            k = self.cfg.slices
+            if prefilled:
+                img, m = x[:, :k], x[:, k:]
+                filled = prefill(torch.cat([img, m * (img == 0)], dim=1), k, order=self.cfg.prefill_order)
+                x = torch.cat([filled[:, :k], m], dim=1)
+            else:
+                x = prefill(x, k, order=self.cfg.prefill_order)
         mu, logvar, skips = self.encode(x)
         if sample_latent:
             eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)

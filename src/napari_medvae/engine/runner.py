@@ -43,10 +43,12 @@ class Progress:
         self.check()
 
 
-def context_stack(data: np.ndarray, mask: np.ndarray | None, idx: np.ndarray, context: int, stride: int) -> np.ndarray:
+def context_stack(data: np.ndarray, mask: np.ndarray | None, idx: np.ndarray, context: int, stride: int,
+                  keep_masked: bool = False) -> np.ndarray:
     """Network input for centre slices ``idx``: B x 2K x H x W (masked intensities, then masks).
 
     Neighbours are ``stride`` slices apart; beyond the volume's ends they count as masked (unknown).
+    Masked voxels are zeroed unless ``keep_masked`` (they then hold a first guess, see inpaint).
     """
     offsets = np.arange(-context, context + 1) * stride
     nb = idx[:, None] + offsets[None, :]
@@ -56,7 +58,11 @@ def context_stack(data: np.ndarray, mask: np.ndarray | None, idx: np.ndarray, co
     m = np.broadcast_to(outside[:, :, None, None], img.shape).astype(np.float32)
     if mask is not None:
         m = np.maximum(m, mask[nbc].astype(np.float32))
-    return np.concatenate([img * (1.0 - m), m], axis=1).astype(np.float32, copy=False)
+    if keep_masked:
+        img = np.where(outside[:, :, None, None], 0.0, img)
+    else:
+        img = img * (1.0 - m)
+    return np.concatenate([img, m], axis=1).astype(np.float32, copy=False)
 
 
 def signal_box(data: np.ndarray, mask: np.ndarray | None, margin: int = 6) -> tuple[np.ndarray, slice, slice]:
@@ -104,6 +110,7 @@ def run_network(
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     only_masked: bool = False,
+    prefilled: bool = False,
 ) -> np.ndarray:
     """Predict every slice of ``data`` (S x H x W, normalised); returns S x H x W float32.
 
@@ -128,14 +135,14 @@ def run_network(
     while i < len(slices):
         progress.check()
         idx = slices[i : i + bs]
-        x = context_stack(sub, msub, idx, context, stride)
+        x = context_stack(sub, msub, idx, context, stride, keep_masked=prefilled)
         if ph or pw:
             x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)))
             pad_mask = np.zeros(x.shape[2:], dtype=bool)
             pad_mask[h:, :] = True
             pad_mask[:, w:] = True
         try:
-            pred = _forward(model, x, sample_latent, generator)
+            pred = _forward(model, x, sample_latent, generator, prefilled)
         except torch.OutOfMemoryError:
             if bs > 1:
                 bs = max(1, bs // 2)
@@ -154,13 +161,14 @@ def run_network(
     return out
 
 
-def _forward(model: Model, x: np.ndarray, sample_latent: bool, generator: torch.Generator | None) -> np.ndarray:
+def _forward(model: Model, x: np.ndarray, sample_latent: bool, generator: torch.Generator | None,
+             prefilled: bool = False) -> np.ndarray:
     t = torch.from_numpy(x).to(model.device, non_blocking=True)
     if model.device.type == "cuda":
         t = t.contiguous(memory_format=torch.channels_last)
     amp = model.amp_dtype
     with torch.inference_mode(), torch.autocast(model.device.type, dtype=amp, enabled=amp is not None):
-        pred, _, _ = model.net(t, sample_latent=sample_latent, generator=generator)
+        pred, _, _ = model.net(t, sample_latent=sample_latent, generator=generator, prefilled=prefilled)
     return pred.float().cpu().numpy()
 
 
