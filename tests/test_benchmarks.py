@@ -1,0 +1,33 @@
+"""The benchmark scripts run end to end in their quick (CI) modes and write their tables."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+@pytest.mark.slow
+def test_quality_quick_writes_table(tmp_path):
+    import quality
+
+    out = tmp_path / "q.md"
+    assert quality.main(["--quick", "--out", str(out)]) == 0
+    text = out.read_text()
+    for task in ("denoise, Rician 5 %", "missing single slices", "painted regions", "anomaly, hypo-intense",
+                 "reconstruction, healthy tissue", "T2-like"):
+        assert task in text, task
+    assert "PASS" in text or "FAIL" in text
+
+
+@pytest.mark.slow
+def test_speed_quick_writes_table(tmp_path):
+    import speed
+
+    out = tmp_path / "s.md"
+    assert speed.main(["--quick", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "1 mm brain" in text and "plugin import" in text and "cores" in text
