@@ -1,101 +1,152 @@
 """Open napari (a real window; run under Xvfb on a headless machine), run every widget on the sample data
 and save a screenshot of each to docs/screenshots/.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
+
+Screenshots need ``show=True``: an unshown viewer renders black images.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import napari
 import numpy as np
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 PLUGIN = "napari-medvae"
 
 
-def wait(pred, timeout: float = 180.0) -> None:
+def pump(seconds: float = 0.4) -> None:
+    end = time.time() + seconds
+    while time.time() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def wait(pred, timeout: float = 600.0) -> None:
     t = time.time()
     while not pred():
         QApplication.processEvents()
         time.sleep(0.05)
         if time.time() - t > timeout:
             raise TimeoutError("widget job did not finish")
-    for _ in range(20):
-        QApplication.processEvents()
-        time.sleep(0.02)
+    pump()
 
 
 def shot(viewer, name: str) -> None:
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
     OUT.mkdir(parents=True, exist_ok=True)
-    viewer.window._qt_window.resize(1500, 950)
-    for _ in range(10):
-        QApplication.processEvents()
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):  # stale pop-ups
+        toast.close()
+    pump()
     viewer.screenshot(str(OUT / f"{name}.png"), canvas_only=False)
-    print("wrote", OUT / f"{name}.png")
+    print("wrote", OUT / f"{name}.png", flush=True)
+
+
+def reset(viewer) -> None:
+    viewer.window.remove_dock_widget("all")
+    viewer.layers.clear()
+    viewer.canvas.grid.enabled = False
+    viewer.dims.order = (0, 1, 2)
+
+
+def anomaly(viewer) -> None:
+    viewer.open_sample(PLUGIN, "lesion")
+    viewer.layers["mni_t1_lesion truth"].visible = False
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Anomaly review")
+    w.source.setCurrentText("mni_t1_lesion")
+    w.run_btn.click()
+    wait(lambda: "mni_t1_lesion candidates" in viewer.layers and not w.job.running)
+    viewer.reset_view()
+    w.table.setCurrentCell(0, 0)  # as a radiologist clicking the first candidate: the view jumps there
+    viewer.layers.selection.active = viewer.layers["mni_t1_lesion anomaly"]
+    shot(viewer, "anomaly")
+
+
+def progress(viewer) -> None:
+    """A long job running: progress in the widget and in napari's activity dock, Cancel enabled."""
+    viewer.open_sample(PLUGIN, "healthy")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Anomaly review")
+    w.source.setCurrentText("mni_t1_healthy")
+    w.uncertainty.setChecked(True)
+    w.run_btn.click()
+    viewer.window._qt_window.statusBar()._toggle_activity_dock(True)
+    wait(lambda: w.job.state[0] >= 0.3 * w.job.state[1])
+    shot(viewer, "progress")
+    w.job.cancel_btn.click()
+    wait(lambda: not w.job.running)
+    viewer.window._qt_window.statusBar()._toggle_activity_dock(False)
+
+
+def denoise(viewer) -> None:
+    viewer.open_sample(PLUGIN, "noisy")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Reconstruct & Denoise")
+    w.source.setCurrentText("mni_t1_noisy")
+    w.denoise_btn.click()
+    wait(lambda: "mni_t1_noisy denoised" in viewer.layers and not w.job.running)
+    viewer.canvas.grid.enabled = True
+    viewer.reset_view()
+    shot(viewer, "denoise")
+
+
+def inpaint(viewer) -> None:
+    viewer.open_sample(PLUGIN, "missing")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Inpaint")
+    w.source.setCurrentText("mni_t1_missing")
+    w.detect_btn.click()
+    wait(lambda: w.slices.text() != "auto" and not w.job.running)
+    w.run_btn.click()
+    wait(lambda: "mni_t1_missing inpainted" in viewer.layers and not w.job.running)
+    src = viewer.layers["mni_t1_missing"]
+    viewer.dims.order = (1, 0, 2)  # coronal plane: the missing axial slices show as dark lines
+    viewer.dims.set_point(1, src.data_to_world((0, 55, 0))[1])
+    viewer.canvas.grid.enabled = True
+    viewer.reset_view()
+    shot(viewer, "inpaint")
+
+
+def generate(viewer) -> None:
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")
+    w.n.setValue(2)
+    w.btn.click()
+    wait(lambda: any(la.name.startswith("medvae samples") for la in viewer.layers) and not w.job.running)
+    assert np.isfinite(viewer.layers[0].data).all()
+    viewer.dims.set_point(1, viewer.layers[0].data.shape[1] // 2 * viewer.layers[0].scale[1])
+    viewer.reset_view()
+    shot(viewer, "generate")
+
+
+def model(viewer, tmp: Path) -> None:
+    viewer.open_sample(PLUGIN, "healthy")
+    viewer.open(str(Path(__file__).resolve().parents[1] / "sample_data" / "mni_t1_lesion_truth.nii.gz"), plugin=PLUGIN)
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")
+    wait(lambda: not w.job.running)
+    for i in range(w.layers.count()):
+        w.layers.item(i).setCheckState(Qt.CheckState.Checked)
+    w.steps.setValue(12)
+    w.out.setText(str(tmp / "finetuned"))
+    w.train_btn.click()
+    wait(lambda: not w.job.running)
+    viewer.reset_view()
+    shot(viewer, "model")
 
 
 def main() -> None:
     viewer = napari.Viewer(show=True)
-
-    _, model = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")
-    model.device.setCurrentText("auto")
-    model.load_btn.click()
-    wait(lambda: "medvae-default" in model.card.text())
-    shot(viewer, "model")
-    viewer.window.remove_dock_widget("all")
-
-    viewer.open_sample(PLUGIN, "lesion")
-    src = viewer.layers["mni_t1_lesion"]
-    _, an = viewer.window.add_plugin_dock_widget(PLUGIN, "Anomaly review")
-    an.source.setCurrentText(src.name)
-    an.run_btn.click()
-    wait(lambda: "mni_t1_lesion candidates" in viewer.layers and not an.job.running)
-    viewer.layers["mni_t1_lesion truth"].visible = False
-    an.table.selectRow(0)
-    an.jump_to(0)
-    shot(viewer, "anomaly")
-    viewer.window.remove_dock_widget("all")
-    viewer.layers.clear()
-
-    viewer.open_sample(PLUGIN, "noisy")
-    _, rec = viewer.window.add_plugin_dock_widget(PLUGIN, "Reconstruct & Denoise")
-    rec.source.setCurrentText("mni_t1_noisy")
-    rec.denoise_btn.click()
-    wait(lambda: "mni_t1_noisy denoised" in viewer.layers and not rec.job.running)
-    viewer.grid.enabled = True
-    viewer.reset_view()
-    shot(viewer, "denoise")
-    viewer.grid.enabled = False
-    viewer.window.remove_dock_widget("all")
-    viewer.layers.clear()
-
-    viewer.open_sample(PLUGIN, "missing")
-    _, inp = viewer.window.add_plugin_dock_widget(PLUGIN, "Inpaint")
-    inp.source.setCurrentText("mni_t1_missing")
-    inp.slice_mode.setChecked(True)
-    inp.run_btn.click()
-    wait(lambda: "mni_t1_missing inpainted" in viewer.layers and not inp.job.running)
-    viewer.dims.set_point(0, viewer.layers["mni_t1_missing"].data_to_world((45, 0, 0))[0])
-    viewer.dims.ndisplay = 2
-    viewer.layers["mni_t1_missing"].visible = True
-    viewer.grid.enabled = True
-    viewer.reset_view()
-    shot(viewer, "inpaint")
-    viewer.grid.enabled = False
-    viewer.window.remove_dock_widget("all")
-    viewer.layers.clear()
-
-    _, gen = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")
-    gen.n.setValue(1)
-    gen.btn.click()
-    wait(lambda: any(la.name.startswith("medvae samples") for la in viewer.layers) and not gen.job.running)
-    shot(viewer, "generate")
-    assert np.isfinite(viewer.layers[0].data).all()
+    viewer.window._qt_window.resize(1500, 950)
+    pump(1.0)
+    for step in (anomaly, progress, denoise, inpaint, generate):
+        step(viewer)
+        reset(viewer)
+    with tempfile.TemporaryDirectory() as tmp:
+        model(viewer, Path(tmp))  # last: fine-tuning replaces the session's model
     viewer.close()
 
 

@@ -53,6 +53,7 @@ def test_uncertainty_on_request(make_napari_viewer, qtbot, sample_dir):
     w = dock(viewer, "Anomaly review")
     w.source.setCurrentText(src.name)
     w.uncertainty.setChecked(True)
+    w.samples.setValue(2)
     w.run_btn.click()
     unc = wait_layer(qtbot, viewer, "mni_t1_healthy uncertainty", w.job)
     assert_same_grid(unc, src)

@@ -9,9 +9,11 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
     QSlider,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -51,7 +53,12 @@ class AnomalyWidget(QWidget):
         self.brain = LayerCombo(napari_viewer, Labels, allow_none=True)
         self.brain.setToolTip("optional brain mask; (none) = the engine's automatic mask")
         self.axis = axis_combo()
-        self.uncertainty = QCheckBox("Also compute the uncertainty map (8 posterior samples)")
+        self.uncertainty = QCheckBox("Also compute the uncertainty map")
+        self.uncertainty.setToolTip("per-voxel standard deviation over posterior samples of the model")
+        self.samples = QSpinBox()
+        self.samples.setRange(2, 64)
+        self.samples.setValue(8)
+        self.samples.setSuffix(" samples")
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.05, 20.0)
         self.threshold.setSingleStep(0.1)
@@ -70,6 +77,7 @@ class AnomalyWidget(QWidget):
         self.table.setSelectionMode(QTableWidget.SingleSelection)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
         self.table.setToolTip("click a row to go to that candidate")
         form = QFormLayout()
         form.addRow("Image", self.source)
@@ -81,7 +89,10 @@ class AnomalyWidget(QWidget):
         form.addRow("Threshold", trow)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
-        lay.addWidget(self.uncertainty)
+        urow = QHBoxLayout()
+        urow.addWidget(self.uncertainty)
+        urow.addWidget(self.samples)
+        lay.addLayout(urow)
         lay.addWidget(self.run_btn)
         lay.addWidget(self.job)
         lay.addWidget(self.summary)
@@ -114,6 +125,7 @@ class AnomalyWidget(QWidget):
         thr = self.threshold.value()
         axis = axis_value(self.axis)
         with_unc = self.uncertainty.isChecked()
+        samples = self.samples.value()
         force = _common.force()
 
         def job(progress, cancel):
@@ -125,7 +137,7 @@ class AnomalyWidget(QWidget):
                           progress=progress, cancel=cancel)
             unc = None
             if with_unc:
-                unc = uncertainty(model, vol, spacing, samples=8, axis=axis, force=force, progress=progress,
+                unc = uncertainty(model, vol, spacing, samples=samples, axis=axis, force=force, progress=progress,
                                   cancel=cancel)
             return res, unc
 

@@ -210,7 +210,8 @@ class JobBar(QWidget):
 
     The engine reports progress through a callback called in the worker thread: the latest
     (done, total) is stored, and a timer in the GUI thread shows it in this bar and in a
-    ``napari.utils.progress`` bar (napari's activity dock). Cancel sets a flag that the engine
+    ``napari.utils.cancelable_progress`` bar (napari's activity dock, whose own Cancel button does
+    the same as ours). Cancel sets a flag that the engine
     polls before every batch of slices; the engine then raises ``Cancelled`` and no layer is added.
     A result that arrives after Cancel was pressed is dropped as well.
     """
@@ -255,7 +256,7 @@ class JobBar(QWidget):
         Stop saves the model learnt so far).
         """
         from napari.qt.threading import create_worker
-        from napari.utils import progress as napari_progress
+        from napari.utils import cancelable_progress
         from napari.utils.notifications import show_warning
 
         if self.running:
@@ -276,7 +277,8 @@ class JobBar(QWidget):
             b.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.bar.setRange(0, 0)  # busy until the first progress report
-        self._napari_bar = napari_progress(total=0, desc=f"medvae: {desc}")
+        # the activity dock's bar has its own Cancel button (polled in _tick)
+        self._napari_bar = cancelable_progress(total=0, desc=f"medvae: {desc}")
         self._timer.start()
         worker.start()
 
@@ -284,11 +286,13 @@ class JobBar(QWidget):
         self.state = (int(done), int(total))
 
     def _tick(self) -> None:
+        pb = self._napari_bar
+        if pb is not None and pb.is_canceled and not self._flag.is_set():
+            self.cancel()
         done, total = self.state
         if total > 0 and done > 0:
             self.bar.setRange(0, total)
             self.bar.setValue(done)
-            pb = self._napari_bar
             if pb is not None:
                 if pb.total != total:
                     pb.total = total
