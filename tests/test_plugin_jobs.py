@@ -84,3 +84,45 @@ def test_progress_shows_in_activity_dock_and_its_cancel_works(make_napari_viewer
     ours().cancel_button.click()
     qtbot.waitUntil(lambda: not w.job.running, timeout=TIMEOUT_MS)
     assert [layer.name for layer in viewer.layers] == ["mni_t1_healthy"]
+
+
+def test_unusual_volume_is_refused_until_forced_in_model_widget(make_napari_viewer, qtbot, sample_dir):
+    from napari_medvae.io import read_volume
+
+    arr, geo = read_volume(sample_dir / "mni_t1_healthy.nii.gz")
+    ct_like = arr.astype(np.float32) * 4 - 1000  # negative values: CT-like, unlike the T1 training data
+    viewer = make_napari_viewer()
+    viewer.add_image(ct_like, name="ct", **geo.napari_kwargs())
+    m = dock(viewer, "Model")
+    qtbot.waitUntil(lambda: not m.job.running, timeout=TIMEOUT_MS)
+    w = dock(viewer, "Reconstruct & Denoise")
+    w.source.setCurrentText("ct")
+    note = Notifications()
+    try:
+        w.reconstruct_btn.click()
+        qtbot.waitUntil(lambda: not w.job.running and bool(note.messages), timeout=TIMEOUT_MS)
+        assert "out-of-distribution" in note.messages[0] and "Run on unusual volumes" in note.messages[0]
+        assert "ct reconstruction" not in viewer.layers
+        m.force.setChecked(True)
+        w.reconstruct_btn.click()
+        qtbot.waitUntil(lambda: "ct reconstruction" in viewer.layers and not w.job.running, timeout=TIMEOUT_MS)
+    finally:
+        note.close()
+        m.force.setChecked(False)
+
+
+def test_bad_checkpoint_path_is_a_notification(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    m = dock(viewer, "Model")
+    qtbot.waitUntil(lambda: not m.job.running, timeout=TIMEOUT_MS)
+    label = m.device_label.text()
+    (tmp_path / "weights.pt").write_bytes(b"not a safetensors file")
+    m.path.setText(str(tmp_path / "weights.pt"))
+    note = Notifications()
+    try:
+        m.load_btn.click()
+        qtbot.waitUntil(lambda: not m.job.running and bool(note.messages), timeout=TIMEOUT_MS)
+    finally:
+        note.close()
+    assert note.messages[0].startswith("medvae: ") and "unexpected" not in note.messages[0]
+    assert m.device_label.text() == label and m.load_btn.isEnabled()

@@ -53,7 +53,7 @@ class AnomalyWidget(QWidget):
         self.brain = LayerCombo(napari_viewer, Labels, allow_none=True)
         self.brain.setToolTip("optional brain mask; (none) = the engine's automatic mask")
         self.axis = axis_combo()
-        self.uncertainty = QCheckBox("Also compute the uncertainty map")
+        self.uncertainty = QCheckBox("Uncertainty map too")
         self.uncertainty.setToolTip("per-voxel standard deviation over posterior samples of the model")
         self.samples = QSpinBox()
         self.samples.setRange(2, 64)
