@@ -107,9 +107,11 @@ def inpaint(viewer) -> None:
     src = viewer.layers["mni_t1_missing"]
     viewer.dims.order = (1, 0, 2)  # coronal plane: the missing axial slices show as dark lines
     viewer.dims.set_point(1, src.data_to_world((0, 55, 0))[1])
+    viewer.camera.orientation2d = ("up", "right")  # superior at the top, as radiologists read a coronal slice
     viewer.canvas.grid.enabled = True
     viewer.reset_view()
     shot(viewer, "inpaint")
+    viewer.camera.orientation2d = ("down", "right")
 
 
 def generate(viewer) -> None:
