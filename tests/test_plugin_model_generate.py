@@ -62,6 +62,28 @@ def test_fine_tune_on_layers_saves_and_uses_new_model(make_napari_viewer, qtbot,
     _common.reset_model()  # the other tests use the shipped model
 
 
+@pytest.mark.slow
+def test_stop_during_training_keeps_and_loads_what_was_learnt(make_napari_viewer, qtbot, sample_dir, tmp_path):
+    import json
+
+    viewer = make_napari_viewer()
+    m = dock(viewer, "Model")
+    qtbot.waitUntil(lambda: not m.job.running, timeout=TIMEOUT_MS)
+    for name in ("mni_t1_healthy.nii.gz", "mni_t1_lesion_truth.nii.gz"):
+        open_volume(viewer, sample_dir / name)
+        m.layers.item(m.layers.count() - 1).setCheckState(Qt.CheckState.Checked)
+    m.steps.setValue(10_000)
+    m.out.setText(str(tmp_path / "stopped"))
+    m.train_btn.click()
+    qtbot.waitUntil(lambda: len(m.plot.train) >= 2, timeout=TIMEOUT_MS * 2)
+    m.job.cancel_btn.click()  # "Stop"
+    qtbot.waitUntil(lambda: not m.job.running, timeout=TIMEOUT_MS)
+    cfg = json.loads((tmp_path / "stopped.json").read_text())
+    assert cfg["training"]["stopped_early"] is True
+    assert str(_common.current_model().path) == str(tmp_path / "stopped.safetensors")
+    _common.reset_model()
+
+
 def test_generate_adds_a_stack_of_volumes(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     g = dock(viewer, "Generate")
