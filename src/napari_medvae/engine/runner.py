@@ -86,7 +86,7 @@ def _pad4(n: int) -> int:
 
 
 def auto_batch_size(model: Model, h: int, w: int) -> int:
-    """Slices per batch from free memory: ~60 % of free GPU memory, or a 1.5 GB budget on CPU."""
+    """Slices per batch from free memory: ~60 % of free GPU memory, or a 1.5 GB budget (max 8) on CPU."""
     c0 = model.config.architecture["channels"][0]
     per_slice = h * w * 4 * (c0 * 10 + 4 * model.net.cfg.slices)  # bytes of live activations, rough
     if model.device.type == "cuda":
@@ -95,7 +95,7 @@ def auto_batch_size(model: Model, h: int, w: int) -> int:
         cap = 256
     else:
         budget = 1.5e9
-        cap = 32
+        cap = 8  # small CPU batches cost little throughput and keep Cancel responsive (< 1 s)
     return int(max(1, min(cap, budget // max(1, per_slice))))
 
 

@@ -439,6 +439,7 @@ def train(tc: TrainConfig, callback: Callback | None = None, cancel: Callable[[]
             "fine_tuned_from": tc.init,
         }
         model.config.package_version = __version__
+        model.config.name = tc.name
         model.config.sample_shape = [int(s) for s in vals[0][0].shape]
         path = save_checkpoint(tc.out, model.config, net.state_dict())
     if distributed:
