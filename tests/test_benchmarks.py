@@ -30,4 +30,4 @@ def test_speed_quick_writes_table(tmp_path):
     out = tmp_path / "s.md"
     assert speed.main(["--quick", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "1 mm brain" in text and "plugin import" in text and "cores" in text
+    assert "1 mm brain" in text and "start-up" in text and "cores" in text
