@@ -89,7 +89,7 @@ def ct_sized_volume(shape=(400, 512, 512)) -> np.ndarray:
     zsrc = np.linspace(0, tpl.shape[0] - 1, shape[0])
     zoom = (shape[1] / tpl.shape[1], shape[2] / tpl.shape[2])
     for k, z in enumerate(zsrc):
-        out[k] = ndi.zoom(tpl[int(round(z))], zoom, order=1, grid_mode=True)[: shape[1], : shape[2]]
+        out[k] = ndi.zoom(tpl[int(round(z))], zoom, order=1, mode="nearest", grid_mode=True)[: shape[1], : shape[2]]
     return out
 
 
