@@ -1,7 +1,8 @@
 """``medvae``: the command-line face of the engine (the same calls the napari widgets make).
 
 Every command exits 0 on success and, on bad input, prints one line ``medvae: error: ...`` and exits
-2 without writing any output (all writes are atomic). A progress bar is shown on a terminal.
+2 without writing any output (all writes are atomic); ``medvae batch`` exits 1 when some files of the
+cohort failed (the manifest says which). A progress bar is shown on a terminal.
 Heavy imports (torch, MONAI) happen inside the commands, to keep ``medvae --help`` fast.
 """
 
@@ -22,6 +23,7 @@ from . import __version__
 from .errors import Cancelled, InputError, MedVAEError
 
 EXIT_BAD_INPUT = 2
+EXIT_SOME_FAILED = 1  # medvae batch: some files failed (see the manifest)
 EXIT_INTERRUPTED = 130
 
 
@@ -321,6 +323,78 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    """OPERATION over every volume of INPUT_DIR -> OUTPUT_DIR (same relative paths) + manifest.jsonl."""
+    from .batch import run_batch
+
+    options = {
+        "axis": args.axis, "force": args.force, "missing_slices": args.missing_slices, "mask_dir": args.mask_dir,
+        "brain_mask_dir": args.brain_mask_dir, "labels": args.labels, "threshold": args.threshold,
+        "samples": args.samples, "seed": args.seed,
+    }
+    rank = int(os.environ.get("RANK", "0"))
+    show = not args.quiet and rank == 0
+    tty = show and sys.stderr.isatty()
+    bar = None
+
+    def progress(done: int, total: int) -> None:  # tqdm: files done, rate and ETA
+        nonlocal bar
+        if tty and bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc=f"batch {args.operation}", unit="file", file=sys.stderr)
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    def on_file(row: dict) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"{row['status']} {row['input']}", refresh=False)
+        elif show:
+            msg = f"{row['status']:7s} {row['input']} ({row['seconds']:.1f}s)"
+            print(msg + (f": {row['error']}" if row.get("error") else ""), flush=True)
+
+    try:
+        s = run_batch(args.operation, args.input_dir, args.output, model_path=args.model, device=args.device,
+                      options=options, progress=progress, on_file=on_file)
+    finally:
+        if bar is not None:
+            bar.close()
+    where = f" (rank {s['rank']} of {s['world_size']})" if s["world_size"] > 1 else ""
+    if s["error"]:
+        print(f"medvae: {s['error']} of {s['total']} file(s) failed{where}: {', '.join(s['failed'][:5])}"
+              f"{' ...' if len(s['failed']) > 5 else ''}; see {s['manifest']}", file=sys.stderr)
+    elif not args.quiet:
+        print(f"{s['ok']} done, {s['skipped']} skipped, 0 failed of {s['total']}{where}; manifest {s['manifest']}")
+    if s["world_size"] > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
+        # torchrun stops every process as soon as one exits non-zero: all ranks wait for the slowest, then
+        # rank 0 alone reports the cohort's failures through its exit status.
+        failed, total = _sum_over_ranks(s["error"], s["total"])
+        if s["rank"] != 0:
+            return 0
+        if failed:
+            print(f"medvae: {failed} of {total} file(s) failed over {s['world_size']} processes; "
+                  f"see {Path(args.output) / 'manifest.rank*.jsonl'}", file=sys.stderr)
+            return EXIT_SOME_FAILED
+        return 0
+    return EXIT_SOME_FAILED if s["error"] else 0
+
+
+def _sum_over_ranks(*values: int) -> list[int]:
+    """Sum integers over the torchrun processes (gloo over TCP; waits as long as the slowest rank needs)."""
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=timedelta(days=7))
+    try:
+        t = torch.tensor(values, dtype=torch.int64)
+        dist.all_reduce(t)
+        return [int(v) for v in t]
+    finally:
+        dist.destroy_process_group()
+
+
 def cmd_calibrate(args) -> int:
     from .engine.model import default_model_path
     from .engine.train import recalibrate
@@ -413,6 +487,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--description", help="training-data description stored in the model card")
     tr.add_argument("--sample-log", help="append each rank's drawn (volume, slice) pairs to SAMPLE_LOG.rankN.jsonl")
     tr.set_defaults(fn=cmd_train)
+    ba = sub.add_parser("batch", parents=[common], help="run an operation on every volume of a folder (resumable)",
+                        description="Apply OPERATION to every volume under INPUT_DIR (recursively); outputs keep their "
+                                    "relative paths under OUTPUT_DIR, each file's status goes to OUTPUT_DIR/manifest.jsonl, "
+                                    "re-running skips finished files. Exit 0: all ok, 1: some files failed, 2: bad arguments.")
+    ba.add_argument("operation", choices=["reconstruct", "denoise", "inpaint", "anomaly", "uncertainty"])
+    ba.add_argument("input_dir", help="folder of volumes (searched recursively; a folder of DICOM files is one volume)")
+    ba.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    ba.add_argument("--axis", type=int, help="slice along this voxel axis of the files (0, 1, 2); default per file")
+    ba.add_argument("--force", action="store_true", help="run even on volumes that look unlike the training data")
+    ba.add_argument("--missing-slices", help="inpaint: 'auto' (fill the blank slices of each volume)")
+    ba.add_argument("--mask-dir", help="inpaint: folder of masks with the same relative paths as the inputs")
+    ba.add_argument("--brain-mask-dir", help="anomaly: folder of brain masks with the same relative paths")
+    ba.add_argument("--labels", action="store_true", help="anomaly: also write candidates as <name>_labels.<ext>")
+    ba.add_argument("--threshold", type=float, help="anomaly: candidate threshold in heatmap units (default 1.0)")
+    ba.add_argument("--samples", type=int, help="uncertainty: posterior samples (default 8)")
+    ba.add_argument("--seed", type=int, help="uncertainty: random seed (default 0)")
+    ba.set_defaults(fn=cmd_batch)
     ca = sub.add_parser("calibrate", parents=[common], help="re-calibrate anomaly threshold + OOD profile on healthy volumes")
     ca.add_argument("model_path", nargs="?", help="model to calibrate (default: --model or the shipped model)")
     ca.add_argument("--healthy", nargs="+", required=True, help="healthy held-out volumes or folders")

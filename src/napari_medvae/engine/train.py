@@ -381,6 +381,7 @@ def train(tc: TrainConfig, callback: Callback | None = None, cancel: Callable[[]
     val_loss = float("nan")
     cancelled = False
     t_train = time.time()
+    step = start - 1  # resuming a run whose last state is already at tc.steps: the loop does not run
     for step in range(start, tc.steps):
         if cancel is not None and cancel():
             cancelled = True
@@ -412,6 +413,10 @@ def train(tc: TrainConfig, callback: Callback | None = None, cancel: Callable[[]
         if callback is not None and rank == 0:
             callback(info)
 
+    if distributed:  # training collectives are done; no barrier: rank 0's calibration may outlast the NCCL timeout
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     path = Path(tc.out)
     if rank == 0:
         net.eval()
@@ -442,11 +447,6 @@ def train(tc: TrainConfig, callback: Callback | None = None, cancel: Callable[[]
         model.config.name = tc.name
         model.config.sample_shape = [int(s) for s in vals[0][0].shape]
         path = save_checkpoint(tc.out, model.config, net.state_dict())
-    if distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
     if cancelled and rank == 0:
         log.info("training stopped by the user at step %d; model saved", step)
     return path
