@@ -151,7 +151,7 @@ def parse_slices(text: str) -> list[int] | str:
 
 
 def cmd_inpaint(args) -> int:
-    from .engine import detect_blank_slices, inpaint
+    from .engine import inpaint
     from .io import write_volume
 
     if (args.mask is None) == (args.missing_slices is None):
@@ -167,14 +167,11 @@ def cmd_inpaint(args) -> int:
             raise InputError(f"mask {args.mask} is on a different grid (spacing/origin) than the image; resample it first")
         kw["mask"] = m
     else:
-        slices = parse_slices(args.missing_slices)
-        from .engine.preprocess import check_axis
+        from .engine.inpaint import resolve_missing_slices
 
-        axis = file_axis_to_array(args.axis) if args.axis is not None else check_axis(None, geo.spacing)
-        if slices == "auto":
-            slices = detect_blank_slices(vol, axis)
-            if not slices:
-                raise InputError(f"no blank slices found along file axis {2 - axis}; nothing to inpaint")
+        requested = parse_slices(args.missing_slices)
+        slices, axis = resolve_missing_slices(vol, geo.spacing, requested, file_axis_to_array(args.axis))
+        if requested == "auto":
             _say(args, f"blank slices along file axis {2 - axis}: {slices}")
         kw["missing_slices"] = slices
         kw["axis"] = axis

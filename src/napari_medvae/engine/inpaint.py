@@ -67,6 +67,23 @@ def detect_blank_slices(volume: np.ndarray, axis: int) -> list[int]:
     return [int(i) for i in range(content[0] + 1, content[-1]) if constant[i]]
 
 
+def resolve_missing_slices(volume: np.ndarray, spacing: Sequence[float], missing: Iterable[int] | str,
+                           axis: int | None) -> tuple[list[int], int]:
+    """Missing-slice indices and the array axis they lie on; "auto" = the blank slices (error if none).
+
+    The one place that turns a user's slice choice into indices (engine, CLI and widget all call it).
+    """
+    ax = check_axis(axis, check_spacing(spacing))
+    if isinstance(missing, str):
+        if missing != "auto":
+            raise InputError(f"missing slices must be indices or 'auto', not {missing!r}")
+        found = detect_blank_slices(volume, ax)
+        if not found:
+            raise InputError(f"no blank slices found along array axis {ax} (file axis {2 - ax}); nothing to inpaint")
+        return found, ax
+    return sorted({int(i) for i in missing}), ax
+
+
 def slices_mask(shape: Sequence[int], indices: Iterable[int], axis: int) -> np.ndarray:
     """A bool mask selecting whole slices ``indices`` along ``axis`` (duplicates allowed, range checked)."""
     idx = sorted({int(i) for i in indices})
@@ -99,14 +116,7 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
     if mask is not None:
         m = check_mask(mask, volume.shape)
     else:
-        ax = check_axis(axis, sp)
-        if isinstance(missing_slices, str):
-            if missing_slices != "auto":
-                raise InputError(f"missing slices must be indices or 'auto', not {missing_slices!r}")
-            found = detect_blank_slices(volume, ax)
-            if not found:
-                raise InputError(f"no blank slices found along axis {ax}; nothing to inpaint")
-            missing_slices = found
+        missing_slices, ax = resolve_missing_slices(volume, sp, missing_slices, axis)
         m = slices_mask(volume.shape, missing_slices, ax)
         axis = ax
     n = int(m.sum())

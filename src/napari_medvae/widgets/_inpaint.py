@@ -147,17 +147,13 @@ class InpaintWidget(QWidget):
         force = _common.force()
 
         def job(progress, cancel):
-            from ..engine import InputError, detect_blank_slices, inpaint
-            from ..engine.inpaint import slices_mask
-            from ..engine.preprocess import check_axis
+            from ..engine import inpaint
+            from ..engine.inpaint import resolve_missing_slices, slices_mask
 
             vol = np.asarray(data)
             m, ax = mask, axis
             if m is None:  # slices -> a mask here, so that "only the filled voxels" knows them
-                ax = check_axis(axis, spacing)
-                idx = detect_blank_slices(vol, ax) if indices == "auto" else indices
-                if not idx:
-                    raise InputError(f"no blank slices found along axis {ax}; type the indices to fill")
+                idx, ax = resolve_missing_slices(vol, spacing, indices, axis)
                 m = slices_mask(vol.shape, idx, ax)
             out = inpaint(get_model(), vol, spacing, mask=m, axis=ax, force=force, progress=progress, cancel=cancel)
             if only_filled:
