@@ -1,7 +1,10 @@
 """Inpainting: fill painted regions or missing slices from the surrounding anatomy.
 
-Voxels outside the mask are returned unchanged (bit for bit, as float32); inside the mask the
-network's prediction, made with the mask as an input channel, is used.
+Voxels outside the mask are returned unchanged (bit for bit, as float32). Inside the mask a classical
+first guess (cubic interpolation along the slice axis, biharmonic fill for regions) is refined by the
+network, made with the mask as an input channel. How much of the network's correction is applied is
+measured on the volume itself: the same mask, moved onto known voxels, is filled both ways and the
+least-squares blend weight (0 = first guess only, 1 = network only) is used for the real mask.
 """
 
 from __future__ import annotations
@@ -102,12 +105,15 @@ def slices_mask(shape: Sequence[int], indices: Iterable[int], axis: int) -> np.n
 
 def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask: np.ndarray | None = None,
             missing_slices: Iterable[int] | str | None = None, axis: int | None = None, tta: bool = True,
-            force: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
+            cross_validate: bool = True, force: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
     """Fill the voxels of ``mask`` (non-zero) or the ``missing_slices`` along ``axis`` ("auto" = blank ones).
 
     Returns float32 on the input grid; voxels outside the mask equal the input. ``tta`` averages the
     predictions of the volume and its mirror images (slice axis, left-right), which only costs time on
-    the slices that hold masked voxels.
+    the slices that hold masked voxels. ``cross_validate``: the same mask, shifted onto known voxels of
+    this volume, is filled too, and the network's correction of the classical first guess is applied
+    with the weight (0-1) that fits those known voxels best, so the network is trusted as far as it
+    helps on this volume.
     """
     check_volume(volume)
     sp = check_spacing(spacing)
@@ -127,14 +133,79 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
     prep = prepare(volume, sp, model.config, axis, force=force)
     mm = prep.mask_to_model(m)
     flips = FLIPS if tta else FLIPS[:1]
-    p = Progress(int(mm.any(axis=(1, 2)).sum()) * len(flips), progress, cancel)
+    vmask = validation_mask(prep.data, mm) if cross_validate else None
+    n_val = 0 if vmask is None else int(vmask.any(axis=(1, 2)).sum())
+    p = Progress((int(mm.any(axis=(1, 2)).sum()) + n_val) * len(flips), progress, cancel)
     p.check()
     init = first_guess(prep.data, mm)
-    acc = np.zeros_like(init)
-    for flip in flips:  # test-time augmentation: mirrored along the slice axis and left-right
-        d, k = (np.ascontiguousarray(a[flip]) for a in (init, mm))
-        acc += run_network(model, d, k, prep.stride, p, only_masked=True, prefilled=True)[flip]
-    filled = prep.to_original(np.clip(acc / len(flips), 0, None))
+    net = refine(model, init, mm, prep.stride, p, flips)
+    weight = 1.0
+    if vmask is not None:  # how much of the network's correction helps, measured on known voxels
+        union = mm | vmask
+        vinit = first_guess(prep.data, union)
+        vnet = refine(model, vinit, union, prep.stride, p, flips)
+        weight = blend_weight(prep.data[vmask], vinit[vmask], vnet[vmask])
+    fill = init + np.float32(weight) * (net - init)
+    filled = prep.to_original(np.clip(fill, 0, None))
     out = volume.astype(np.float32, copy=True)
     out[m] = filled[m]
     return out
+
+
+def refine(model: Model, init: np.ndarray, mask: np.ndarray, stride: int, p: Progress, flips) -> np.ndarray:
+    """The network's refinement of a first guess on the masked slices, averaged over mirror images."""
+    acc = np.zeros_like(init)
+    for flip in flips:  # test-time augmentation: mirrored along the slice axis and left-right
+        d, k = (np.ascontiguousarray(a[flip]) for a in (init, mask))
+        acc += run_network(model, d, k, stride, p, only_masked=True, prefilled=True)[flip]
+    return acc / len(flips)
+
+
+def _shift(mask: np.ndarray, axis: int, d: int) -> np.ndarray:
+    """``mask`` moved by ``d`` voxels along ``axis`` (no wrap-around)."""
+    out = np.zeros_like(mask)
+    n = mask.shape[axis]
+    src = [slice(None)] * 3
+    dst = [slice(None)] * 3
+    src[axis] = slice(max(0, -d), n - max(0, d))
+    dst[axis] = slice(max(0, d), n - max(0, -d))
+    out[tuple(dst)] = mask[tuple(src)]
+    return out
+
+
+def validation_mask(data: np.ndarray, mask: np.ndarray, max_slices: int = 16, gap: int = 2) -> np.ndarray | None:
+    """The mask moved onto known voxels with signal, to measure fills against known truth.
+
+    Shifts along the slice axis are tried first (same kind of gap), then in-plane; the smallest shift
+    whose mask keeps ``gap`` voxels away from the real mask and covers at least half as much signal is
+    used, with at most ``max_slices`` of its slices. None if no shift fits.
+    """
+    signal = data > 0.05
+    need = max(1, int((mask & signal).sum()) // 2)
+    whole_slices = bool(mask.reshape(mask.shape[0], -1).all(axis=1).any())
+    near = ndi.binary_dilation(mask, iterations=gap) if gap else mask
+    if whole_slices:  # a missing slice must stay a whole slice: only shift along the slice axis
+        near = np.broadcast_to(near.any(axis=(1, 2))[:, None, None], mask.shape)
+    for axis in ((0,) if whole_slices else (0, 1, 2)):
+        n = mask.shape[axis]
+        for d in sorted(range(-n + 1, n), key=lambda d: (abs(d), d < 0)):
+            if d == 0:
+                continue
+            shifted = _shift(mask, axis, d)
+            if (shifted & near).any() or int((shifted & signal).sum()) < need:
+                continue
+            keep = np.flatnonzero(shifted.any(axis=(1, 2)))
+            if len(keep) > max_slices:
+                drop = np.setdiff1d(keep, keep[np.linspace(0, len(keep) - 1, max_slices).round().astype(int)])
+                shifted[drop] = False
+            return shifted
+    return None
+
+
+def blend_weight(truth: np.ndarray, first: np.ndarray, net: np.ndarray) -> float:
+    """The w in [0, 1] minimising |first + w (net - first) - truth|^2 (least squares, closed form)."""
+    d = (net - first).astype(np.float64)
+    den = float(np.dot(d, d))
+    if den <= 1e-12:
+        return 1.0
+    return float(np.clip(np.dot(d, (truth - first).astype(np.float64)) / den, 0.0, 1.0))
