@@ -202,16 +202,13 @@ def _check_options(operation: str, options: dict) -> dict:
     return opts
 
 
-def _companion(kind: str, root: str, item: Item, vol_shape: tuple) -> np.ndarray:
-    from .io import read_volume
+def _companion(kind: str, root: str, item: Item, vol_shape: tuple, geo) -> np.ndarray:
+    from .io import read_on_grid
 
     p = Path(root) / item.rel
     if not p.exists():
         raise InputError(f"no {kind} {p} for this volume (expected the same relative path under {root})")
-    arr, _ = read_volume(p)
-    if arr.shape != vol_shape:
-        raise InputError(f"{kind} {p} has shape {arr.shape[::-1]} (i,j,k) but the image has {vol_shape[::-1]}")
-    return arr
+    return read_on_grid(p, vol_shape, geo, kind)
 
 
 def _process(operation: str, item: Item, out: Path, labels_out: Path | None, model, opts: dict) -> dict:
@@ -232,7 +229,7 @@ def _process(operation: str, item: Item, out: Path, labels_out: Path | None, mod
     elif operation == "inpaint":
         kw: dict = {}
         if "mask_dir" in opts:
-            kw["mask"] = _companion("mask", opts["mask_dir"], item, vol.shape)
+            kw["mask"] = _companion("mask", opts["mask_dir"], item, vol.shape, geo)
         else:
             ax = axis if axis is not None else check_axis(None, geo.spacing)
             slices = detect_blank_slices(vol, ax)
@@ -242,7 +239,7 @@ def _process(operation: str, item: Item, out: Path, labels_out: Path | None, mod
             extra["missing_slices"] = [int(s) for s in slices]
         write_volume(out, cast_like(inpaint(model, vol, geo.spacing, force=force, **kw), vol.dtype), geo)
     elif operation == "anomaly":
-        bm = _companion("brain mask", opts["brain_mask_dir"], item, vol.shape) if "brain_mask_dir" in opts else None
+        bm = _companion("brain mask", opts["brain_mask_dir"], item, vol.shape, geo) if "brain_mask_dir" in opts else None
         res = anomaly(model, vol, geo.spacing, brain_mask=bm, axis=axis, threshold=float(opts.get("threshold", 1.0)),
                       geometry=geo, force=force)
         if labels_out is not None:  # labels first: the heatmap's presence marks the file as done

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -69,7 +70,12 @@ def cast_like(out: np.ndarray, dtype: np.dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        return np.clip(np.rint(out), info.min, info.max).astype(dtype)
+        # clip in float64 to limits it can hold: float32 rounds 2**31 - 1 up to 2**31, float64 rounds
+        # 2**63 - 1 up to 2**63, and the cast back would wrap around to the other end of the range
+        hi = float(info.max)
+        if hi > info.max:
+            hi = float(np.nextafter(hi, -np.inf))
+        return np.clip(np.rint(out.astype(np.float64)), float(info.min), hi).astype(dtype)
     return out.astype(np.float32, copy=False)
 
 
@@ -152,7 +158,7 @@ def parse_slices(text: str) -> list[int] | str:
 
 def cmd_inpaint(args) -> int:
     from .engine import inpaint
-    from .io import write_volume
+    from .io import read_on_grid, write_volume
 
     if (args.mask is None) == (args.missing_slices is None):
         raise InputError("give exactly one of --mask MASK or --missing-slices LIST|auto")
@@ -160,12 +166,7 @@ def cmd_inpaint(args) -> int:
     vol, geo = _read(args.input, args.volume_index, args.series_uid)
     kw: dict = {}
     if args.mask is not None:
-        m, mgeo = _read(args.mask, None)
-        if m.shape != vol.shape:
-            raise InputError(f"mask {args.mask} has shape {m.shape[::-1]} (i,j,k) but the image has {vol.shape[::-1]}; they must share a grid")
-        if not np.allclose(mgeo.spacing, geo.spacing, rtol=1e-4) or not np.allclose(mgeo.origin, geo.origin, atol=1e-3):
-            raise InputError(f"mask {args.mask} is on a different grid (spacing/origin) than the image; resample it first")
-        kw["mask"] = m
+        kw["mask"] = read_on_grid(args.mask, vol.shape, geo, "mask")
     else:
         from .engine.inpaint import resolve_missing_slices
 
@@ -184,7 +185,7 @@ def cmd_inpaint(args) -> int:
 
 def cmd_anomaly(args) -> int:
     from .engine import anomaly
-    from .io import write_volume
+    from .io import read_on_grid, write_volume
 
     out = _out(args.output, args.input, args.brain_mask)
     labels_out = _out(args.labels, args.input, args.brain_mask) if args.labels else None
@@ -198,11 +199,7 @@ def cmd_anomaly(args) -> int:
     if len(set(outs)) != len(outs):
         raise InputError("heatmap, labels and report must be different files")
     vol, geo = _read(args.input, args.volume_index, args.series_uid)
-    bm = None
-    if args.brain_mask:
-        bm, _ = _read(args.brain_mask, None)
-        if bm.shape != vol.shape:
-            raise InputError(f"brain mask has shape {bm.shape[::-1]} (i,j,k) but the image has {vol.shape[::-1]}")
+    bm = read_on_grid(args.brain_mask, vol.shape, geo, "brain mask") if args.brain_mask else None
     model = _model(args)
     res = _run("anomaly", args, anomaly, model=model, volume=vol, spacing=geo.spacing, brain_mask=bm,
                axis=file_axis_to_array(args.axis), threshold=args.threshold, geometry=geo, force=args.force)
@@ -522,7 +519,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     try:
-        return int(args.fn(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.fn(args) or 0)
     except Cancelled as exc:
         print(f"medvae: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -532,11 +531,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedVAEError as exc:
         if args.debug:
             raise
-        print(f"medvae: error: {exc}", file=sys.stderr)
+        print(f"medvae: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except MemoryError:
-        print("medvae: error: out of memory; try a smaller volume or --device cpu on a machine with more RAM", file=sys.stderr)
+    except MemoryError as exc:
+        print(f"medvae: error: {_one_line(exc) or 'out of memory; try a smaller volume or a machine with more RAM'}",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (e.g. the out-of-memory fallbacks) as one line each: ``medvae: warning: ...``."""
+    print(f"medvae: warning: {_one_line(message)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import warnings
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ __all__ = [
     "write_volume",
     "check_output_path",
     "is_supported_path",
+    "read_on_grid",
     "list_dicom_series",
 ]
 
@@ -453,44 +455,93 @@ def _check_size(
         )
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """ITK silently zero-fills truncated NIfTI data: verify the file holds all its voxels."""
-    head = b""
-    if path.name.lower().endswith(".gz"):
-        got = 0
+def _nifti_chunks(path: Path, size: int):
+    """The (decompressed) bytes of a NIfTI file, ``size`` at a time; a damaged .gz raises VolumeReadError."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            while chunk := fh.read(size):
+                yield chunk
+    except (EOFError, OSError, zlib.error) as exc:
+        raise VolumeReadError(
+            f"cannot read {str(path)!r}: the compressed file is truncated or corrupt ({exc}); "
+            "re-export or re-download it"
+        ) from None
+
+
+def _nifti_head(path: Path) -> bytes:
+    """The first 544 bytes (room for a NIfTI-2 header) of a NIfTI file, decompressed."""
+    chunks = _nifti_chunks(path, 544)
+    try:
+        return next(chunks, b"")
+    finally:
+        chunks.close()
+
+
+def _nifti_header(head: bytes, check: bool = True):
+    import nibabel as nib
+
+    with warnings.catch_warnings():  # nibabel's remarks on odd headers: ITK or our checks give the verdict
+        warnings.simplefilter("ignore")
         try:
-            with gzip.open(path, "rb") as fh:
-                while True:
-                    chunk = fh.read(1 << 22)
-                    if not chunk:
-                        break
-                    if len(head) < 544:
-                        head += chunk[: 544 - len(head)]
-                    got += len(chunk)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise VolumeReadError(
-                f"cannot read {str(path)!r}: the compressed file is truncated or corrupt ({exc}); "
-                "re-export or re-download it"
-            ) from None
+            return nib.Nifti1Header.from_fileobj(io.BytesIO(head), check=check)
+        except Exception:
+            return nib.Nifti2Header.from_fileobj(io.BytesIO(head), check=check)
+
+
+def _scan_nifti(path: Path) -> int:
+    """Verify a NIfTI file holds all its voxels and count its NaN/Inf voxels.
+
+    ITK silently zero-fills truncated data and reads NaN/Inf voxels as 0: the first is refused here,
+    the second is counted so the reader can say so. Returns the number of non-finite voxels.
+    """
+    gz = path.name.lower().endswith(".gz")
+    head = _nifti_head(path)
+    try:
+        hdr = _nifti_header(head)
+        offset = int(hdr.get_data_offset())
+        dtype = hdr.get_data_dtype()
+        expected = offset + math.prod(int(s) for s in hdr.get_data_shape()) * dtype.itemsize
+    except Exception:  # nibabel could not parse the header: leave the verdict to ITK
+        return 0
+    floating = dtype.kind == "f"
+    got, bad, rest = 0, 0, b""
+    if gz or floating:
+        for chunk in _nifti_chunks(path, 1 << 22):
+            if floating:  # voxel bytes of this chunk (from the data offset on), whole voxels only
+                lo = max(0, offset - got)
+                if lo < len(chunk):
+                    buf = rest + chunk[lo:]
+                    cut = len(buf) - len(buf) % dtype.itemsize
+                    bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(buf[:cut], dtype=dtype))))
+                    rest = buf[cut:]
+            got += len(chunk)
     else:
         got = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(544)
-    try:
-        import nibabel as nib
-
-        try:
-            hdr = nib.Nifti1Header.from_fileobj(io.BytesIO(head))
-        except Exception:
-            hdr = nib.Nifti2Header.from_fileobj(io.BytesIO(head))
-        offset = int(hdr.get_data_offset())
-        expected = offset + math.prod(int(s) for s in hdr.get_data_shape()) * hdr.get_data_dtype().itemsize
-    except Exception:  # nibabel could not parse the header: leave the verdict to ITK
-        return
     if got < expected:
         raise VolumeReadError(
             f"cannot read {str(path)!r}: the file is truncated ({got} of {expected} bytes of header + "
             "voxel data); re-export or re-download it"
+        )
+    return bad
+
+
+def _check_nifti_spacing(path: Path) -> None:
+    """Refuse zero, negative or non-finite voxel sizes (pixdim) in a NIfTI header.
+
+    ITK silently replaces them (zero -> 1 mm, negative -> its absolute value with the axes
+    reordered), which would put the result on another grid than the one the file describes.
+    """
+    try:
+        hdr = _nifti_header(_nifti_head(path), check=False)
+        ndim = int(hdr["dim"][0])
+        pixdim = [float(v) for v in hdr["pixdim"][1 : 1 + min(3, max(ndim, 0))]]
+    except Exception:  # unreadable header: ITK's reader gives the verdict
+        return
+    if any(not math.isfinite(v) or v <= 0 for v in pixdim):
+        raise VolumeReadError(
+            f"{str(path)!r}: the header gives voxel sizes (pixdim) {pixdim} mm; positive sizes are expected "
+            "-- fix the header (e.g. with nibabel or fslhd/fsledithd)"
         )
 
 
@@ -544,6 +595,8 @@ def _read_dicom_dir(path: Path, series_uid: str | None) -> sitk.Image:
 
 def _read_file(path: Path, ext: str, volume_index: int | None) -> sitk.Image:
     where = repr(str(path))
+    if ext in (".nii", ".nii.gz"):
+        _check_nifti_spacing(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -555,6 +608,12 @@ def _read_file(path: Path, ext: str, volume_index: int | None) -> sitk.Image:
     dim = reader.GetDimension()
     size = tuple(int(s) for s in reader.GetSize())
     shape = size[::-1]
+    spacing = [float(v) for v in reader.GetSpacing()]
+    if any(not math.isfinite(v) or v == 0 for v in spacing[:3]):
+        raise VolumeReadError(
+            f"{where}: the header gives voxel spacing {spacing[:3]} mm (i, j, k); non-zero finite spacing "
+            "is expected -- fix the header"
+        )
     dtype = _check_pixels(where, reader.GetPixelID(), reader.GetNumberOfComponents())
     if dim < 3 or (dim == 3 and 0 in size):
         raise VolumeReadError(f"{where} is {dim}D (shape {shape}); a 3D volume is expected")
@@ -583,14 +642,16 @@ def _read_file(path: Path, ext: str, volume_index: int | None) -> sitk.Image:
                 f"volume_index {volume_index} is out of range: {where} is a single 3D volume (use 0 or none)"
             )
         _check_size(where, shape, dtype)
-    if ext in (".nii", ".nii.gz"):
-        _check_nifti_complete(path)
+    nonfinite = _scan_nifti(path) if ext in (".nii", ".nii.gz") else 0
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as exc:
         raise VolumeReadError(
             f"cannot read the voxel data of {where} (truncated or corrupt file?): {_itk_reason(exc)}"
         ) from None
+    if nonfinite:
+        warnings.warn(f"{where} has {nonfinite} NaN/Inf voxels; they are read as 0", stacklevel=3)
+    return image
 
 
 def read_volume(
@@ -645,6 +706,32 @@ def read_volume(
     except InputError as exc:
         raise VolumeReadError(f"{str(p)!r} has invalid geometry: {exc}") from None
     return array, geometry
+
+
+def read_on_grid(
+    path: str | os.PathLike[str], shape: Sequence[int], geometry: Geometry, what: str = "mask"
+) -> np.ndarray:
+    """Read a companion volume (a mask) that must lie on an image's grid.
+
+    Raises InputError unless its shape, spacing, origin and direction match ``shape`` / ``geometry``.
+    """
+    arr, geo = read_volume(path)
+    if arr.shape != tuple(shape):
+        raise InputError(
+            f"{what} {str(path)!r} has shape {arr.shape[::-1]} (i,j,k) but the image has {tuple(shape)[::-1]}; "
+            "they must share a grid"
+        )
+    for name, a, b, rtol, atol in (
+        ("spacing", geo.spacing, geometry.spacing, 1e-4, 0.0),
+        ("origin", geo.origin, geometry.origin, 0.0, 1e-3),
+        ("direction", geo.direction, geometry.direction, 0.0, 1e-4),
+    ):
+        if not np.allclose(a, b, rtol=rtol, atol=atol):
+            raise InputError(
+                f"{what} {str(path)!r} is on another grid than the image ({name} {[round(v, 4) for v in a]} vs "
+                f"{[round(v, 4) for v in b]}); resample it onto the image first"
+            )
+    return arr
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ def check_volume(volume: np.ndarray, name: str = "volume") -> None:
     lo, hi = volume.min(), volume.max()
     if lo == hi:
         raise InputError(f"{name} is constant (every voxel = {lo}); there is no image to process")
+    if lo == 0 and hi == 1 and (np.issubdtype(volume.dtype, np.integer) or not np.any((volume > 0) & (volume < 1))):
+        raise InputError(f"{name} holds only the values 0 and 1 (a mask or boolean image?); an intensity volume is expected")
 
 
 def check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:

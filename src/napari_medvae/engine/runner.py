@@ -146,7 +146,8 @@ def run_network(
         except torch.OutOfMemoryError:
             if bs > 1:
                 bs = max(1, bs // 2)
-                warnings.warn(f"out of memory on {model.device}; retrying with {bs} slices per batch", stacklevel=2)
+                warnings.warn(f"out of memory on {model.device}; retrying with {bs} slice{'s' if bs > 1 else ''} per batch",
+                              stacklevel=2)
                 if model.device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
@@ -154,7 +155,8 @@ def run_network(
                 warnings.warn(f"out of memory on {model.device} even with 1 slice per batch; falling back to CPU", stacklevel=2)
                 model.to("cpu")
                 continue
-            raise
+            raise MemoryError(f"out of memory on the CPU even with 1 slice per batch ({h + ph} x {w + pw} pixels); "
+                              "close other programs or crop the volume") from None
         out[idx, ys, xs] = pred[:, 0, :h, :w]
         i += len(idx)
         progress.step(len(idx))
