@@ -152,7 +152,7 @@ class AnomalyWidget(QWidget):
                 self.viewer.add_image(unc, name=f"{name} uncertainty", colormap="viridis", blending="additive", **geo)
             self._show(res.candidates, thr)
 
-        self.job.start("anomaly", job, done)
+        self.job.start("anomaly", job, done, viewer=self.viewer, sources=(layer, blayer))
 
     def _threshold_changed(self, value: float) -> None:
         self.slider.blockSignals(True)

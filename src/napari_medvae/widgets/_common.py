@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
-from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+from qtpy.QtWidgets import QComboBox, QDockWidget, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
 # ---------------------------------------------------------------------------------------------
 # the session's model: one per napari session, shared by every widget, chosen in the Model widget
@@ -205,6 +205,11 @@ def warning_label() -> QLabel:
 # jobs
 
 
+def _unwrap(obj):
+    """The object behind a napari PublicOnlyProxy (or ``obj`` itself)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
 class JobBar(QWidget):
     """Progress bar + Cancel button; runs one engine job at a time in a napari thread worker.
 
@@ -249,11 +254,13 @@ class JobBar(QWidget):
         self._buttons.extend(buttons)
 
     def start(self, desc: str, fn: Callable[..., Any], on_done: Callable[[Any], None], *,
-              keep_on_cancel: bool = False) -> None:
+              keep_on_cancel: bool = False, viewer=None, sources: tuple = ()) -> None:
         """Run ``fn(progress, cancel)`` in a worker; then ``on_done(result)`` in the GUI thread.
 
         ``keep_on_cancel``: the job handles Cancel itself and its result is still used (training:
-        Stop saves the model learnt so far).
+        Stop saves the model learnt so far). ``sources``: layers of ``viewer`` the job works on;
+        removing one of them cancels the job (its result would have no source). Closing the
+        window the widget is docked in cancels the job too.
         """
         from napari.qt.threading import create_worker
         from napari.utils import cancelable_progress
@@ -271,8 +278,11 @@ class JobBar(QWidget):
         worker = create_worker(call, _ignore_errors=True)  # errors become notifications in _failed
         worker.returned.connect(lambda res: self._done(res, on_done, keep_on_cancel))
         worker.errored.connect(notify_error)
-        worker.finished.connect(self._finish)
+        # engine warnings (e.g. out of memory: smaller batches, CPU fallback) as notifications
+        worker.warned.connect(lambda w: show_warning(f"medvae: {w[0]}"))
+        worker.finished.connect(lambda: self._finish())  # not a bound slot: runs even if the widget was deleted
         self.worker = worker
+        self._watch(desc, viewer, sources)
         for b in self._buttons:
             b.setEnabled(False)
         self.cancel_btn.setEnabled(True)
@@ -281,6 +291,58 @@ class JobBar(QWidget):
         self._napari_bar = cancelable_progress(total=0, desc=f"medvae: {desc}")
         self._timer.start()
         worker.start()
+
+    def _watch(self, desc: str, viewer, sources: tuple) -> None:
+        """Cancel the job if one of its source layers is removed or the window closes."""
+        self._desc, self._viewer, self._sources = desc, viewer, tuple(s for s in sources if s is not None)
+        if viewer is not None and self._sources:
+            viewer.layers.events.removed.connect(self._layer_removed)
+        window = self.window()
+        if isinstance(window, QDockWidget) and window.parentWidget() is not None:  # floating dock
+            window = window.parentWidget().window()
+        self._window = window
+        if self._window is not self:
+            self._window.installEventFilter(self)
+
+    def _unwatch(self) -> None:
+        viewer, self._viewer, self._sources = getattr(self, "_viewer", None), None, ()
+        if viewer is not None:
+            try:
+                viewer.layers.events.removed.disconnect(self._layer_removed)
+            except (TypeError, ValueError, RuntimeError):  # already gone with its viewer
+                pass
+        window, self._window = getattr(self, "_window", None), None
+        if window is not None and window is not self:
+            try:
+                window.removeEventFilter(self)
+            except RuntimeError:  # the window was deleted
+                pass
+
+    def _layer_removed(self, event) -> None:
+        # plugin widgets see layers through napari's PublicOnlyProxy: compare the wrapped objects
+        layer = _unwrap(getattr(event, "value", None))
+        if self.running and not self.cancelled and any(layer is _unwrap(s) for s in self._sources):
+            from napari.utils.notifications import show_warning
+
+            self.cancel()
+            show_warning(f"medvae: layer '{layer.name}' was removed while the {self._desc} job used it; "
+                         "the job was stopped and adds nothing")
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+        from qtpy.QtCore import QEvent
+
+        if event.type() == QEvent.Close and self.running:
+            QTimer.singleShot(0, self._window_closed)  # after closeEvent: the close may still be refused
+        return False
+
+    def _window_closed(self) -> None:
+        window = getattr(self, "_window", None)
+        try:
+            visible = window is not None and window.isVisible()
+        except RuntimeError:  # the window was deleted
+            visible = False
+        if self.running and not visible:
+            self.cancel()
 
     def _report(self, done: int, total: int) -> None:
         self.state = (int(done), int(total))
@@ -322,15 +384,22 @@ class JobBar(QWidget):
             notify_error(exc)
 
     def _finish(self) -> None:
-        self._timer.stop()
-        self._tick()
+        self._unwatch()
+        try:
+            self._timer.stop()
+            self._tick()
+        except RuntimeError:  # the widget was deleted with its closed viewer while the job ran
+            pass
+        self.worker = None
         if self._napari_bar is not None:
             self._napari_bar.close()
             self._napari_bar = None
-        self.worker = None
-        self.bar.setRange(0, 1)
-        self.bar.setValue(0)
-        self.cancel_btn.setEnabled(False)
-        for b in self._buttons:
-            b.setEnabled(True)
-        self.finished.emit()
+        try:
+            self.bar.setRange(0, 1)
+            self.bar.setValue(0)
+            self.cancel_btn.setEnabled(False)
+            for b in self._buttons:
+                b.setEnabled(True)
+            self.finished.emit()
+        except RuntimeError:  # the widget was deleted with its closed viewer while the job ran
+            pass

@@ -112,7 +112,7 @@ class InpaintWidget(QWidget):
             self.slices.setText(",".join(str(i) for i in idx) if idx else "auto")
             show_info(f"medvae: {len(idx)} blank slice(s) found" + ("" if idx else "; type indices to fill"))
 
-        self.job.start("detect blank slices", job, done)
+        self.job.start("detect blank slices", job, done, viewer=self.viewer, sources=(layer,))
 
     def run(self) -> None:
         """Start inpainting on the image and mask/slices chosen now (recorded at start)."""
@@ -127,6 +127,7 @@ class InpaintWidget(QWidget):
         data = layer.data
         mask = None
         indices: list[int] | str = "auto"
+        mlayer = None
         if self.mask_mode.isChecked():
             mlayer = self.mask.layer()
             if mlayer is None:
@@ -163,4 +164,4 @@ class InpaintWidget(QWidget):
         def done(result) -> None:
             self.viewer.add_image(result, name=name, colormap="gray", **geo)
 
-        self.job.start("inpaint", job, done)
+        self.job.start("inpaint", job, done, viewer=self.viewer, sources=(layer, mlayer))

@@ -70,4 +70,4 @@ class ReconstructWidget(QWidget):
         def done(result) -> None:
             self.viewer.add_image(result, name=name, colormap="gray", **geo)
 
-        self.job.start(kind, job, done)
+        self.job.start(kind, job, done, viewer=self.viewer, sources=(layer,))
