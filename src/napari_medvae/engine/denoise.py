@@ -22,7 +22,7 @@ from scipy import ndimage as ndi
 from .model import Model
 from .preprocess import prepare
 from .reconstruct import reconstruct_prepared
-from .runner import CancelFn, Progress, ProgressFn
+from .runner import CancelFn, Progress, ProgressFn, signal_box
 
 STRUCTURE_SIGMA = 1.0  # voxels (model grid) of the smoothing that separates structure from noise
 STRUCTURE_K = 5.0  # structure must exceed this many robust standard deviations of smoothed noise
@@ -38,6 +38,7 @@ def keep_structure(x: np.ndarray, rec: np.ndarray) -> np.ndarray:
     sigma = 1.4826 * float(np.median(np.abs(vals - np.median(vals)))) + 1e-6
     keep = np.abs(resid) > STRUCTURE_K * sigma
     keep = ndi.binary_opening(keep, iterations=1)
+    keep &= ndi.gaussian_filter(rec, STRUCTURE_SIGMA) > 0.05  # the Rician noise floor of the background is no structure
     return rec + resid * keep
 
 
@@ -123,6 +124,12 @@ def denoise(model: Model, volume: np.ndarray, spacing: Sequence[float], *, axis:
     p.check()
     rec = reconstruct_prepared(model, prep, p)
     pilot = keep_structure(prep.data, rec)
+    # outside the box the network ran on there is only background (< 2 % of the scale): its pilot is 0, so the
+    # filter removes the noise there too instead of leaving a noisy frame around the box
+    slices, ys, xs = signal_box(prep.data, None)
+    inside = np.zeros(pilot.shape, dtype=bool)
+    inside[slices[:, None, None], ys, xs] = True
+    pilot[~inside] = 0.0
     sigma = noise_sigma(prep.data, rec > TISSUE)
     out = wiener_dct(prep.data, pilot, sigma, progress=p)
     p.step()
