@@ -143,7 +143,7 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
     if vmask is not None:  # how much of the network's correction helps, measured on known voxels
         union = mm | vmask
         vinit = first_guess(prep.data, union)
-        vnet = refine(model, vinit, union, prep.stride, p, flips)
+        vnet = refine(model, vinit, union, prep.stride, p, flips, centres=vmask.any(axis=(1, 2)))
         weight = blend_weight(prep.data[vmask], vinit[vmask], vnet[vmask])
     fill = init + np.float32(weight) * (net - init)
     filled = prep.to_original(np.clip(fill, 0, None))
@@ -152,12 +152,18 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
     return out
 
 
-def refine(model: Model, init: np.ndarray, mask: np.ndarray, stride: int, p: Progress, flips) -> np.ndarray:
-    """The network's refinement of a first guess on the masked slices, averaged over mirror images."""
+def refine(model: Model, init: np.ndarray, mask: np.ndarray, stride: int, p: Progress, flips,
+           centres: np.ndarray | None = None) -> np.ndarray:
+    """The network's refinement of a first guess on the masked slices, averaged over mirror images.
+
+    ``centres`` (bool per slice): refine only these slices (the validation pass: the real masked slices
+    are context there, already refined by the first pass).
+    """
     acc = np.zeros_like(init)
     for flip in flips:  # test-time augmentation: mirrored along the slice axis and left-right
         d, k = (np.ascontiguousarray(a[flip]) for a in (init, mask))
-        acc += run_network(model, d, k, stride, p, only_masked=True, prefilled=True)[flip]
+        c = None if centres is None else np.ascontiguousarray(centres[flip[0]])
+        acc += run_network(model, d, k, stride, p, only_masked=True, prefilled=True, centres=c)[flip]
     return acc / len(flips)
 
 

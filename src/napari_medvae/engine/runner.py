@@ -110,18 +110,21 @@ def run_network(
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     only_masked: bool = False,
+    centres: np.ndarray | None = None,
     prefilled: bool = False,
 ) -> np.ndarray:
     """Predict every slice of ``data`` (S x H x W, normalised); returns S x H x W float32.
 
     ``only_masked``: predict only slices whose centre has masked voxels (inpainting); others keep the input.
+    ``centres`` (bool per slice, with ``only_masked``): predict only these of the masked slices.
     """
     net = model.net
     context = net.cfg.context
     out = data.copy()
     slices, ys, xs = signal_box(data, mask)
     if only_masked and mask is not None:
-        slices = np.flatnonzero(mask.any(axis=(1, 2)))
+        rows = mask.any(axis=(1, 2))
+        slices = np.flatnonzero(rows if centres is None else rows & centres)
     elif len(slices) < data.shape[0]:
         progress.step(data.shape[0] - len(slices))  # empty slices count as done
     if len(slices) == 0:
