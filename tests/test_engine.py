@@ -266,3 +266,27 @@ def test_denoise_keeps_lesions(model, read):
     # the lesion keeps at least 80 % of its contrast to the healthy tissue (reconstruct would remove it)
     assert np.abs(out[les] - truth[les]).mean() > 0.8 * contrast_in
     assert np.abs(out[les] - vol[les]).mean() < 0.25 * contrast_in
+
+
+def test_inpaint_keeps_the_classical_fill_when_it_cannot_be_validated(model, read, monkeypatch):
+    """Half the slices missing: the mask cannot be moved onto known tissue, so the network is not trusted."""
+    from napari_medvae.engine import inpaint as inpaint_fn
+    from napari_medvae.engine import preprocess
+    from napari_medvae.engine.inpaint import first_guess, validation_mask
+
+    mod = __import__("napari_medvae.engine.inpaint", fromlist=["refine"])
+    vol, geo = read("mni_t1_healthy.nii.gz")
+    sub = np.ascontiguousarray(vol[30:42])
+    missing = list(range(3, 9))
+    prep = preprocess.prepare(sub, geo.spacing, model.config)
+    mm = np.zeros(prep.data.shape, bool)
+    mm[missing] = True
+    assert validation_mask(prep.data, mm) is None
+
+    def no_network(*a, **k):
+        raise AssertionError("the network ran although its fill cannot be validated")
+
+    monkeypatch.setattr(mod, "refine", no_network)
+    out = inpaint_fn(model, sub, geo.spacing, missing_slices=missing, axis=0)
+    expect = prep.to_original(np.clip(first_guess(prep.data, mm), 0, None))
+    assert np.allclose(out[missing], expect[missing], atol=1e-4)

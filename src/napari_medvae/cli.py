@@ -284,6 +284,26 @@ def _gather(items: Sequence[str]) -> list[str]:
     return files
 
 
+def _run_training(args, name: str, run: Callable, val_key: str, val_fmt: str, loss_fmt: str):
+    """Run ``run(callback)`` with a progress bar (or, without a terminal, a line per validation / 30 s)."""
+    bar = _Bar(name, not args.quiet)
+    last = {"t": 0.0}
+
+    def cb(info: dict) -> None:
+        bar(info["step"], info["steps"])
+        if not bar.enabled and not args.quiet and (val_key in info or time.time() - last["t"] > 30):
+            last["t"] = time.time()
+            msg = f"step {info['step']}/{info['steps']} loss {loss_fmt.format(info['loss'])}"
+            if val_key in info:
+                msg += " " + val_fmt.format(info[val_key])
+            print(msg, flush=True)
+
+    try:
+        return run(cb)
+    finally:
+        bar.close()
+
+
 def cmd_train(args) -> int:
     from .engine.train import TrainConfig, train
 
@@ -296,24 +316,29 @@ def cmd_train(args) -> int:
     )
     if not Path(args.output).resolve().parent.is_dir():
         raise InputError(f"output directory {Path(args.output).resolve().parent} does not exist")
-    bar = _Bar("train", not args.quiet)
-    last = {"t": 0.0}
-
-    def cb(info: dict) -> None:
-        bar(info["step"], info["steps"])
-        if not bar.enabled and not args.quiet and ("val_loss" in info or time.time() - last["t"] > 30):
-            last["t"] = time.time()
-            msg = f"step {info['step']}/{info['steps']} loss {info['loss']:.4f}"
-            if "val_loss" in info:
-                msg += f" val {info['val_loss']:.4f}"
-            print(msg, flush=True)
-
-    try:
-        path = train(tc, callback=cb)
-    finally:
-        bar.close()
+    path = _run_training(args, "train", lambda cb: train(tc, callback=cb), "val_loss", "val {:.4f}", "{:.4f}")
     if int(os.environ.get("RANK", "0")) == 0:
         _say(args, f"wrote {path} and {Path(path).with_suffix('.json')}")
+    return 0
+
+
+def cmd_train_denoiser(args) -> int:
+    from .engine.train_denoiser import DenoiserTrainConfig, train_denoiser
+
+    src = args.model_path or args.model
+    if src and Path(args.output).with_suffix("").resolve() == Path(src).with_suffix("").resolve():
+        raise InputError("refusing to overwrite the model the head is added to; choose another -o")
+    if not Path(args.output).resolve().parent.is_dir():
+        raise InputError(f"output directory {Path(args.output).resolve().parent} does not exist")
+    tc = DenoiserTrainConfig(
+        train=_gather(args.data), val=_gather(args.val) if args.val else [], out=args.output, model=src,
+        steps=args.steps, batch_size=args.batch_size, patch=args.patch, lr=args.lr, copies=args.copies,
+        channels=tuple(args.channels), strides=tuple(args.strides) if args.strides else (2,) * (len(args.channels) - 1),
+        num_res_units=args.res_units, seed=args.seed, device=args.device,
+    )
+    path = _run_training(args, "train-denoiser", lambda cb: train_denoiser(tc, callback=cb), "val_psnr",
+                         "val PSNR {:.2f} dB", "{:.2e}")
+    _say(args, f"wrote {path} and {Path(path).with_suffix('.json')}")
     return 0
 
 
@@ -481,6 +506,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--description", help="training-data description stored in the model card")
     tr.add_argument("--sample-log", help="append each rank's drawn (volume, slice) pairs to SAMPLE_LOG.rankN.jsonl")
     tr.set_defaults(fn=cmd_train)
+    td = sub.add_parser("train-denoiser", parents=[common], help="add a trained 3D denoising head to a model",
+                        description="Train the denoising head (a 3D UNet that corrects the Wiener stage) of a model on "
+                                    "healthy volumes, with the model's VAE frozen; writes a new model.")
+    td.add_argument("model_path", nargs="?", help="model to add the head to (default: --model or the shipped model)")
+    td.add_argument("--data", nargs="+", required=True, help="healthy training volumes or folders of them")
+    td.add_argument("-o", "--output", required=True, help="new model path stem")
+    td.add_argument("--val", nargs="*", help="held-out healthy volumes/folders (PSNR at 3, 5, 9 %% noise)")
+    td.add_argument("--steps", type=int, default=1500)
+    td.add_argument("--batch-size", type=int, default=2)
+    td.add_argument("--patch", type=int, default=64, help="training patch side (voxels, multiple of 2**(levels-1))")
+    td.add_argument("--lr", type=float, default=3e-4)
+    td.add_argument("--copies", type=int, default=3, help="noisy copies of each training volume")
+    td.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128], help="UNet channels per level")
+    td.add_argument("--strides", type=int, nargs="+", help="UNet strides between levels, 1 or 2 (default: all 2)")
+    td.add_argument("--res-units", type=int, default=2)
+    td.add_argument("--seed", type=int, default=0)
+    td.set_defaults(fn=cmd_train_denoiser)
     ba = sub.add_parser("batch", parents=[common], help="run an operation on every volume of a folder (resumable)",
                         description="Apply OPERATION to every volume under INPUT_DIR (recursively); outputs keep their "
                                     "relative paths under OUTPUT_DIR, each file's status goes to OUTPUT_DIR/manifest.jsonl, "

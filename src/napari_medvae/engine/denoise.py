@@ -8,7 +8,13 @@
    of the input in a local 3D DCT (8³ blocks, overlapping by half) whose per-coefficient signal power
    comes from the pilot — the second stage of BM3D/BM4D without block matching, with the network in
    place of the first stage. The noise level is estimated from the input itself (finest Haar
-   wavelet coefficients in the tissue, median absolute deviation).
+   wavelet coefficients in the tissue, median absolute deviation). The filter runs on the input with its
+   Rician bias removed (sqrt(y^2 - sigma^2)), as is usual before Gaussian-noise filters.
+3. A Wiener filter in fixed blocks cannot match block-matching filters (BM4D): even with the true
+   image as pilot it stays below BM4D at high noise. Models with a denoising head (a 3D UNet trained
+   on noisy/clean pairs, ``medvae train-denoiser``) add its learned correction to the Wiener estimate,
+   seeing the noisy volume, the estimate and the noise level. The head runs on the model's grid at
+   the model's slice spacing (interleaved sub-volumes when the slices are closer).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from scipy import fft as sfft
 from scipy import ndimage as ndi
 
 from .model import Model
-from .preprocess import prepare
+from .preprocess import Prepared, prepare
 from .reconstruct import reconstruct_prepared
 from .runner import CancelFn, Progress, ProgressFn, signal_box
 
@@ -116,12 +122,9 @@ def wiener_dct(noisy: np.ndarray, pilot: np.ndarray, sigma: float, block: int = 
     return out[tuple(slice(lo, lo + n) for (lo, _), n in zip(pad, noisy.shape, strict=True))]
 
 
-def denoise(model: Model, volume: np.ndarray, spacing: Sequence[float], *, axis: int | None = None,
-            force: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
-    """Denoise ``volume`` (z, y, x; spacing mm); float32 on the input grid, lesions preserved."""
-    prep = prepare(volume, spacing, model.config, axis, force=force)
-    p = Progress(prep.data.shape[0] + 1, progress, cancel)
-    p.check()
+def wiener_stage(model: Model, prep: Prepared, progress: Progress | None = None) -> tuple[np.ndarray, float]:
+    """Stages 1-2 on a prepared volume: (Wiener estimate >= 0, estimated noise sigma), model grid."""
+    p = progress if progress is not None else Progress(prep.data.shape[0] + 1)
     rec = reconstruct_prepared(model, prep, p)
     pilot = keep_structure(prep.data, rec)
     # outside the box the network ran on there is only background (< 2 % of the scale): its pilot is 0, so the
@@ -131,6 +134,73 @@ def denoise(model: Model, volume: np.ndarray, spacing: Sequence[float], *, axis:
     inside[slices[:, None, None], ys, xs] = True
     pilot[~inside] = 0.0
     sigma = noise_sigma(prep.data, rec > TISSUE)
-    out = wiener_dct(prep.data, pilot, sigma, progress=p)
+    # magnitude (Rician) noise lifts dark tissue: E[y^2] = x^2 + 2 sigma^2. Filtering sqrt(y^2 - sigma^2) instead of
+    # y removes most of that bias (+0.1 / +0.2 / +0.6 dB at 3 / 5 / 9 % noise on a validation subject)
+    unbiased = np.sqrt(np.maximum(prep.data * prep.data - np.float32(sigma) ** 2, 0))
+    return np.clip(wiener_dct(unbiased, pilot, sigma, progress=p), 0, None), sigma
+
+
+def head_correction(model: Model, noisy: np.ndarray, est: np.ndarray, sigma: float, stride: int,
+                    progress: Progress | None = None, max_voxels: int = 12_000_000) -> np.ndarray:
+    """The denoising head's estimate (``est`` + its correction) on the signal box; ``est`` if the model has none.
+
+    ``noisy`` and ``est`` are (slices, H, W) on the model grid, normalised. Slices ``stride`` apart form a
+    sub-volume at the model's slice spacing; each is run whole when it has at most ``max_voxels`` voxels,
+    else in overlapping tiles (MONAI sliding-window inference, Gaussian blending).
+    """
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from .networks import DenoiserConfig
+
+    head = getattr(model.net, "denoiser", None)
+    if head is None:
+        return est
+    mult = DenoiserConfig.from_dict(model.config.architecture["denoiser"]).multiple
+    slices, ys, xs = signal_box(noisy, None)
+    out = est.copy()
+    if len(slices) == 0:
+        return out
+    z0, z1 = int(slices[0]), int(slices[-1]) + 1
+    amp = model.amp_dtype
+    for phase in range(stride):
+        zi = np.arange(z0 + (phase - z0) % stride, z1, stride)
+        if len(zi) == 0:
+            continue
+        x = np.stack([noisy[zi, ys, xs], est[zi, ys, xs]]).astype(np.float32)
+        shape = x.shape[1:]
+        pad = [(0, (-n) % mult + (mult if n < 2 * mult else 0)) for n in shape]
+        x = np.pad(x, [(0, 0), *pad], mode="reflect" if min(shape) > 1 else "edge")
+        x = np.concatenate([x, np.full((1, *x.shape[1:]), sigma, np.float32)])
+        t = torch.from_numpy(x)[None].to(model.device)
+        big = int(np.prod(x.shape[1:])) > max_voxels
+        roi = tuple(min(n, c) for n, c in zip(x.shape[1:], (96, 128, 128), strict=True)) if big else x.shape[1:]
+
+        def predict(b: torch.Tensor) -> torch.Tensor:
+            return b[:, 1:2] + head(b)
+
+        with torch.inference_mode(), torch.autocast(model.device.type, dtype=amp, enabled=amp is not None):
+            if big:
+                y = sliding_window_inference(t, roi, 1, predict, overlap=0.25, mode="gaussian")
+            else:
+                y = predict(t)
+        y = y.float()[0, 0].cpu().numpy()[: shape[0], : shape[1], : shape[2]]
+        sub = out[zi]
+        sub[:, ys, xs] = y
+        out[zi] = sub
+        if progress is not None:
+            progress.step()
+    return out
+
+
+def denoise(model: Model, volume: np.ndarray, spacing: Sequence[float], *, axis: int | None = None,
+            force: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
+    """Denoise ``volume`` (z, y, x; spacing mm); float32 on the input grid, lesions preserved."""
+    prep = prepare(volume, spacing, model.config, axis, force=force)
+    heads = prep.stride if getattr(model.net, "denoiser", None) is not None else 0
+    p = Progress(prep.data.shape[0] + 1 + heads, progress, cancel)
+    p.check()
+    out, sigma = wiener_stage(model, prep, p)
+    out = head_correction(model, prep.data, out, sigma, prep.stride, p)
     p.step()
     return prep.to_original(np.clip(out, 0, None))

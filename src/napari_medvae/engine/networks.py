@@ -11,12 +11,18 @@ detail for denoising and inpainting; during training they are dropped for a frac
 
 Tensors: input B x 2K x H x W (K = 2*context+1; first K channels intensities, last K masks),
 output B x 1 x H x W; H and W must be multiples of 4.
+
+Optional ``denoiser`` head (``architecture.denoiser``): a 3D MONAI UNet that corrects the denoiser's
+classical Wiener stage. Its input is B x 3 x D x H x W (noisy volume, Wiener estimate, noise sigma as a
+constant channel), its output a residual added to the Wiener estimate; D, H, W multiples of
+2**(levels - 1). It is trained after the VAE (``medvae train-denoiser``), with the VAE frozen.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
@@ -33,11 +39,14 @@ class SliceVAEConfig:
     norm_groups: int = 8
     prefill: bool = False
     prefill_order: int = 1
+    denoiser: dict | None = None
     type: str = field(default="SliceVAE")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
+        if self.denoiser is None:
+            d.pop("denoiser")
         return d
 
     @classmethod
@@ -51,11 +60,60 @@ class SliceVAEConfig:
         for c in d["channels"]:
             if c % int(d.get("norm_groups", 8)):
                 raise ValueError(f"every channel count must be a multiple of norm_groups ({d.get('norm_groups', 8)})")
+        if d.get("denoiser") is not None:
+            d["denoiser"] = DenoiserConfig.from_dict(d["denoiser"]).to_dict()
         return cls(**d)
 
     @property
     def slices(self) -> int:
         return 2 * self.context + 1
+
+
+@dataclass
+class DenoiserConfig:
+    """The 3D denoising head: MONAI UNet channels per level, strides between levels, residual units per block."""
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 2
+    inputs: int = 3  # noisy, Wiener estimate, sigma
+
+    def to_dict(self) -> dict:
+        return {"channels": list(self.channels), "strides": list(self.strides), "num_res_units": self.num_res_units,
+                "inputs": self.inputs}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DenoiserConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"architecture.denoiser must be an object, not {type(d).__name__}")
+        unknown = sorted(set(d) - {"channels", "strides", "num_res_units", "inputs"})
+        if unknown:
+            raise ValueError(f"unknown architecture.denoiser fields {unknown}")
+        ch = tuple(int(c) for c in d.get("channels", (16, 32, 64, 128)))
+        if not 2 <= len(ch) <= 6 or min(ch) < 1:
+            raise ValueError(f"architecture.denoiser.channels must be 2-6 positive integers, not {list(ch)}")
+        st = tuple(int(v) for v in d.get("strides", (2,) * (len(ch) - 1)))
+        if len(st) != len(ch) - 1 or not all(v in (1, 2) for v in st):
+            raise ValueError(f"architecture.denoiser.strides must be {len(ch) - 1} values of 1 or 2, not {list(st)}")
+        ru = int(d.get("num_res_units", 2))
+        if not 0 <= ru <= 4:
+            raise ValueError(f"architecture.denoiser.num_res_units must be 0-4, not {ru}")
+        if int(d.get("inputs", 3)) != 3:
+            raise ValueError("architecture.denoiser.inputs must be 3 (noisy, Wiener estimate, sigma)")
+        return cls(ch, st, ru, 3)
+
+    @property
+    def multiple(self) -> int:
+        """Spatial sizes must be multiples of this."""
+        return int(np.prod(self.strides))
+
+
+def build_denoiser(cfg: DenoiserConfig) -> nn.Module:
+    """The MONAI 3D UNet of the denoising head (no normalisation layers: tiles and whole volumes agree)."""
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=3, in_channels=cfg.inputs, out_channels=1, channels=cfg.channels,
+                strides=cfg.strides, num_res_units=cfg.num_res_units, norm=None)
 
 
 def prefill(x: torch.Tensor, k: int, iterations: int = 10, order: int = 1) -> torch.Tensor:
@@ -150,6 +208,7 @@ class SliceVAE(nn.Module):
         self.up0 = _conv(c1, c0, g, strides=2, transposed=True)
         self.dec0 = _conv(2 * c0, c0, g)
         self.out = nn.Conv2d(c0, 1, 1)
+        self.denoiser = build_denoiser(DenoiserConfig.from_dict(cfg.denoiser)) if cfg.denoiser else None
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Return (mu, logvar, skips) for input B x 2K x H x W."""
