@@ -1,9 +1,17 @@
-"""Anomaly heatmaps: restoration residual between a volume and its healthy reconstruction.
+"""Anomaly heatmaps: restoration residuals between a volume and its healthy reconstructions.
 
-score = median filter of |input - reconstruction| (normalised units, model grid), restricted to the
-brain; divided by the model's calibrated threshold (a high quantile of healthy held-out scores) so
-that 1.0 means "as unusual as the top 0.1 % of healthy voxels". Candidates are connected regions
-above the threshold.
+A residual score is the median filter of |input - reconstruction| (normalised units, model grid),
+restricted to the brain. Two reconstructions are used ("combined" score, set by calibration):
+
+* the normal one, whose skip connections keep fine anatomy sharp (few false alarms at edges) but also
+  copy part of a lesion through, mostly dark (hypo-intense) ones that look like sulci or ventricles;
+* one decoded from the latent alone (skips off), which cannot copy a lesion through but is blurrier.
+
+Each is divided by its healthy 99th percentile and the two are combined by their geometric mean, so a
+voxel must be unusual for both. Both run on whole slices (not the box around the signal), which detects
+dark lesions better. Models calibrated before this use the first score alone ("residual").
+The score is divided by the calibrated threshold (a high quantile of healthy held-out scores), so that
+1.0 means "as unusual as the top 0.1 % of healthy voxels". Candidates are connected regions above it.
 """
 
 from __future__ import annotations
@@ -47,11 +55,29 @@ def residual_score(prep_data: np.ndarray, rec: np.ndarray, brain: np.ndarray, me
     return score.astype(np.float32)
 
 
+def combined_score(skip: np.ndarray, latent: np.ndarray, settings: dict) -> np.ndarray:
+    """Geometric mean of the two residual scores, each divided by its healthy scale (see module doc)."""
+    a = skip / np.float32(settings["skip_scale"])
+    b = latent / np.float32(settings["latent_scale"])
+    return np.sqrt(np.maximum(a * b, 0)).astype(np.float32)
+
+
+def uses_combined_score(model: Model) -> bool:
+    return model.config.anomaly.get("score", "residual") == "combined"
+
+
 def score_prepared(model: Model, prep: Prepared, progress: Progress, brain_mask: np.ndarray | None = None) -> np.ndarray:
-    """Uncalibrated residual score on the model grid (used by calibration and ``anomaly``)."""
-    rec = reconstruct_prepared(model, prep, progress)
+    """Uncalibrated score on the model grid (the model's "residual" or "combined" score, see module doc)."""
+    from .runner import run_network
+
+    med = int(model.config.anomaly.get("median_size", 3))
     brain = prep.mask_to_model(brain_mask) if brain_mask is not None else auto_brain_mask(prep.data)
-    return residual_score(prep.data, rec, brain, int(model.config.anomaly.get("median_size", 3)))
+    if not uses_combined_score(model):
+        return residual_score(prep.data, reconstruct_prepared(model, prep, progress), brain, med)
+    rec = run_network(model, prep.data, None, prep.stride, progress, full_frame=True)
+    score = residual_score(prep.data, rec, brain, med)
+    rec0 = run_network(model, prep.data, None, prep.stride, progress, latent_only=True, full_frame=True)
+    return combined_score(score, residual_score(prep.data, rec0, brain, med), model.config.anomaly)
 
 
 def threshold_candidates(heatmap: np.ndarray, spacing: Sequence[float], threshold: float = 1.0,
@@ -112,7 +138,8 @@ def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain
     if bm is not None and not bm.any():
         raise InputError("the brain mask is empty")
     prep = prepare(volume, sp, model.config, axis, force=force)
-    p = Progress(prep.data.shape[0] + 1, progress, cancel)
+    passes = 2 if uses_combined_score(model) else 1
+    p = Progress(passes * prep.data.shape[0] + 1, progress, cancel)
     p.check()
     score = score_prepared(model, prep, p, bm)
     heat = prep.to_original(score / np.float32(thr), denormalise=False)

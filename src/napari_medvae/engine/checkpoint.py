@@ -27,8 +27,9 @@ class ModelConfig:
     slice_spacing_mm: distance (mm) between the neighbouring slices the network expects as context.
     normalization: {"method": "percentile", "percentile": p}: intensities divided by the p-th
     percentile of the volume (zero stays zero), outputs multiplied back.
-    anomaly: {"threshold": residual score that maps to 1.0, "quantile": healthy quantile used,
-    "median_size": voxels of the median filter}.
+    anomaly: {"threshold": score that maps to 1.0, "quantile": healthy quantile used,
+    "median_size": voxels of the median filter, "score": "residual" or "combined" (engine.anomaly), and for
+    "combined" "skip_scale" / "latent_scale": the two residuals' healthy 99th percentiles}.
     intensity_profile: normalised histogram of healthy held-out volumes for the out-of-distribution check.
     """
 
@@ -78,6 +79,14 @@ class ModelConfig:
         thr = cfg.anomaly.get("threshold")
         if thr is not None and not (isinstance(thr, (int, float)) and thr > 0):
             raise ModelError(f"{source}: anomaly.threshold must be a positive number or null, not {thr!r}")
+        score = cfg.anomaly.get("score", "residual")
+        if score not in ("residual", "combined"):
+            raise ModelError(f"{source}: anomaly.score must be 'residual' or 'combined', not {score!r}")
+        if score == "combined":
+            for k in ("skip_scale", "latent_scale"):
+                v = cfg.anomaly.get(k)
+                if not (isinstance(v, (int, float)) and v > 0):
+                    raise ModelError(f"{source}: anomaly.{k} must be a positive number for the combined score, not {v!r}")
         try:
             from .networks import SliceVAEConfig
 

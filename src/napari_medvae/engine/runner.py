@@ -112,16 +112,24 @@ def run_network(
     only_masked: bool = False,
     centres: np.ndarray | None = None,
     prefilled: bool = False,
+    latent_only: bool = False,
+    full_frame: bool = False,
 ) -> np.ndarray:
     """Predict every slice of ``data`` (S x H x W, normalised); returns S x H x W float32.
 
     ``only_masked``: predict only slices whose centre has masked voxels (inpainting); others keep the input.
     ``centres`` (bool per slice, with ``only_masked``): predict only these of the masked slices.
+    ``latent_only``: decode from the latent alone (skip connections and input residual switched off), which
+    cannot copy the input's details through, at the price of a blurrier image (used by anomaly scoring).
+    ``full_frame``: run on whole slices instead of the box around the signal (slower; the network's group
+    normalisation then sees the same background as in calibration, which detects dark lesions better).
     """
     net = model.net
     context = net.cfg.context
     out = data.copy()
     slices, ys, xs = signal_box(data, mask)
+    if full_frame:
+        ys, xs = slice(0, data.shape[1]), slice(0, data.shape[2])
     if only_masked and mask is not None:
         rows = mask.any(axis=(1, 2))
         slices = np.flatnonzero(rows if centres is None else rows & centres)
@@ -145,7 +153,7 @@ def run_network(
             pad_mask[h:, :] = True
             pad_mask[:, w:] = True
         try:
-            pred = _forward(model, x, sample_latent, generator, prefilled)
+            pred = _forward(model, x, sample_latent, generator, prefilled, latent_only)
         except torch.OutOfMemoryError:
             if bs > 1:
                 bs = max(1, bs // 2)
@@ -167,13 +175,14 @@ def run_network(
 
 
 def _forward(model: Model, x: np.ndarray, sample_latent: bool, generator: torch.Generator | None,
-             prefilled: bool = False) -> np.ndarray:
+             prefilled: bool = False, latent_only: bool = False) -> np.ndarray:
     t = torch.from_numpy(x).to(model.device, non_blocking=True)
     if model.device.type == "cuda":
         t = t.contiguous(memory_format=torch.channels_last)
     amp = model.amp_dtype
     with torch.inference_mode(), torch.autocast(model.device.type, dtype=amp, enabled=amp is not None):
-        pred, _, _ = model.net(t, sample_latent=sample_latent, generator=generator, prefilled=prefilled)
+        gate = torch.zeros((t.shape[0], 1, 1, 1), device=t.device, dtype=t.dtype) if latent_only else None
+        pred, _, _ = model.net(t, sample_latent=sample_latent, generator=generator, prefilled=prefilled, gate=gate)
     return pred.float().cpu().numpy()
 
 

@@ -286,18 +286,36 @@ def _load_state(out: str, net, opt) -> tuple[int, list]:
 # ---------------------------------------------------------------------------------------------
 
 
-def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float) -> float:
-    """Anomaly threshold: ``quantile`` of healthy voxel scores inside the brain (model grid)."""
-    from .anomaly import auto_brain_mask, residual_score
+def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float, score: str = "combined") -> float:
+    """Anomaly threshold: ``quantile`` of healthy voxel scores inside the brain (model grid).
+
+    ``score`` "combined" (see engine.anomaly) also sets the two residuals' healthy scales (99th percentiles)
+    in the model's anomaly settings; "residual" uses the normal reconstruction's residual alone.
+    """
+    from .anomaly import auto_brain_mask, combined_score, residual_score
     from .runner import Progress, run_network
 
-    vals = []
+    if score not in ("residual", "combined"):
+        raise InputError(f"anomaly score must be 'residual' or 'combined', not {score!r}")
+    settings = model.config.anomaly
+    med = int(settings.get("median_size", 3))
+    skip, latent = [], []
     for v, stride in volumes:
-        rec = run_network(model, v, None, stride, Progress(v.shape[0]))
         brain = auto_brain_mask(v)
-        s = residual_score(v, rec, brain, int(model.config.anomaly.get("median_size", 3)))
-        vals.append(s[brain])
-    return float(np.quantile(np.concatenate(vals), quantile))
+        full = score == "combined"  # the same passes as engine.anomaly.score_prepared
+        rec = run_network(model, v, None, stride, Progress(v.shape[0]), full_frame=full)
+        skip.append(residual_score(v, rec, brain, med)[brain])
+        if full:
+            rec0 = run_network(model, v, None, stride, Progress(v.shape[0]), latent_only=True, full_frame=True)
+            latent.append(residual_score(v, rec0, brain, med)[brain])
+    vals = np.concatenate(skip)
+    settings["score"] = score
+    if score == "combined":
+        lat = np.concatenate(latent)
+        settings["skip_scale"] = float(np.quantile(vals, 0.99))
+        settings["latent_scale"] = float(np.quantile(lat, 0.99))
+        vals = combined_score(vals, lat, settings)
+    return float(np.quantile(vals, quantile))
 
 
 def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float = 0.999) -> None:
