@@ -29,8 +29,12 @@ def main() -> None:
                      f"(warm-up + cosine), KL weight {t['kl_weight']}, skip drop {t['skip_drop']}, seed {t['seed']}, "
                      f"{t['world_size']} process(es) on {t['device']}, {t['seconds'] / 60:.1f} min"),
         ("validation loss", f"{t['val_loss']} (weighted L1 + KL on corrupted held-out slices)"),
-        ("anomaly calibration", f"threshold {c['anomaly']['threshold']:.4f} = {c['anomaly']['quantile']} quantile of "
-                                f"healthy held-out voxel scores (median filter {c['anomaly']['median_size']})"),
+        ("anomaly calibration", f"{c['anomaly'].get('score', 'residual')} score; threshold "
+                                f"{c['anomaly']['threshold']:.4f} = {c['anomaly']['quantile']} quantile of healthy held-out "
+                                f"voxel scores (median filter {c['anomaly']['median_size']})"
+                                + (f"; residual scales (healthy 99th percentiles) {c['anomaly']['skip_scale']:.4f} "
+                                   f"with skips, {c['anomaly']['latent_scale']:.4f} from the latent alone"
+                                   if c['anomaly'].get('score') == 'combined' else "")),
     ]
     head, td = arch.get("denoiser"), t.get("denoiser")
     if head and td:

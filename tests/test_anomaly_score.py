@@ -1,0 +1,75 @@
+"""The combined anomaly score: calibrated scales, older residual-only models, bad settings refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from napari_medvae.engine import anomaly, load_model
+from napari_medvae.engine.anomaly import combined_score
+from napari_medvae.engine.checkpoint import load_checkpoint
+from napari_medvae.engine.model import default_model_path
+from napari_medvae.engine.train import calibrate
+from napari_medvae.errors import InputError, ModelError
+
+
+def _copy_model(tmp_path, edit) -> str:
+    src = default_model_path()
+    dst = tmp_path / "m.safetensors"
+    shutil.copy(src, dst)
+    cfg = json.loads(src.with_suffix(".json").read_text())
+    edit(cfg["anomaly"])
+    dst.with_suffix(".json").write_text(json.dumps(cfg))
+    return str(dst)
+
+
+def test_shipped_model_uses_the_calibrated_combined_score(model):
+    a = model.config.anomaly
+    assert a["score"] == "combined" and a["skip_scale"] > 0 and a["latent_scale"] > 0 and a["threshold"] > 0
+
+
+def test_combined_score_needs_both_residuals():
+    s = {"skip_scale": 0.1, "latent_scale": 0.2}
+    skip = np.array([0.0, 0.1, 0.1, 0.4], np.float32)
+    lat = np.array([0.2, 0.0, 0.2, 0.8], np.float32)
+    out = combined_score(skip, lat, s)
+    assert out[0] == 0 and out[1] == 0  # unusual in one residual only
+    assert np.isclose(out[2], 1.0) and np.isclose(out[3], 4.0)
+
+
+def test_models_calibrated_with_the_residual_score_still_work(tmp_path, read):
+    def old(a):
+        a["score"] = "residual"
+        a.pop("skip_scale")
+        a.pop("latent_scale")
+        a["threshold"] = 0.14
+
+    m = load_model(_copy_model(tmp_path, old), device="cpu")
+    vol, geo = read("mni_t1_lesion.nii.gz")
+    lesion, _ = read("mni_t1_lesion_mask.nii.gz")
+    heat = anomaly(m, vol, geo.spacing).heatmap
+    assert heat.shape == vol.shape and heat[lesion > 0].max() > 1.0
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (lambda a: a.update(score="fancy"), "anomaly.score"),
+    (lambda a: a.pop("latent_scale"), "anomaly.latent_scale"),
+    (lambda a: a.update(skip_scale=-1.0), "anomaly.skip_scale"),
+])
+def test_bad_anomaly_settings_are_refused(tmp_path, edit, msg):
+    with pytest.raises(ModelError, match=msg):
+        load_checkpoint(_copy_model(tmp_path, edit))
+
+
+def test_calibration_sets_the_scales_and_refuses_unknown_scores(read):
+    m = load_model(None, device="cpu")
+    vol, _ = read("mni_t1_healthy.nii.gz")
+    v = (vol / np.percentile(vol, 99.5)).astype(np.float32)
+    m.config.anomaly.pop("skip_scale")
+    thr = calibrate(m, [(v, 1)], 0.999)
+    assert thr > 0 and m.config.anomaly["skip_scale"] > 0 and m.config.anomaly["score"] == "combined"
+    with pytest.raises(InputError, match="anomaly score"):
+        calibrate(m, [(v, 1)], 0.999, score="fancy")
