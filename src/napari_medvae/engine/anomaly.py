@@ -25,7 +25,6 @@ from scipy import ndimage as ndi
 from ..errors import InputError
 from .model import Model
 from .preprocess import Prepared, check_spacing, prepare
-from .reconstruct import reconstruct_prepared
 from .runner import CancelFn, Progress, ProgressFn, check_mask
 
 MIN_CANDIDATE_MM3 = 20.0
@@ -49,10 +48,19 @@ def auto_brain_mask(x: np.ndarray) -> np.ndarray:
 
 
 def residual_score(prep_data: np.ndarray, rec: np.ndarray, brain: np.ndarray, median_size: int) -> np.ndarray:
-    """Uncalibrated score on the model grid: median-filtered absolute residual inside ``brain``."""
-    score = ndi.median_filter(np.abs(prep_data - rec), size=median_size)
+    """Uncalibrated score on the model grid: median-filtered absolute residual inside ``brain``.
+
+    The median filter runs on the brain's bounding box (plus the filter's reach) only, which gives the same
+    values inside the brain for less work.
+    """
+    score = np.zeros(prep_data.shape, dtype=np.float32)
+    if not brain.any():
+        return score
+    reach = median_size // 2 + 1
+    box = tuple(slice(max(0, int(i.min()) - reach), int(i.max()) + 1 + reach) for i in np.nonzero(brain))
+    score[box] = ndi.median_filter(np.abs(prep_data[box] - rec[box]), size=median_size)
     score[~brain] = 0.0
-    return score.astype(np.float32)
+    return score
 
 
 def combined_score(skip: np.ndarray, latent: np.ndarray, settings: dict) -> np.ndarray:
@@ -66,18 +74,39 @@ def uses_combined_score(model: Model) -> bool:
     return model.config.anomaly.get("score", "residual") == "combined"
 
 
-def score_prepared(model: Model, prep: Prepared, progress: Progress, brain_mask: np.ndarray | None = None) -> np.ndarray:
-    """Uncalibrated score on the model grid (the model's "residual" or "combined" score, see module doc)."""
+def raw_scores(model: Model, data: np.ndarray, brain: np.ndarray, progress: Progress,
+               combined: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(residual score, latent-only residual score or None) of ``data`` whose slices are the model's slice spacing apart."""
     from .runner import run_network
 
     med = int(model.config.anomaly.get("median_size", 3))
+    if not combined:
+        return residual_score(data, run_network(model, data, None, 1, progress), brain, med), None
+    rec, rec0 = run_network(model, data, None, 1, progress, full_frame=True, both=True)
+    return residual_score(data, rec, brain, med), residual_score(data, rec0, brain, med)
+
+
+def score_prepared(model: Model, prep: Prepared, progress: Progress, brain_mask: np.ndarray | None = None) -> np.ndarray:
+    """Uncalibrated score on the model grid (the model's "residual" or "combined" score, see module doc).
+
+    Slices closer than the model's slice spacing (``prep.stride`` > 1, e.g. 1 mm) are scored on every
+    ``stride``-th slice, at the model's own spacing, and linearly interpolated in between: the model works
+    on a 2 mm grid in-plane too, and this keeps whole-brain maps within seconds.
+    """
     brain = prep.mask_to_model(brain_mask) if brain_mask is not None else auto_brain_mask(prep.data)
-    if not uses_combined_score(model):
-        return residual_score(prep.data, reconstruct_prepared(model, prep, progress), brain, med)
-    rec = run_network(model, prep.data, None, prep.stride, progress, full_frame=True)
-    score = residual_score(prep.data, rec, brain, med)
-    rec0 = run_network(model, prep.data, None, prep.stride, progress, latent_only=True, full_frame=True)
-    return combined_score(score, residual_score(prep.data, rec0, brain, med), model.config.anomaly)
+    st = prep.stride
+    combined = uses_combined_score(model)
+    skip, latent = raw_scores(model, prep.data[::st], brain[::st], progress, combined)
+    score = skip if latent is None else combined_score(skip, latent, model.config.anomaly)
+    if st > 1:
+        n, m = prep.data.shape[0], score.shape[0]
+        pos = np.arange(n) / st
+        lo = np.minimum(np.floor(pos).astype(int), m - 1)
+        hi = np.minimum(lo + 1, m - 1)
+        w = (pos - lo).astype(np.float32)[:, None, None]
+        score = score[lo] * (1 - w) + score[hi] * w
+        score[~brain] = 0.0
+    return score
 
 
 def threshold_candidates(heatmap: np.ndarray, spacing: Sequence[float], threshold: float = 1.0,
@@ -138,8 +167,7 @@ def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain
     if bm is not None and not bm.any():
         raise InputError("the brain mask is empty")
     prep = prepare(volume, sp, model.config, axis, force=force)
-    passes = 2 if uses_combined_score(model) else 1
-    p = Progress(passes * prep.data.shape[0] + 1, progress, cancel)
+    p = Progress(len(range(0, prep.data.shape[0], prep.stride)) + 1, progress, cancel)
     p.check()
     score = score_prepared(model, prep, p, bm)
     heat = prep.to_original(score / np.float32(thr), denormalise=False)

@@ -239,9 +239,12 @@ class SliceVAE(nn.Module):
         return x[:, c : c + 1]
 
     def forward(self, x: torch.Tensor, *, sample_latent: bool = False, gate: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, prefilled: bool = False,
+                generator: torch.Generator | None = None, prefilled: bool = False, both: bool = False,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (prediction B x 1 x H x W, mu, logvar). ``sample_latent`` draws z ~ q(z|x).
+
+        ``both``: prediction B x 2 x H x W, the normal one and the one decoded from the latent alone (gate 0),
+        sharing one encoder pass (anomaly scoring needs both).
 
         ``prefilled``: masked voxels already hold a first guess made on the whole volume (inpainting);
         only masked voxels still at 0 (e.g. context beyond the volume's ends) get the in-window prefill.
@@ -263,7 +266,11 @@ class SliceVAE(nn.Module):
         # residual learning (as in DnCNN): the known centre slice is added back, gated with the skips so
         # that a decoder without skips still learns to produce whole images
         base = self.centre(x) if gate is None else self.centre(x) * gate
-        return self.decode(z, skips, gate) + base, mu, logvar
+        pred = self.decode(z, skips, gate) + base
+        if both:
+            off = torch.zeros((x.shape[0], 1, 1, 1), device=x.device, dtype=x.dtype)
+            pred = torch.cat([pred, self.decode(z, skips, off) + self.centre(x) * off], dim=1)
+        return pred, mu, logvar
 
 
 def build_network(arch: dict) -> SliceVAE:

@@ -114,6 +114,7 @@ def run_network(
     prefilled: bool = False,
     latent_only: bool = False,
     full_frame: bool = False,
+    both: bool = False,
 ) -> np.ndarray:
     """Predict every slice of ``data`` (S x H x W, normalised); returns S x H x W float32.
 
@@ -121,12 +122,13 @@ def run_network(
     ``centres`` (bool per slice, with ``only_masked``): predict only these of the masked slices.
     ``latent_only``: decode from the latent alone (skip connections and input residual switched off), which
     cannot copy the input's details through, at the price of a blurrier image (used by anomaly scoring).
+    ``both``: return 2 x S x H x W, the normal and the latent-only prediction from one encoder pass.
     ``full_frame``: run on whole slices instead of the box around the signal (slower; the network's group
     normalisation then sees the same background as in calibration, which detects dark lesions better).
     """
     net = model.net
     context = net.cfg.context
-    out = data.copy()
+    out = np.stack([data, data]) if both else data.copy()
     slices, ys, xs = signal_box(data, mask)
     if full_frame:
         ys, xs = slice(0, data.shape[1]), slice(0, data.shape[2])
@@ -153,7 +155,7 @@ def run_network(
             pad_mask[h:, :] = True
             pad_mask[:, w:] = True
         try:
-            pred = _forward(model, x, sample_latent, generator, prefilled, latent_only)
+            pred = _forward(model, x, sample_latent, generator, prefilled, latent_only, both)
         except torch.OutOfMemoryError:
             if bs > 1:
                 bs = max(1, bs // 2)
@@ -168,21 +170,25 @@ def run_network(
                 continue
             raise MemoryError(f"out of memory on the CPU even with 1 slice per batch ({h + ph} x {w + pw} pixels); "
                               "close other programs or crop the volume") from None
-        out[idx, ys, xs] = pred[:, 0, :h, :w]
+        if both:
+            out[:, idx, ys, xs] = pred[:, :, :h, :w].transpose(1, 0, 2, 3)
+        else:
+            out[idx, ys, xs] = pred[:, 0, :h, :w]
         i += len(idx)
         progress.step(len(idx))
     return out
 
 
 def _forward(model: Model, x: np.ndarray, sample_latent: bool, generator: torch.Generator | None,
-             prefilled: bool = False, latent_only: bool = False) -> np.ndarray:
+             prefilled: bool = False, latent_only: bool = False, both: bool = False) -> np.ndarray:
     t = torch.from_numpy(x).to(model.device, non_blocking=True)
     if model.device.type == "cuda":
         t = t.contiguous(memory_format=torch.channels_last)
     amp = model.amp_dtype
     with torch.inference_mode(), torch.autocast(model.device.type, dtype=amp, enabled=amp is not None):
         gate = torch.zeros((t.shape[0], 1, 1, 1), device=t.device, dtype=t.dtype) if latent_only else None
-        pred, _, _ = model.net(t, sample_latent=sample_latent, generator=generator, prefilled=prefilled, gate=gate)
+        pred, _, _ = model.net(t, sample_latent=sample_latent, generator=generator, prefilled=prefilled, gate=gate,
+                               both=both)
     return pred.float().cpu().numpy()
 
 

@@ -292,22 +292,20 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     ``score`` "combined" (see engine.anomaly) also sets the two residuals' healthy scales (99th percentiles)
     in the model's anomaly settings; "residual" uses the normal reconstruction's residual alone.
     """
-    from .anomaly import auto_brain_mask, combined_score, residual_score
-    from .runner import Progress, run_network
+    from .anomaly import auto_brain_mask, combined_score, raw_scores
+    from .runner import Progress
 
     if score not in ("residual", "combined"):
         raise InputError(f"anomaly score must be 'residual' or 'combined', not {score!r}")
     settings = model.config.anomaly
-    med = int(settings.get("median_size", 3))
     skip, latent = [], []
-    for v, stride in volumes:
-        brain = auto_brain_mask(v)
-        full = score == "combined"  # the same passes as engine.anomaly.score_prepared
-        rec = run_network(model, v, None, stride, Progress(v.shape[0]), full_frame=full)
-        skip.append(residual_score(v, rec, brain, med)[brain])
-        if full:
-            rec0 = run_network(model, v, None, stride, Progress(v.shape[0]), latent_only=True, full_frame=True)
-            latent.append(residual_score(v, rec0, brain, med)[brain])
+    for v, stride in volumes:  # the same passes as engine.anomaly.score_prepared
+        data = v[::stride]
+        brain = auto_brain_mask(v)[::stride]
+        s, s0 = raw_scores(model, data, brain, Progress(data.shape[0]), score == "combined")
+        skip.append(s[brain])
+        if s0 is not None:
+            latent.append(s0[brain])
     vals = np.concatenate(skip)
     settings["score"] = score
     if score == "combined":
