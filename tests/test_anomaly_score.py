@@ -73,3 +73,20 @@ def test_calibration_sets_the_scales_and_refuses_unknown_scores(read):
     assert thr > 0 and m.config.anomaly["skip_scale"] > 0 and m.config.anomaly["score"] == "combined"
     with pytest.raises(InputError, match="anomaly score"):
         calibrate(m, [(v, 1)], 0.999, score="fancy")
+
+
+def test_thin_slices_are_scored_at_the_model_spacing_and_interpolated(model, read):
+    """1 mm slices (stride 2): every other slice is scored and the rest interpolated; the lesion still peaks."""
+    vol, geo = read("mni_t1_lesion.nii.gz")
+    lesion, _ = read("mni_t1_lesion_mask.nii.gz")
+    thin = np.repeat(vol, 2, axis=0)
+    les = np.repeat(lesion, 2, axis=0) > 0
+    sp = (geo.spacing[0] / 2, *geo.spacing[1:])
+    heat = anomaly(model, thin, sp, axis=0).heatmap
+    assert heat.shape == thin.shape and np.isfinite(heat).all()
+    assert heat[les].max() > 1.0 and heat[les].mean() > 3 * heat[~les].mean()
+    # odd slices hold interpolated values between their scored neighbours (inside the brain)
+    z = int(np.argwhere(les)[:, 0].mean()) | 1
+    inside = heat[z] > 0
+    assert inside.any()
+    assert np.allclose(heat[z][inside], 0.5 * (heat[z - 1] + heat[z + 1])[inside], rtol=1e-4, atol=1e-5)
