@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ from napari_medvae.cli import main
 from napari_medvae.engine import denoise, load_model
 from napari_medvae.engine.checkpoint import load_checkpoint
 from napari_medvae.engine.denoise import head_correction
+from napari_medvae.engine.model import from_config
 from napari_medvae.engine.networks import DenoiserConfig, SliceVAEConfig
 from napari_medvae.engine.train_denoiser import DenoiserTrainConfig, train_denoiser
 from napari_medvae.errors import Cancelled, InputError, ModelError
@@ -64,8 +66,20 @@ def test_denoise_runs_the_head_whole_and_tiled_alike(head_model, read):
 
 
 def test_head_correction_without_a_head_returns_the_estimate(model):
+    arch = {k: v for k, v in model.config.architecture.items() if k != "denoiser"}
+    cfg = dataclasses.replace(model.config, architecture=arch)
+    bare = from_config(cfg, {k: v for k, v in model.net.state_dict().items() if not k.startswith("denoiser.")}, "cpu")
+    assert bare.net.denoiser is None
     est = np.ones((8, 16, 16), np.float32)
-    assert head_correction(model, est, est, 0.1, 1) is est
+    assert head_correction(bare, est, est, 0.1, 1) is est
+
+
+def test_a_head_of_the_same_architecture_is_trained_further(tmp_path, head_model, head_data):
+    files = sorted(str(p) for p in head_data.iterdir())
+    tc = DenoiserTrainConfig(train=files[:1], out=str(tmp_path / "again"), model=str(head_model), steps=2, patch=16,
+                             copies=1, channels=(4, 8), strides=(2,), num_res_units=1, device="cpu")
+    m = load_model(train_denoiser(tc), device="cpu")
+    assert m.config.training["denoiser"]["fine_tuned"] is True
 
 
 def test_head_runs_on_interleaved_sub_volumes(head_model):

@@ -134,9 +134,14 @@ def train_denoiser(tc: DenoiserTrainConfig, callback: Callable[[dict], None] | N
     torch.manual_seed(tc.seed)
     base = load_model(tc.model, device="cpu")
     arch = dict(base.config.architecture)
-    fine_tune = arch.get("denoiser") is not None
+    wanted = DenoiserConfig.from_dict(tc.head_dict()).to_dict()
+    # the base model's head is trained further when it has the requested architecture; otherwise a new head
+    # with the requested architecture replaces it
+    fine_tune = arch.get("denoiser") is not None and DenoiserConfig.from_dict(arch["denoiser"]).to_dict() == wanted
     if not fine_tune:
-        arch["denoiser"] = DenoiserConfig.from_dict(tc.head_dict()).to_dict()
+        if arch.get("denoiser") is not None:
+            log.info("the base model's denoising head has another architecture; training a new one")
+        arch["denoiser"] = wanted
     cfg = base.config
     cfg.architecture = SliceVAEConfig.from_dict(arch).to_dict()
     state = {k: v for k, v in base.net.state_dict().items() if fine_tune or not k.startswith("denoiser.")}
