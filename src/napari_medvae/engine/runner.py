@@ -112,7 +112,6 @@ def run_network(
     only_masked: bool = False,
     centres: np.ndarray | None = None,
     prefilled: bool = False,
-    latent_only: bool = False,
     full_frame: bool = False,
     both: bool = False,
 ) -> np.ndarray:
@@ -120,11 +119,11 @@ def run_network(
 
     ``only_masked``: predict only slices whose centre has masked voxels (inpainting); others keep the input.
     ``centres`` (bool per slice, with ``only_masked``): predict only these of the masked slices.
-    ``latent_only``: decode from the latent alone (skip connections and input residual switched off), which
-    cannot copy the input's details through, at the price of a blurrier image (used by anomaly scoring).
-    ``both``: return 2 x S x H x W, the normal and the latent-only prediction from one encoder pass.
-    ``full_frame``: run on whole slices instead of the box around the signal (slower; the network's group
-    normalisation then sees the same background as in calibration, which detects dark lesions better).
+    ``both``: return 2 x S x H x W, the normal prediction and the one decoded from the latent alone (skip
+    connections and input residual switched off: it cannot copy the input's details through, at the price of
+    a blurrier image), from one encoder pass (anomaly scoring).
+    ``full_frame``: run on whole slices instead of the box around the signal (slower; with the background in
+    the network's group normalisation, dark lesions were detected better: validation AUPRC 0.078 -> 0.140).
     """
     net = model.net
     context = net.cfg.context
@@ -155,7 +154,7 @@ def run_network(
             pad_mask[h:, :] = True
             pad_mask[:, w:] = True
         try:
-            pred = _forward(model, x, sample_latent, generator, prefilled, latent_only, both)
+            pred = _forward(model, x, sample_latent, generator, prefilled, both)
         except torch.OutOfMemoryError:
             if bs > 1:
                 bs = max(1, bs // 2)
@@ -180,15 +179,13 @@ def run_network(
 
 
 def _forward(model: Model, x: np.ndarray, sample_latent: bool, generator: torch.Generator | None,
-             prefilled: bool = False, latent_only: bool = False, both: bool = False) -> np.ndarray:
+             prefilled: bool = False, both: bool = False) -> np.ndarray:
     t = torch.from_numpy(x).to(model.device, non_blocking=True)
     if model.device.type == "cuda":
         t = t.contiguous(memory_format=torch.channels_last)
     amp = model.amp_dtype
     with torch.inference_mode(), torch.autocast(model.device.type, dtype=amp, enabled=amp is not None):
-        gate = torch.zeros((t.shape[0], 1, 1, 1), device=t.device, dtype=t.dtype) if latent_only else None
-        pred, _, _ = model.net(t, sample_latent=sample_latent, generator=generator, prefilled=prefilled, gate=gate,
-                               both=both)
+        pred, _, _ = model.net(t, sample_latent=sample_latent, generator=generator, prefilled=prefilled, both=both)
     return pred.float().cpu().numpy()
 
 
