@@ -138,3 +138,11 @@ def test_denoiser_config_round_trips():
     assert DenoiserConfig.from_dict(d).to_dict() == d
     assert DenoiserConfig.from_dict(d).multiple == 2
     assert "denoiser" not in SliceVAEConfig().to_dict()
+
+
+def test_cli_train_denoiser_refuses_to_overwrite_the_shipped_model(head_data, capsys):
+    from napari_medvae.engine.model import default_model_path
+
+    rc = main(["train-denoiser", "--data", str(head_data), "-o", str(default_model_path().with_suffix(""))])
+    assert rc != 0
+    assert "refusing to overwrite" in capsys.readouterr().err

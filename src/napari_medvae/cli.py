@@ -323,10 +323,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_denoiser(args) -> int:
+    from .engine.model import default_model_path
     from .engine.train_denoiser import DenoiserTrainConfig, train_denoiser
 
     src = args.model_path or args.model
-    if src and Path(args.output).with_suffix("").resolve() == Path(src).with_suffix("").resolve():
+    base = Path(src) if src else default_model_path()
+    if Path(args.output).with_suffix("").resolve() == base.with_suffix("").resolve():
         raise InputError("refusing to overwrite the model the head is added to; choose another -o")
     if not Path(args.output).resolve().parent.is_dir():
         raise InputError(f"output directory {Path(args.output).resolve().parent} does not exist")
