@@ -256,6 +256,38 @@ def test_wiener_dct_slabs_agree_and_trust_a_perfect_pilot(read):
     np.testing.assert_array_equal(wiener_dct(noisy, x, 0.0), noisy)  # no noise: unchanged
 
 
+def test_collaborative_wiener_slabs_agree_and_beat_the_block_grid(read):
+    from scipy import ndimage as ndi
+
+    from napari_medvae.engine.denoise import collaborative_wiener, wiener_dct
+
+    vol, _ = read("mni_t1_healthy.nii.gz")
+    x = vol.astype(np.float32) / float(vol.max())
+    noisy = x + np.random.default_rng(0).normal(0, 0.05, x.shape).astype(np.float32)
+    pilot = wiener_dct(noisy, ndi.gaussian_filter(noisy, 1.0), 0.05)  # a weak pilot (30.3 dB)
+    one = collaborative_wiener(noisy, pilot, 0.05, passes=2)
+    many = collaborative_wiener(noisy, pilot, 0.05, passes=2, max_values=20_000, chunk=100)  # many slabs, chunks
+    np.testing.assert_allclose(one, many, atol=1e-5)
+    assert one.shape == x.shape and one.dtype == np.float32
+    b = x > 0.1
+    # grouping similar blocks beats the fixed block grid with the same pilot (measured 33.6 vs 31.4 dB)
+    assert psnr(one, x, b, 1.0) > psnr(wiener_dct(noisy, pilot, 0.05), x, b, 1.0) + 1.0
+    np.testing.assert_array_equal(collaborative_wiener(noisy, pilot, 0.0), noisy)  # no noise: unchanged
+    np.testing.assert_array_equal(collaborative_wiener(noisy, np.zeros_like(x), 0.05), 0)  # no signal: the pilot
+
+
+def test_collaborative_wiener_handles_volumes_smaller_than_its_search(read):
+    from napari_medvae.engine.denoise import collaborative_wiener
+
+    rng = np.random.default_rng(1)
+    for shape in [(3, 3, 3), (3, 9, 40), (5, 4, 6)]:
+        x = np.full(shape, 0.5, np.float32)
+        noisy = x + rng.normal(0, 0.05, shape).astype(np.float32)
+        out = collaborative_wiener(noisy, x, 0.05)
+        assert out.shape == shape and np.isfinite(out).all()
+        assert np.abs(out - x).mean() < np.abs(noisy - x).mean()
+
+
 def test_denoise_keeps_lesions(model, read):
     vol, geo = read("mni_t1_lesion.nii.gz")
     truth, _ = read("mni_t1_lesion_truth.nii.gz")
