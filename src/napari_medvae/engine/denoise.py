@@ -51,6 +51,7 @@ TISSUE = 0.3  # normalised intensity above which the noise is close to Gaussian 
 # 4 worse than flat).
 BM_BLOCK, BM_STEP, BM_RADIUS, BM_GROUP, BM_PASSES, BM_KAISER = 4, 3, 3, 16, 2, 2.0
 BM_SHRINK = 1.2  # the filter's noise level = this x the estimated sigma (1.1-1.35 beat 1.0 by 0.1-0.4 dB, 1.5 falls back)
+BG_RAMP = (0.02, 0.06)  # background: stage 4's output blends into stage 3's between these (see background_blend)
 BM_FLOOR = 0.02  # reference blocks whose pilot stays below this (normalised) are background: not filtered
 
 
@@ -113,11 +114,11 @@ def wiener_dct(noisy: np.ndarray, pilot: np.ndarray, sigma: float, block: int = 
         z0, z1 = i0 * step, (i1 - 1) * step + block
         yb = sliding_window_view(y[z0:z1], (block,) * 3)[::step, ::step, ::step]
         pb = sliding_window_view(p[z0:z1], (block,) * 3)[::step, ::step, ::step]
-        pc = sfft.dctn(np.ascontiguousarray(pb), axes=(3, 4, 5), norm="ortho")
+        pc = sfft.dctn(np.ascontiguousarray(pb), axes=(3, 4, 5), norm="ortho", workers=-1)
         w = pc * pc
         w /= w + s2
         del pc
-        est = sfft.idctn(w * sfft.dctn(np.ascontiguousarray(yb), axes=(3, 4, 5), norm="ortho"), axes=(3, 4, 5), norm="ortho")
+        est = sfft.idctn(w * sfft.dctn(np.ascontiguousarray(yb), axes=(3, 4, 5), norm="ortho", workers=-1), axes=(3, 4, 5), norm="ortho", workers=-1)
         wb = 1.0 / np.maximum((w * w).sum(axis=(3, 4, 5)), 1e-3)
         del w
         est *= wb[..., None, None, None]
@@ -257,7 +258,7 @@ def collaborative_wiener(noisy: np.ndarray, pilot: np.ndarray, sigma: float, *, 
             w = (DK @ (pf[idx].view(n, k, -1) @ T3.T)).square_()
             w = w.div_(w + s2)
             wt = 1.0 / w.square().sum(dim=(1, 2)).clamp_min(1e-3)
-            est = (DK.T @ (w.mul_(ty))) @ T3
+            est = (DK.T @ w.mul_(ty)) @ T3
             wb = wt[:, None, None] * win
             est *= wb
             acc.index_add_(0, idx, est.reshape(-1))
@@ -268,6 +269,19 @@ def collaborative_wiener(noisy: np.ndarray, pilot: np.ndarray, sigma: float, *, 
     res = pilot.copy()
     res[box] = p[: crop[0], : crop[1], : crop[2]].numpy()
     return res
+
+
+def background_blend(estimate: np.ndarray, filtered: np.ndarray, lo: float = BG_RAMP[0], hi: float = BG_RAMP[1]) -> np.ndarray:
+    """``filtered`` where ``estimate`` >= ``hi``, ``estimate`` where it is <= ``lo``, linear in between.
+
+    Near zero the Rician noise floor survives √(y² − σ²) as a positive bias that the collaborative filter
+    keeps (the grouped blocks share the brain's DC), which drew a noisy halo around the brain (rms error in
+    the 8 mm ring outside the brain 3.7 -> 9.0 at 5 % noise, 5.5 -> 16.4 at 9 %, tuning subject). The
+    estimate before stage 4 has no such floor; taking it in the background brings the ring back to 3.7 / 6.9
+    for 0.03 dB inside the brain.
+    """
+    a = np.clip((estimate - np.float32(lo)) / np.float32(hi - lo), 0, 1)
+    return (a * filtered + (1 - a) * estimate).astype(np.float32, copy=False)
 
 
 def rician_unbiased(data: np.ndarray, sigma: float) -> np.ndarray:
@@ -355,7 +369,7 @@ def denoise(model: Model, volume: np.ndarray, spacing: Sequence[float], *, axis:
     p.check()
     out, sigma = wiener_stage(model, prep, p)
     out = np.clip(head_correction(model, prep.data, out, sigma, prep.stride, p), 0, None)
-    unbiased = rician_unbiased(prep.data, sigma)
-    out = collaborative_wiener(unbiased, out, BM_SHRINK * sigma, passes=BM_PASSES, progress=p)
+    bm = collaborative_wiener(rician_unbiased(prep.data, sigma), out, BM_SHRINK * sigma, passes=BM_PASSES, progress=p)
+    out = background_blend(out, bm)
     p.step(BM_PASSES + 1)
     return prep.to_original(out)
