@@ -209,7 +209,7 @@ def collaborative_wiener(noisy: np.ndarray, pilot: np.ndarray, sigma: float, *, 
     nz, ny, nx = ((n - b) // step + 1 for n in p.shape)
     active = (F.max_pool3d(p[None, None], b, stride=step)[0, 0] > floor).reshape(nz, -1)
     rng = torch.arange(-r, r + 1)
-    offs = torch.cartesian_prod(rng, rng, rng)  # (n_off, 3); offset (0, 0, 0) is the middle one
+    offs = torch.cartesian_prod(rng, rng, rng)  # (n_off, 3)
     if ball is not None:
         offs = offs[(offs * offs).sum(1) <= ball]
     zero = int(torch.nonzero((offs == 0).all(1))[0, 0])
