@@ -146,13 +146,10 @@ def wiener_dct(noisy: np.ndarray, pilot: np.ndarray, sigma: float, block: int = 
 
 
 def _dct_matrix(n: int):
-    """Orthonormal DCT-II matrix (n x n) as a torch tensor: rows are the basis vectors."""
+    """Orthonormal DCT-II matrix (n x n) as a torch tensor: rows are the basis vectors (scipy's DCT of the identity)."""
     import torch
 
-    k, i = np.arange(n)[:, None], np.arange(n)[None]
-    m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
-    m[0] /= np.sqrt(2.0)
-    return torch.from_numpy(m.astype(np.float32))
+    return torch.from_numpy(sfft.dct(np.eye(n), norm="ortho", axis=0).astype(np.float32))
 
 
 def _block_sums(d, b: int, step: int, n: tuple[int, int, int]):
