@@ -115,10 +115,10 @@ def main(argv=None) -> int:
     def row(fig, value, target, ok, note=""):
         rows.append((fig, value, target, ok if isinstance(ok, str) else ("PASS" if ok else "FAIL"), note))
 
-    def ops(m, vol, sp, missing, mask):
+    def ops(m, vol, sp, missing, mask, noisy):
         return {
             "reconstruct": lambda: reconstruct(m, vol, sp),
-            "denoise": lambda: denoise(m, vol, sp),
+            "denoise": lambda: denoise(m, noisy, sp),
             "anomaly map": lambda: anomaly(m, vol, sp),
             "fill missing slices": lambda: inpaint(m, vol, sp, missing_slices=missing, axis=0),
             "painted region": lambda: inpaint(m, vol, sp, mask=mask),
@@ -135,10 +135,13 @@ def main(argv=None) -> int:
     mask = np.zeros(vol1.shape, bool)
     c = np.array(vol1.shape) // 2
     mask[c[0] - 5: c[0] + 5, c[1] - 15: c[1] + 15, c[2] - 15: c[2] + 15] = True
-    cpu = ops(model, vol1, sp1, missing, mask)
-    cpu["fill missing slices"] = ops(model, holed, sp1, missing, mask)["fill missing slices"]
+    # denoising is timed on a noisy copy: on the noise-free template the background holds no noise floor, so
+    # the block-matching stage has far less to do than on a real magnitude image (4.3 s vs 5.2 s measured)
+    noisy1 = synth.rician(vol1, 0.05 * float(vol1.max()), np.random.default_rng(_data.SEED_SPEED + 3))
+    cpu = ops(model, vol1, sp1, missing, mask, noisy1)
+    cpu["fill missing slices"] = ops(model, holed, sp1, missing, mask, noisy1)["fill missing slices"]
     figures = [("reconstruct", f"reconstruct, 1 mm brain ({shape})", 5.0),
-               ("denoise", f"denoise, 1 mm brain ({shape})", 5.0),
+               ("denoise", f"denoise, 1 mm brain ({shape}) with 5 % Rician noise", 5.0),
                ("anomaly map", f"anomaly map, 1 mm brain ({shape})", 5.0),
                ("fill missing slices", f"fill all {len(missing)} missing slices (every 10th) of that volume", 5.0),
                ("painted region", "fill a painted 10-slice region (10×30×30 mm) of that volume", 2.0)]
@@ -231,8 +234,8 @@ def main(argv=None) -> int:
     # --- GPU -------------------------------------------------------------------------------------
     if torch.cuda.is_available():
         g = load_model(a.model, device="cuda")
-        gops = ops(g, vol1, sp1, missing, mask)
-        gops["fill missing slices"] = ops(g, holed, sp1, missing, mask)["fill missing slices"]
+        gops = ops(g, vol1, sp1, missing, mask, noisy1)
+        gops["fill missing slices"] = ops(g, holed, sp1, missing, mask, noisy1)["fill missing slices"]
         for key, fig, _ in figures:
             t = median_time(gops[key], reps)
             row(f"GPU ({torch.cuda.get_device_name(0)}): {fig}", f"{t:.3f} s", "≤ 0.3 s", t <= 0.3)

@@ -111,6 +111,32 @@ def test_denoise_leaves_no_noise_halo_around_the_brain(model, read):
     assert rms < 0.4 * sigma, (rms, sigma)  # without the background blend: about 0.7 sigma
 
 
+def test_signal_box_skips_the_noise_floor_of_magnitude_images(read):
+    """A noisy background (Rician floor above 2 % of the scale) is not signal: the box stays around the head."""
+    from napari_medvae.engine import synth
+    from napari_medvae.engine.runner import signal_box, signal_mask
+
+    vol, _ = read("mni_t1_healthy.nii.gz")
+    x = vol.astype(np.float32) / float(np.percentile(vol, 99.5))
+    clean = signal_box(x, None)
+    np.testing.assert_array_equal(signal_mask(x), x > 0.02)  # noise-free: the plain rule
+    for s in (0.03, 0.05, 0.09):
+        noisy = synth.rician(x, s, np.random.default_rng(2))
+        assert (noisy[x == 0] > 0.02).mean() > 0.5  # most of the background would count under the plain rule
+        sl, ys, xs = signal_box(noisy, None)
+        assert abs(len(sl) - len(clean[0])) <= 2, (s, len(sl), len(clean[0]))
+        for got, ref in ((ys, clean[1]), (xs, clean[2])):
+            assert abs(got.start - ref.start) <= 2 and abs(got.stop - ref.stop) <= 2, (s, got, ref)
+    # a tight crop with no background peak keeps the plain rule, so no tissue is dropped
+    crop = synth.rician(x, 0.05, np.random.default_rng(3))[30:60, 30:80, 30:70]
+    np.testing.assert_array_equal(signal_mask(crop), crop > 0.02)
+    # a mask still widens the box; a blank volume has none
+    m = np.zeros(x.shape, bool)
+    m[0, 0, 0] = True
+    assert signal_box(x, m)[1].start == 0
+    assert len(signal_box(np.zeros((5, 8, 8), np.float32), None)[0]) == 0
+
+
 def test_background_blend_switches_between_the_estimates():
     from napari_medvae.engine.denoise import BG_RAMP, background_blend
 

@@ -56,7 +56,7 @@ BM_BLOCK, BM_STEP, BM_RADIUS, BM_GROUP, BM_PASSES, BM_KAISER = 4, 3, 3, 16, 2, 2
 BM_BALL = 12
 BM_SHRINK = 1.2  # the filter's noise level = this x the estimated sigma (1.1-1.35 beat 1.0 by 0.1-0.4 dB, 1.5 falls back)
 BG_RAMP = (0.02, 0.06)  # background: stage 4's output blends into stage 3's between these (see background_blend)
-BM_FLOOR = 0.02  # reference blocks whose pilot stays below this (normalised) are background: not filtered
+BM_FLOOR = 0.06  # reference blocks whose pilot stays below this (normalised, the top of BG_RAMP) are not filtered
 
 
 def keep_structure(x: np.ndarray, rec: np.ndarray) -> np.ndarray:
@@ -299,18 +299,27 @@ def wiener_stage(model: Model, prep: Prepared, progress: Progress | None = None)
     """Stages 1-2 on a prepared volume: (Wiener estimate >= 0, estimated noise sigma), model grid."""
     p = progress if progress is not None else Progress(prep.data.shape[0] + 1)
     rec = reconstruct_prepared(model, prep, p)
-    pilot = keep_structure(prep.data, rec)
-    # outside the box the network ran on there is only background (< 2 % of the scale): its pilot is 0, so the
-    # filter removes the noise there too instead of leaving a noisy frame around the box
+    # outside the box the network ran on there is only background (see runner.signal_mask): its pilot is 0, so the
+    # filter removes the noise there too instead of leaving a noisy frame around the box; both filters run on the
+    # box plus a DCT block only (where the pilot is 0 the filter's output is 0)
     slices, ys, xs = signal_box(prep.data, None)
-    inside = np.zeros(pilot.shape, dtype=bool)
-    inside[slices[:, None, None], ys, xs] = True
-    pilot[~inside] = 0.0
+    pilot = np.zeros(prep.data.shape, dtype=np.float32)
+    box = None
+    if len(slices):
+        lo, hi = (int(slices[0]), ys.start, xs.start), (int(slices[-1]) + 1, ys.stop, xs.stop)
+        box = tuple(slice(max(0, a - BLOCK), min(n, b + BLOCK)) for a, b, n in zip(lo, hi, pilot.shape, strict=True))
+        pilot[box] = keep_structure(prep.data[box], rec[box])
+        inside = np.zeros(pilot.shape, dtype=bool)
+        inside[slices[:, None, None], ys, xs] = True
+        pilot[~inside] = 0.0
     sigma = noise_sigma(prep.data, rec > TISSUE)
     # magnitude (Rician) noise lifts dark tissue: E[y^2] = x^2 + 2 sigma^2. Filtering sqrt(y^2 - sigma^2) instead of
     # y removes most of that bias (+0.1 / +0.2 / +0.6 dB at 3 / 5 / 9 % noise on benchmark subject 20000, where
     # it was also chosen over y^2 - 2 sigma^2, within 0.1 dB of it)
-    return np.clip(wiener_dct(rician_unbiased(prep.data, sigma), pilot, sigma, progress=p), 0, None), sigma
+    out = np.zeros(pilot.shape, dtype=np.float32)
+    if box is not None:
+        out[box] = wiener_dct(rician_unbiased(prep.data[box], sigma), pilot[box], sigma, progress=p)
+    return np.clip(out, 0, None), sigma
 
 
 def head_correction(model: Model, noisy: np.ndarray, est: np.ndarray, sigma: float, stride: int,
