@@ -97,6 +97,28 @@ def test_denoise_improves_psnr_and_keeps_grid(model, read):
     assert psnr(out, truth, b, float(truth.max())) > psnr(vol, truth, b, float(truth.max())) + 2.0
 
 
+def test_noisy_volumes_get_a_second_finer_round_of_block_matching(model, read, monkeypatch):
+    """At 5 % noise the estimated sigma calls for the second round of stage 4, and it pays for itself."""
+    import importlib
+
+    dn = importlib.import_module("napari_medvae.engine.denoise")
+    vol, geo = read("mni_t1_noisy.nii.gz")
+    truth, _ = read("mni_t1_noisy_truth.nii.gz")
+    b = _brain(truth)
+    peak = float(truth.max())
+    calls = []
+    real = dn.collaborative_wiener
+    monkeypatch.setattr(dn, "collaborative_wiener", lambda *a, **k: calls.append(k.get("step")) or real(*a, **k))
+    two = denoise(model, vol, geo.spacing)
+    assert calls == [None, dn.R2_STEP]
+    monkeypatch.setattr(dn, "TWO_ROUNDS_SIGMA", 1e9)  # force the single round
+    calls.clear()
+    one = denoise(model, vol, geo.spacing)
+    assert calls == [None]
+    # measured on this sample: 33.8 dB with one round, 34.0 with two
+    assert psnr(two, truth, b, peak) > psnr(one, truth, b, peak) + 0.1
+
+
 def test_denoise_leaves_no_noise_halo_around_the_brain(model, read):
     """The Rician noise floor just outside the brain is removed, not kept by the block-matching stage."""
     from scipy import ndimage as ndi
