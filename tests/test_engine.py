@@ -119,6 +119,39 @@ def test_noisy_volumes_get_a_second_finer_round_of_block_matching(model, read, m
     assert psnr(two, truth, b, peak) > psnr(one, truth, b, peak) + 0.1
 
 
+def test_denoise_keeps_the_in_plane_detail_of_1mm_volumes(model):
+    """The model grid is 2 mm in-plane; the detail a 1 mm volume loses there is filtered and put back.
+
+    Without it the 2 mm round trip alone capped the 1 mm brain at 28.0 dB, below its 3 %-noise input (30.4 dB).
+    """
+    from napari_medvae.engine import synth
+
+    tpl = synth.load_templates(1.0)
+    clean = tpl.t1[60:120].astype(np.float32)  # 60 axial slices of the 1 mm MNI T1
+    brain = tpl.brain[60:120]
+    noisy = synth.rician(clean, 0.03 * float(clean.max()), np.random.default_rng(5))
+    out = denoise(model, noisy, (1.0, 1.0, 1.0))
+    peak = float(clean.max())
+    assert out.shape == noisy.shape
+    assert psnr(out, clean, brain, peak) > psnr(noisy, clean, brain, peak) + 3.0
+
+
+def test_restore_detail_drops_noise_and_keeps_structure():
+    from napari_medvae.engine.denoise import detail_noise_power, highpass_inplane, restore_detail
+
+    rng = np.random.default_rng(0)
+    small = (20, 24)
+    npw = detail_noise_power(small, (40, 48))
+    noise = highpass_inplane(rng.normal(0, 1, (12, 40, 48)).astype(np.float32), small)
+    assert float(np.sqrt(np.mean(restore_detail(noise, npw, 1.0) ** 2))) < 0.35 * float(np.sqrt(np.mean(noise**2)))
+    yy, xx = np.mgrid[:40, :48]
+    edges = np.broadcast_to(np.where((xx // 3 + yy // 5) % 2 == 0, 5.0, -5.0), (12, 40, 48)).astype(np.float32)
+    band = highpass_inplane(edges, small)
+    kept = restore_detail(band + 0.2 * noise, npw, 0.2)
+    assert float(np.mean((kept - band) ** 2)) < 0.1 * float(np.mean(band**2))  # strong detail survives
+    np.testing.assert_array_equal(restore_detail(band, npw, 0.0), band)  # no noise: unchanged
+
+
 def test_denoise_leaves_no_noise_halo_around_the_brain(model, read):
     """The Rician noise floor just outside the brain is removed, not kept by the block-matching stage."""
     from scipy import ndimage as ndi

@@ -25,7 +25,7 @@ from scipy import ndimage as ndi
 from ..errors import InputError
 from .model import Model
 from .preprocess import Prepared, check_spacing, prepare
-from .runner import CancelFn, Progress, ProgressFn, check_mask
+from .runner import CancelFn, Progress, ProgressFn, check_mask, slice_lerp
 
 MIN_CANDIDATE_MM3 = 20.0
 
@@ -99,12 +99,7 @@ def score_prepared(model: Model, prep: Prepared, progress: Progress, brain_mask:
     skip, latent = raw_scores(model, prep.data[::st], brain[::st], progress, combined)
     score = skip if latent is None else combined_score(skip, latent, model.config.anomaly)
     if st > 1:
-        n, m = prep.data.shape[0], score.shape[0]
-        pos = np.arange(n) / st
-        lo = np.minimum(np.floor(pos).astype(int), m - 1)
-        hi = np.minimum(lo + 1, m - 1)
-        w = (pos - lo).astype(np.float32)[:, None, None]
-        score = score[lo] * (1 - w) + score[hi] * w
+        score = slice_lerp(score, prep.data.shape[0], st)
         score[~brain] = 0.0
     return score
 

@@ -27,6 +27,10 @@
    noise: stage 3 36.03 / 33.19 / 30.13 dB, stage 4 37.61 / 34.73 / 31.54 dB (one round: 37.41 / 34.51 /
    31.30); BM4D with the true sigma 37.10 / 34.43 / 31.33 dB. T2-like at 5 %: 34.55 dB, BM4D 34.48. In the
    background the output blends back into stage 3's estimate (see ``background_blend``).
+5. Volumes finer than the model's 2 mm in-plane grid (a 1 mm brain) lose the detail that grid cannot hold;
+   the band the round trip removes from the input is Wiener-filtered in in-plane DCT blocks and added back
+   (see ``add_detail``). Their slices, closer than the model's, are also cheaper: the network runs on every
+   other one (linear in between) and the head is skipped (it gained 0.00-0.02 dB there).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from scipy import ndimage as ndi
 from .model import Model
 from .preprocess import Prepared, prepare
 from .reconstruct import reconstruct_prepared
-from .runner import CancelFn, Progress, ProgressFn, signal_box
+from .runner import CancelFn, Progress, ProgressFn, run_network, signal_box, slice_lerp
 
 STRUCTURE_SIGMA = 1.0  # voxels (model grid) of the smoothing that separates structure from noise
 STRUCTURE_K = 5.0  # structure must exceed this many robust standard deviations of smoothed noise
@@ -316,7 +320,12 @@ def wiener_stage(model: Model, prep: Prepared, progress: Progress | None = None)
 def _stages_1_2(model: Model, prep: Prepared, progress: Progress | None) -> tuple[np.ndarray, float, np.ndarray]:
     """(stage-2 Wiener estimate >= 0, estimated noise sigma, stage-1 pilot), model grid."""
     p = progress if progress is not None else Progress(prep.data.shape[0] + 1)
-    rec = reconstruct_prepared(model, prep, p)
+    if prep.stride > 1:  # slices closer than the model's: the network runs on every stride-th one, linear in between
+        # (1 mm brain with 3 / 9 % noise: 35.06 / 28.61 dB with every slice, 35.10 / 28.69 dB like this, 0.8 s faster)
+        rec = slice_lerp(run_network(model, prep.data[:: prep.stride], None, 1, p), prep.data.shape[0], prep.stride)
+        p.step(prep.data.shape[0] - len(range(0, prep.data.shape[0], prep.stride)))
+    else:
+        rec = reconstruct_prepared(model, prep, p)
     # outside the box the network ran on there is only background (see runner.signal_mask): its pilot is 0, so the
     # filter removes the noise there too instead of leaving a noisy frame around the box; both filters run on the
     # box plus a DCT block only (where the pilot is 0 the filter's output is 0)
@@ -393,15 +402,112 @@ def head_correction(model: Model, noisy: np.ndarray, est: np.ndarray, sigma: flo
     return out
 
 
+DETAIL_BLOCK, DETAIL_STEP = 8, 4  # in-plane DCT blocks of the detail restoration (voxels of the input grid)
+
+
+def highpass_inplane(stack: np.ndarray, small: Sequence[int]) -> np.ndarray:
+    """What the model grid loses: ``stack`` (S, H, W) minus its round trip through the ``small`` in-plane grid."""
+    from .preprocess import resize_inplane
+
+    low = resize_inplane(resize_inplane(stack, small, antialias=True), stack.shape[1:], antialias=False)
+    return stack.astype(np.float32, copy=False) - low
+
+
+def _dct_blocks(x: np.ndarray, b: int, step: int) -> np.ndarray:
+    """2D DCT of the in-plane ``b``x``b`` blocks every ``step`` voxels of (S, H, W): (S, ny, nx, b, b)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    v = sliding_window_view(x, (b, b), axis=(1, 2))[:, ::step, ::step]
+    return sfft.dctn(np.ascontiguousarray(v), axes=(3, 4), norm="ortho", workers=-1)
+
+
+def detail_noise_power(small: Sequence[int], shape: Sequence[int], block: int = DETAIL_BLOCK,
+                       step: int = DETAIL_STEP) -> np.ndarray:
+    """Power per in-plane DCT frequency (block x block) that unit white noise leaves in ``highpass_inplane``.
+
+    Measured on 16 slices of seeded noise of the input's in-plane size, so it matches the resampling exactly.
+    """
+    n = np.random.default_rng(0).standard_normal((16, int(shape[0]), int(shape[1]))).astype(np.float32)
+    c = _dct_blocks(highpass_inplane(n, small), block, step)
+    return (c * c).mean(axis=(0, 1, 2)).astype(np.float32)
+
+
+def restore_detail(band: np.ndarray, noise_power: np.ndarray, sigma: float, block: int = DETAIL_BLOCK,
+                   step: int = DETAIL_STEP, slab: int = 24, progress: Progress | None = None,
+                   avg: tuple[int, int, int] = (3, 3, 3)) -> np.ndarray:
+    """Empirical Wiener filter of the lost detail band (S, H, W): the signal power of each in-plane DCT coefficient
+    is its power averaged over the 3 x 3 x 3 neighbouring blocks (same frequency) minus the noise's
+    (``noise_power`` x sigma²). Overlapping blocks are averaged. Slabs of ``slab`` slices bound memory.
+    """
+    S, H, W = band.shape
+    if sigma <= 0 or min(H, W) < block:
+        return band.astype(np.float32, copy=True)
+    ph, pw = (-(H - block)) % step, (-(W - block)) % step
+    x = np.pad(band.astype(np.float32, copy=False), ((0, 0), (0, ph), (0, pw)), mode="reflect")
+    npow = (noise_power * np.float32(sigma) ** 2)[None, None, None]
+    out = np.zeros((S, H, W), np.float32)
+    r = block // step
+    for z0 in range(0, S, slab):
+        z1 = min(S, z0 + slab)
+        lo, hi = max(0, z0 - 1), min(S, z1 + 1)  # one slice of context for the power average
+        c = _dct_blocks(x[lo:hi], block, step)
+        pw_ = ndi.uniform_filter(c * c, size=(*avg, 1, 1), mode="nearest")
+        sig = np.maximum(pw_ - npow, 0)
+        del pw_
+        est = sfft.idctn(c * (sig / (sig + npow)), axes=(3, 4), norm="ortho", workers=-1)[z0 - lo: z1 - lo]
+        del c, sig
+        acc = np.zeros((z1 - z0, *x.shape[1:]), np.float32)
+        cnt = np.zeros(x.shape[1:], np.float32)
+        for a in range(r):  # blocks of one parity class tile the plane: add them at once
+            for b2 in range(r):
+                e = est[:, a::r, b2::r]
+                ka, kb = e.shape[1:3]
+                if not (ka and kb):
+                    continue
+                sl = (slice(None), slice(a * step, a * step + ka * block), slice(b2 * step, b2 * step + kb * block))
+                acc[sl] += e.transpose(0, 1, 3, 2, 4).reshape(z1 - z0, ka * block, kb * block)
+                cnt[sl[1:]] += 1
+        out[z0:z1] = (acc / np.maximum(cnt, 1))[:, :H, :W]
+        if progress is not None:
+            progress.check()
+    return out
+
+
+def add_detail(volume: np.ndarray, denoised: np.ndarray, prep: Prepared, progress: Progress | None = None) -> np.ndarray:
+    """``denoised`` (input grid) plus the input's in-plane detail that the model grid cannot hold, Wiener-filtered.
+
+    The model works on a 2 mm in-plane grid; resampling there and back alone caps a 1 mm brain at 28.0 dB PSNR
+    against its clean original, below a 3 % noisy input (30.4 dB). The band that round trip removes from the
+    input (detail + noise) is filtered with ``restore_detail`` inside the box around the denoised signal and
+    added back: 1 mm MNI T1 with 3 / 5 / 9 % Rician noise, 27.9 / 27.7 / 27.2 dB -> 35.1 / 31.8 / 28.6 dB.
+    """
+    moved = np.moveaxis(volume, prep.axis, 0).astype(np.float32)
+    den = np.moveaxis(denoised, prep.axis, 0)
+    small = prep.data.shape[1:]
+    signal = den > np.float32(BG_RAMP[0] * prep.scale)
+    if not signal.any():
+        return denoised
+    sigma = noise_sigma(moved, den > np.float32(TISSUE * prep.scale))
+    m = DETAIL_BLOCK
+    box = tuple(slice(max(0, int(i[0]) - m), min(n, int(i[-1]) + 1 + m)) for i, n in zip(
+        (np.flatnonzero(signal.any(axis=(1, 2))), np.flatnonzero(signal.any(axis=(0, 2))),
+         np.flatnonzero(signal.any(axis=(0, 1)))), moved.shape, strict=True))
+    band = highpass_inplane(moved, small)[box]
+    out = den.copy()
+    out[box] += restore_detail(band, detail_noise_power(small, moved.shape[1:]), sigma, progress=progress)
+    return np.moveaxis(np.clip(out, 0, None), 0, prep.axis)
+
+
 def denoise(model: Model, volume: np.ndarray, spacing: Sequence[float], *, axis: int | None = None,
             force: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
     """Denoise ``volume`` (z, y, x; spacing mm); float32 on the input grid, lesions preserved."""
     prep = prepare(volume, spacing, model.config, axis, force=force)
-    heads = prep.stride if getattr(model.net, "denoiser", None) is not None else 0
+    heads = 1 if getattr(model.net, "denoiser", None) is not None and prep.stride == 1 else 0
     p = Progress(prep.data.shape[0] + 1 + heads + BM_PASSES, progress, cancel)
     p.check()
     out, sigma, pilot = _stages_1_2(model, prep, p)
-    out = np.clip(head_correction(model, prep.data, out, sigma, prep.stride, p), 0, None)
+    if prep.stride == 1:  # slices closer than the model's: the head gained 0.00-0.02 dB on the 1 mm brain, skipped
+        out = np.clip(head_correction(model, prep.data, out, sigma, prep.stride, p), 0, None)
     noisy = rician_unbiased(prep.data, sigma)
     if sigma >= TWO_ROUNDS_SIGMA:  # noisy volumes: two rounds of stage 4, the second finer (see TWO_ROUNDS_SIGMA)
         first = collaborative_wiener(noisy, pilot, R1_SHRINK * sigma, passes=2, progress=p)
@@ -410,5 +516,8 @@ def denoise(model: Model, volume: np.ndarray, spacing: Sequence[float], *, axis:
     else:
         bm = collaborative_wiener(noisy, out, BM_SHRINK * sigma, passes=BM_PASSES, progress=p)
     out = background_blend(out, bm)
+    res = prep.to_original(out)
+    if prep.resampled:  # the model grid is coarser in-plane: put back the detail it cannot hold, filtered
+        res = add_detail(volume, res, prep, p)
     p.step(p.total - p.done)
-    return prep.to_original(out)
+    return res

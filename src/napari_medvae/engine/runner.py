@@ -69,6 +69,16 @@ SIGNAL = 0.02  # normalised intensity (fraction of the scale) above which a voxe
 FLOOR_MAX = 0.15  # a background noise floor brighter than this (fraction of the scale) is taken for tissue
 
 
+def slice_lerp(sub: np.ndarray, n: int, stride: int) -> np.ndarray:
+    """``n`` slices from ``sub``, computed on every ``stride``-th of them: linear in between (constant past the last)."""
+    m = sub.shape[0]
+    pos = np.arange(n) / stride
+    lo = np.minimum(np.floor(pos).astype(int), m - 1)
+    hi = np.minimum(lo + 1, m - 1)
+    w = (pos - lo).astype(np.float32)[:, None, None]
+    return sub[lo] * (1 - w) + sub[hi] * w
+
+
 def signal_mask(data: np.ndarray) -> np.ndarray:
     """Voxels holding signal: above 2 % of the scale, or above the noise floor where the volume has one.
 
