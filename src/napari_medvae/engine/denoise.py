@@ -24,9 +24,9 @@
    Noisy volumes (estimated sigma >= 2.5 % of the scale) get two rounds instead: the first from stage 1's
    pilot (two passes, 1.4x sigma), the second from the first's output with reference blocks every 2 voxels
    instead of 3 (one pass, 0.9x sigma). On the parameter-tuning subject (seed 20999, 2 mm) at 3 / 5 / 9 %
-   noise: stage 3 36.03 / 33.19 / 30.13 dB, stage 4 37.61 / 34.73 / 31.54 dB (one round: 37.41 / 34.51 /
-   31.30); BM4D with the true sigma 37.10 / 34.43 / 31.33 dB. T2-like at 5 %: 34.55 dB, BM4D 34.48. In the
-   background the output blends back into stage 3's estimate (see ``background_blend``).
+   noise: stage 4 37.61 / 34.73 / 31.54 dB (one round: 37.41 / 34.51 / 31.30); BM4D with the true sigma
+   37.10 / 34.43 / 31.33 dB. T2-like at 5 %: 34.55 dB, BM4D 34.48. In the background the output blends
+   back into stage 3's estimate (see ``background_blend``).
 5. Volumes finer than the model's 2 mm in-plane grid (a 1 mm brain) lose the detail that grid cannot hold;
    the band the round trip removes from the input is Wiener-filtered in in-plane DCT blocks and added back
    (see ``add_detail``). Their slices, closer than the model's, are also cheaper: the network runs on every
@@ -433,8 +433,7 @@ def detail_noise_power(small: Sequence[int], shape: Sequence[int], block: int = 
 
 
 def restore_detail(band: np.ndarray, noise_power: np.ndarray, sigma: float, block: int = DETAIL_BLOCK,
-                   step: int = DETAIL_STEP, slab: int = 24, progress: Progress | None = None,
-                   avg: tuple[int, int, int] = (3, 3, 3)) -> np.ndarray:
+                   step: int = DETAIL_STEP, slab: int = 24, progress: Progress | None = None) -> np.ndarray:
     """Empirical Wiener filter of the lost detail band (S, H, W): the signal power of each in-plane DCT coefficient
     is its power averaged over the 3 x 3 x 3 neighbouring blocks (same frequency) minus the noise's
     (``noise_power`` x sigma²). Overlapping blocks are averaged. Slabs of ``slab`` slices bound memory.
@@ -451,7 +450,7 @@ def restore_detail(band: np.ndarray, noise_power: np.ndarray, sigma: float, bloc
         z1 = min(S, z0 + slab)
         lo, hi = max(0, z0 - 1), min(S, z1 + 1)  # one slice of context for the power average
         c = _dct_blocks(x[lo:hi], block, step)
-        pw_ = ndi.uniform_filter(c * c, size=(*avg, 1, 1), mode="nearest")
+        pw_ = ndi.uniform_filter(c * c, size=(3, 3, 3, 1, 1), mode="nearest")
         sig = np.maximum(pw_ - npow, 0)
         del pw_
         est = sfft.idctn(c * (sig / (sig + npow)), axes=(3, 4), norm="ortho", workers=-1)[z0 - lo: z1 - lo]
@@ -479,7 +478,7 @@ def add_detail(volume: np.ndarray, denoised: np.ndarray, prep: Prepared, progres
     The model works on a 2 mm in-plane grid; resampling there and back alone caps a 1 mm brain at 28.0 dB PSNR
     against its clean original, below a 3 % noisy input (30.4 dB). The band that round trip removes from the
     input (detail + noise) is filtered with ``restore_detail`` inside the box around the denoised signal and
-    added back: 1 mm MNI T1 with 3 / 5 / 9 % Rician noise, 27.9 / 27.7 / 27.2 dB -> 35.1 / 31.8 / 28.6 dB.
+    added back: 1 mm MNI T1 with 3 / 5 / 9 % Rician noise, 27.9 / 27.7 / 27.2 dB -> 35.1 / 31.9 / 28.7 dB.
     """
     moved = np.moveaxis(volume, prep.axis, 0).astype(np.float32)
     den = np.moveaxis(denoised, prep.axis, 0)
@@ -492,7 +491,7 @@ def add_detail(volume: np.ndarray, denoised: np.ndarray, prep: Prepared, progres
     box = tuple(slice(max(0, int(i[0]) - m), min(n, int(i[-1]) + 1 + m)) for i, n in zip(
         (np.flatnonzero(signal.any(axis=(1, 2))), np.flatnonzero(signal.any(axis=(0, 2))),
          np.flatnonzero(signal.any(axis=(0, 1)))), moved.shape, strict=True))
-    band = highpass_inplane(moved, small)[box]
+    band = highpass_inplane(moved[box[0]], small)[:, box[1], box[2]]  # slices are resampled one by one
     out = den.copy()
     out[box] += restore_detail(band, detail_noise_power(small, moved.shape[1:]), sigma, progress=progress)
     return np.moveaxis(np.clip(out, 0, None), 0, prep.axis)
@@ -506,7 +505,7 @@ def denoise(model: Model, volume: np.ndarray, spacing: Sequence[float], *, axis:
     p = Progress(prep.data.shape[0] + 1 + heads + BM_PASSES, progress, cancel)
     p.check()
     out, sigma, pilot = _stages_1_2(model, prep, p)
-    if prep.stride == 1:  # slices closer than the model's: the head gained 0.00-0.02 dB on the 1 mm brain, skipped
+    if prep.stride == 1:  # not on slices closer than the model's: there the head gained 0.00-0.02 dB (1 mm brain)
         out = np.clip(head_correction(model, prep.data, out, sigma, prep.stride, p), 0, None)
     noisy = rician_unbiased(prep.data, sigma)
     if sigma >= TWO_ROUNDS_SIGMA:  # noisy volumes: two rounds of stage 4, the second finer (see TWO_ROUNDS_SIGMA)
