@@ -185,6 +185,9 @@ def test_signal_box_skips_the_noise_floor_of_magnitude_images(read):
     # a tight crop with no background peak keeps the plain rule, so no tissue is dropped
     crop = synth.rician(x, 0.05, np.random.default_rng(3))[30:60, 30:80, 30:70]
     np.testing.assert_array_equal(signal_mask(crop), crop > 0.02)
+    # negative values (CT in HU, say: air far below 0) are no magnitude image: the plain rule too
+    ct = synth.rician(x, 0.05, np.random.default_rng(4)) - np.float32(0.5) * (x == 0)
+    np.testing.assert_array_equal(signal_mask(ct), ct > 0.02)
     # a mask still widens the box; a blank volume has none
     m = np.zeros(x.shape, bool)
     m[0, 0, 0] = True

@@ -87,11 +87,12 @@ def signal_mask(data: np.ndarray) -> np.ndarray:
     networks ran on empty background. When the local (3³) means have a clear background peak (the most
     frequent value below 15 % of the scale, holding at least a fifth of the voxels around it) above 2 %, the
     threshold is that peak plus 6 robust standard deviations of the values around it. Noise-free volumes
-    (background at 0) keep the plain 2 % rule on the raw voxels.
+    (background at 0) and volumes with negative values (no magnitude image, e.g. CT in HU) keep the plain 2 %
+    rule on the raw voxels.
     """
     from scipy import ndimage as ndi
 
-    if data.ndim != 3 or min(data.shape) < 3:
+    if data.ndim != 3 or min(data.shape) < 3 or float(data.min()) < 0:  # not a magnitude image (e.g. CT in HU)
         return data > SIGNAL
     u = ndi.uniform_filter(data.astype(np.float32, copy=False), 3)
     step = 0.005
