@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     c = np.array(vol1.shape) // 2
     mask[c[0] - 5: c[0] + 5, c[1] - 15: c[1] + 15, c[2] - 15: c[2] + 15] = True
     # denoising is timed on a noisy copy: on the noise-free template the background holds no noise floor, so
-    # the block-matching stage has far less to do than on a real magnitude image (4.3 s vs 5.2 s measured)
+    # the block-matching stage has far less to do than on a real magnitude image (4.3 vs 5.2 s when this was added)
     noisy1 = synth.rician(vol1, 0.05 * float(vol1.max()), np.random.default_rng(_data.SEED_SPEED + 3))
     cpu = ops(model, vol1, sp1, missing, mask, noisy1)
     cpu["fill missing slices"] = ops(model, holed, sp1, missing, mask, noisy1)["fill missing slices"]
