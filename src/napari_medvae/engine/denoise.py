@@ -106,34 +106,37 @@ def noise_sigma(x: np.ndarray, tissue: np.ndarray) -> float:
     return float(np.median(np.abs(v)) / 0.6745)
 
 
-def wiener_dct(noisy: np.ndarray, pilot: np.ndarray, sigma: float, block: int = BLOCK, step: int = STEP,
+def wiener_dct(noisy: np.ndarray, pilot: np.ndarray, sigma: float, block: int = BLOCK, step: int | tuple[int, int, int] = STEP,
                progress: Progress | None = None, slab_values: int = 16_000_000) -> np.ndarray:
     """Empirical Wiener filter of ``noisy`` in overlapping 3D DCT blocks, signal power from ``pilot``.
 
     Each block's coefficients are scaled by P² / (P² + sigma²) (P: the pilot's coefficients); the blocks
-    are put back with BM3D's weights 1 / sum(scale²). Processed in slabs of about ``slab_values`` block
+    are put back with BM3D's weights 1 / sum(scale²); ``step`` may differ per axis (a tuple). Processed in slabs of about ``slab_values`` block
     coefficients (64 MB per float32 array) to bound memory on large volumes.
     """
     from numpy.lib.stride_tricks import sliding_window_view
 
     if sigma <= 0:
         return noisy.astype(np.float32, copy=True)
-    r = block // step
-    pad = [(step, step + (-(n + 2 * step - block) % step)) for n in noisy.shape]
-    mode = "reflect" if min(noisy.shape) > step + 1 else "edge"
+    sz, sy, sx = (step,) * 3 if isinstance(step, int) else (int(v) for v in step)
+    if max(sz, sy, sx) > block or any(block % v for v in (sz, sy, sx)):
+        raise ValueError(f"block steps {(sz, sy, sx)} must divide the block ({block})")
+    rz, ry, rx = block // sz, block // sy, block // sx
+    pad = [(st, st + (-(n + 2 * st - block) % st)) for n, st in zip(noisy.shape, (sz, sy, sx), strict=True)]
+    mode = "reflect" if min(noisy.shape) > max(sz, sy, sx) + 1 else "edge"
     y = np.pad(noisy.astype(np.float32, copy=False), pad, mode=mode)
     p = np.pad(pilot.astype(np.float32, copy=False), pad, mode=mode)
     acc = np.zeros(y.shape, np.float32)
     wacc = np.zeros(y.shape, np.float32)
-    ny, nx = ((n - block) // step + 1 for n in y.shape[1:])
-    nz = (y.shape[0] - block) // step + 1
-    rows = max(r, slab_values // max(1, ny * nx * block**3) // r * r)  # block rows per slab
+    ny, nx = (y.shape[1] - block) // sy + 1, (y.shape[2] - block) // sx + 1
+    nz = (y.shape[0] - block) // sz + 1
+    rows = max(rz, slab_values // max(1, ny * nx * block**3) // rz * rz)  # block rows per slab
     s2 = np.float32(sigma) ** 2
     for i0 in range(0, nz, rows):
         i1 = min(nz, i0 + rows)
-        z0, z1 = i0 * step, (i1 - 1) * step + block
-        yb = sliding_window_view(y[z0:z1], (block,) * 3)[::step, ::step, ::step]
-        pb = sliding_window_view(p[z0:z1], (block,) * 3)[::step, ::step, ::step]
+        z0, z1 = i0 * sz, (i1 - 1) * sz + block
+        yb = sliding_window_view(y[z0:z1], (block,) * 3)[::sz, ::sy, ::sx]
+        pb = sliding_window_view(p[z0:z1], (block,) * 3)[::sz, ::sy, ::sx]
         pc = sfft.dctn(np.ascontiguousarray(pb), axes=(3, 4, 5), norm="ortho", workers=-1)
         w = pc * pc
         w /= w + s2
@@ -142,18 +145,18 @@ def wiener_dct(noisy: np.ndarray, pilot: np.ndarray, sigma: float, block: int = 
         wb = 1.0 / np.maximum((w * w).sum(axis=(3, 4, 5)), 1e-3)
         del w
         est *= wb[..., None, None, None]
-        for a in range(r):  # blocks of one parity class do not overlap: tile them and add at once
-            for b in range(r):
-                for c in range(r):
-                    e = est[a::r, b::r, c::r]
+        for a in range(rz):  # blocks of one parity class do not overlap: tile them and add at once
+            for b in range(ry):
+                for c in range(rx):
+                    e = est[a::rz, b::ry, c::rx]
                     ka, kb, kc = e.shape[:3]
                     if not (ka and kb and kc):
                         continue
                     shape = (ka * block, kb * block, kc * block)
-                    sl = (slice(z0 + a * step, z0 + a * step + shape[0]), slice(b * step, b * step + shape[1]),
-                          slice(c * step, c * step + shape[2]))
+                    sl = (slice(z0 + a * sz, z0 + a * sz + shape[0]), slice(b * sy, b * sy + shape[1]),
+                          slice(c * sx, c * sx + shape[2]))
                     acc[sl] += e.transpose(0, 3, 1, 4, 2, 5).reshape(shape)
-                    wt = np.broadcast_to(wb[a::r, b::r, c::r, None, None, None], e.shape)
+                    wt = np.broadcast_to(wb[a::rz, b::ry, c::rx, None, None, None], e.shape)
                     wacc[sl] += wt.transpose(0, 3, 1, 4, 2, 5).reshape(shape)
         if progress is not None:
             progress.check()
@@ -168,27 +171,28 @@ def _dct_matrix(n: int):
     return torch.from_numpy(sfft.dct(np.eye(n), norm="ortho", axis=0).astype(np.float32))
 
 
-def _block_sums(d, b: int, step: int, n: tuple[int, int, int]):
-    """Sums of ``d`` over the ``b``³ blocks whose corners lie every ``step`` voxels (``n`` per axis): separable,
+def _block_sums(d, b: int, steps: tuple[int, int, int], n: tuple[int, int, int]):
+    """Sums of ``d`` over the ``b``³ blocks whose corners lie every ``steps`` voxels (``n`` per axis): separable,
     on strided views (4x faster than avg_pool3d here)."""
     for ax in range(3):
         sl = [slice(None)] * 3
-        sl[ax] = slice(0, step * n[ax], step)
+        st = steps[ax]
+        sl[ax] = slice(0, st * n[ax], st)
         acc = d[tuple(sl)].clone()
         for j in range(1, b):
-            sl[ax] = slice(j, step * n[ax] + j, step)
+            sl[ax] = slice(j, st * n[ax] + j, st)
             acc += d[tuple(sl)]
         d = acc
     return d
 
 
 def collaborative_wiener(noisy: np.ndarray, pilot: np.ndarray, sigma: float, *, passes: int = 1,
-                         block: int = BM_BLOCK, step: int = BM_STEP, radius: int = BM_RADIUS, group: int = BM_GROUP,
+                         block: int = BM_BLOCK, step: int | tuple[int, int, int] = BM_STEP, radius: int = BM_RADIUS, group: int = BM_GROUP,
                          floor: float = BM_FLOOR, progress: Progress | None = None, max_values: int = 8_000_000,
                          chunk: int = 4096, kaiser: float = BM_KAISER, ball: float | None = BM_BALL) -> np.ndarray:
     """BM4D's second stage on ``noisy`` with ``pilot`` as the basic estimate (see module doc, stage 4).
 
-    Reference blocks (``block``³ voxels, every ``step`` voxels, only where the pilot holds signal) are each
+    Reference blocks (``block``³ voxels, every ``step`` voxels (one per axis if a tuple), only where the pilot holds signal) are each
     grouped with the ``group`` blocks of the pilot closest to them in squared distance, searched among the
     offsets of at most ``radius`` voxels along each axis (and, unless ``ball`` is None, of squared length at
     most ``ball``). Each group's noisy blocks are Wiener-filtered in a 3D DCT x 1D DCT (across the group) with
@@ -214,13 +218,16 @@ def collaborative_wiener(noisy: np.ndarray, pilot: np.ndarray, sigma: float, *, 
     box = tuple(slice(int(a), int(c)) for a, c in zip(lo, hi, strict=True))
     crop = tuple(int(n) for n in hi - lo)
     # pad (replicating the edge) so that the reference grid ends exactly on the last voxel, and at least one block
-    pad = [max(b - n, (-(n - b)) % step) for n in crop]
+    steps = (step,) * 3 if isinstance(step, int) else tuple(int(v) for v in step)
+    if max(steps) > b:
+        raise ValueError(f"reference steps {steps} leave voxels between {b}-voxel blocks uncovered")
+    pad = [max(b - n, (-(n - b)) % st) for n, st in zip(crop, steps, strict=True)]
     spec = (0, pad[2], 0, pad[1], 0, pad[0])
     y = F.pad(torch.from_numpy(np.ascontiguousarray(noisy[box], dtype=np.float32))[None, None], spec, mode="replicate")[0, 0]
     p = F.pad(torch.from_numpy(np.ascontiguousarray(pilot[box]))[None, None], spec, mode="replicate")[0, 0]
     Z, Y, X = p.shape
-    nz, ny, nx = ((n - b) // step + 1 for n in p.shape)
-    active = (F.max_pool3d(p[None, None], b, stride=step)[0, 0] > floor).reshape(nz, -1)
+    nz, ny, nx = ((n - b) // st + 1 for n, st in zip(p.shape, steps, strict=True))
+    active = (F.max_pool3d(p[None, None], b, stride=steps)[0, 0] > floor).reshape(nz, -1)
     rng = torch.arange(-r, r + 1)
     offs = torch.cartesian_prod(rng, rng, rng)  # (n_off, 3)
     if ball is not None:
@@ -249,14 +256,14 @@ def collaborative_wiener(noisy: np.ndarray, pilot: np.ndarray, sigma: float, *, 
             act = torch.nonzero(active[r0:r1].reshape(-1)).squeeze(1)
             if len(act) == 0:
                 continue
-            z0, z1 = r0 * step, (r1 - 1) * step + b
+            z0, z1 = r0 * steps[0], (r1 - 1) * steps[0] + b
             ref = pv[z0:z1]
             buf = torch.empty_like(ref)
             dist = torch.empty((len(offs), len(act)))
             for i, (a, c, e) in enumerate(offs.tolist()):
                 torch.sub(ref, pp[r + a + z0:r + a + z1, r + c:r + c + Y, r + e:r + e + X], out=buf).square_()
-                dist[i] = _block_sums(buf, b, step, (r1 - r0, ny, nx)).reshape(-1)[act]
-            corner = torch.stack([act // (ny * nx) + r0, (act // nx) % ny, act % nx], 1) * step  # (n_act, 3)
+                dist[i] = _block_sums(buf, b, steps, (r1 - r0, ny, nx)).reshape(-1)[act]
+            corner = torch.stack([act // (ny * nx) + r0, (act // nx) % ny, act % nx], 1) * torch.tensor(steps)  # (n_act, 3)
             cand = corner[None] + offs[:, None]
             dist[((cand < 0) | (cand > lim)).any(-1)] = float("inf")  # blocks that would leave the volume
             del cand
@@ -317,11 +324,16 @@ def wiener_stage(model: Model, prep: Prepared, progress: Progress | None = None)
     return est, sigma
 
 
+def _wiener_steps(stride: int) -> int | tuple[int, int, int]:
+    """Stage 2's block steps: ``STEP``, but along slices closer than the model's (``stride`` > 1) twice as far apart."""
+    return STEP if stride == 1 else (min(BLOCK, 2 * STEP), STEP, STEP)
+
+
 def _stages_1_2(model: Model, prep: Prepared, progress: Progress | None) -> tuple[np.ndarray, float, np.ndarray]:
     """(stage-2 Wiener estimate >= 0, estimated noise sigma, stage-1 pilot), model grid."""
     p = progress if progress is not None else Progress(prep.data.shape[0] + 1)
     if prep.stride > 1:  # slices closer than the model's: the network runs on every stride-th one, linear in between
-        # (1 mm brain with 3 / 9 % noise: 35.06 / 28.61 dB with every slice, 35.10 / 28.69 dB like this, 0.8 s faster)
+        # (1 mm brain with 3 / 9 % noise: 35.06 / 28.61 dB with every slice, 35.10 / 28.69 dB like this, 0.8 s faster; measured before the 4² detail blocks)
         rec = slice_lerp(run_network(model, prep.data[:: prep.stride], None, 1, p), prep.data.shape[0], prep.stride)
         p.step(prep.data.shape[0] - len(range(0, prep.data.shape[0], prep.stride)))
     else:
@@ -345,7 +357,7 @@ def _stages_1_2(model: Model, prep: Prepared, progress: Progress | None) -> tupl
     # it was also chosen over y^2 - 2 sigma^2, within 0.1 dB of it)
     out = np.zeros(pilot.shape, dtype=np.float32)
     if box is not None:
-        out[box] = wiener_dct(rician_unbiased(prep.data[box], sigma), pilot[box], sigma, progress=p)
+        out[box] = wiener_dct(rician_unbiased(prep.data[box], sigma), pilot[box], sigma, step=_wiener_steps(prep.stride), progress=p)
     return np.clip(out, 0, None), sigma, pilot
 
 
@@ -402,7 +414,7 @@ def head_correction(model: Model, noisy: np.ndarray, est: np.ndarray, sigma: flo
     return out
 
 
-DETAIL_BLOCK, DETAIL_STEP = 8, 4  # in-plane DCT blocks of the detail restoration (voxels of the input grid)
+DETAIL_BLOCK, DETAIL_STEP = 4, 2  # in-plane DCT blocks of the detail restoration (voxels of the input grid); 8² blocks every 4 voxels: 0.2-0.5 dB worse
 
 
 def highpass_inplane(stack: np.ndarray, small: Sequence[int]) -> np.ndarray:
@@ -413,12 +425,22 @@ def highpass_inplane(stack: np.ndarray, small: Sequence[int]) -> np.ndarray:
     return stack.astype(np.float32, copy=False) - low
 
 
-def _dct_blocks(x: np.ndarray, b: int, step: int) -> np.ndarray:
-    """2D DCT of the in-plane ``b``x``b`` blocks every ``step`` voxels of (S, H, W): (S, ny, nx, b, b)."""
-    from numpy.lib.stride_tricks import sliding_window_view
+def _block_dct_basis(b: int):
+    """(b², b²) matrix taking a flattened in-plane b x b block (row-major) to its orthonormal 2D DCT."""
+    import torch
 
-    v = sliding_window_view(x, (b, b), axis=(1, 2))[:, ::step, ::step]
-    return sfft.dctn(np.ascontiguousarray(v), axes=(3, 4), norm="ortho", workers=-1)
+    d = _dct_matrix(b)
+    return torch.einsum("ui,vj->uvij", d, d).reshape(b * b, b * b)
+
+
+def _dct_blocks(x: np.ndarray, b: int, step: int):
+    """2D DCT of the in-plane ``b``x``b`` blocks every ``step`` voxels of (S, H, W): a (S, b², ny, nx) tensor."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
+    ny, nx = ((n - b) // step + 1 for n in x.shape[1:])
+    return (_block_dct_basis(b) @ F.unfold(t, b, stride=step)).view(x.shape[0], b * b, ny, nx)
 
 
 def detail_noise_power(small: Sequence[int], shape: Sequence[int], block: int = DETAIL_BLOCK,
@@ -429,7 +451,7 @@ def detail_noise_power(small: Sequence[int], shape: Sequence[int], block: int = 
     """
     n = np.random.default_rng(0).standard_normal((16, int(shape[0]), int(shape[1]))).astype(np.float32)
     c = _dct_blocks(highpass_inplane(n, small), block, step)
-    return (c * c).mean(axis=(0, 1, 2)).astype(np.float32)
+    return c.square().mean(dim=(0, 2, 3)).reshape(block, block).numpy()
 
 
 def restore_detail(band: np.ndarray, noise_power: np.ndarray, sigma: float, block: int = DETAIL_BLOCK,
@@ -437,36 +459,38 @@ def restore_detail(band: np.ndarray, noise_power: np.ndarray, sigma: float, bloc
     """Empirical Wiener filter of the lost detail band (S, H, W): the signal power of each in-plane DCT coefficient
     is its power averaged over the 3 x 3 x 3 neighbouring blocks (same frequency) minus the noise's
     (``noise_power`` x sigma²). Overlapping blocks are averaged. Slabs of ``slab`` slices bound memory.
+
+    The block transforms are matrix products on unfolded blocks and the overlap-add a fold (torch): half the
+    time of scipy's DCT on strided views with the same result (to float rounding).
     """
+    import torch
+    import torch.nn.functional as F
+
     S, H, W = band.shape
     if sigma <= 0 or min(H, W) < block:
         return band.astype(np.float32, copy=True)
     ph, pw = (-(H - block)) % step, (-(W - block)) % step
     x = np.pad(band.astype(np.float32, copy=False), ((0, 0), (0, ph), (0, pw)), mode="reflect")
-    npow = (noise_power * np.float32(sigma) ** 2)[None, None, None]
+    size = x.shape[1:]
+    ny, nx = ((n - block) // step + 1 for n in size)
+    basis = _block_dct_basis(block)
+    npow = torch.from_numpy(noise_power.reshape(-1, 1, 1) * np.float32(sigma) ** 2)
+    cnt = F.fold(torch.ones(1, block * block, ny * nx), size, block, stride=step)[0, 0]  # blocks covering each voxel
     out = np.zeros((S, H, W), np.float32)
-    r = block // step
     for z0 in range(0, S, slab):
         z1 = min(S, z0 + slab)
         lo, hi = max(0, z0 - 1), min(S, z1 + 1)  # one slice of context for the power average
         c = _dct_blocks(x[lo:hi], block, step)
-        pw_ = ndi.uniform_filter(c * c, size=(3, 3, 3, 1, 1), mode="nearest")
-        sig = np.maximum(pw_ - npow, 0)
-        del pw_
-        est = sfft.idctn(c * (sig / (sig + npow)), axes=(3, 4), norm="ortho", workers=-1)[z0 - lo: z1 - lo]
-        del c, sig
-        acc = np.zeros((z1 - z0, *x.shape[1:]), np.float32)
-        cnt = np.zeros(x.shape[1:], np.float32)
-        for a in range(r):  # blocks of one parity class tile the plane: add them at once
-            for b2 in range(r):
-                e = est[:, a::r, b2::r]
-                ka, kb = e.shape[1:3]
-                if not (ka and kb):
-                    continue
-                sl = (slice(None), slice(a * step, a * step + ka * block), slice(b2 * step, b2 * step + kb * block))
-                acc[sl] += e.transpose(0, 1, 3, 2, 4).reshape(z1 - z0, ka * block, kb * block)
-                cnt[sl[1:]] += 1
-        out[z0:z1] = (acc / np.maximum(cnt, 1))[:, :H, :W]
+        # power averaged over 3 x 3 x 3 blocks (edges replicated), separably
+        q = F.pad(c.square().transpose(0, 1)[None], (1, 1, 1, 1, 1, 1), mode="replicate")[0]
+        q = q[..., :-2] + q[..., 1:-1] + q[..., 2:]
+        q = q[..., :-2, :] + q[..., 1:-1, :] + q[..., 2:, :]
+        q = (q[:, :-2] + q[:, 1:-1] + q[:, 2:]).transpose(0, 1).div_(27)
+        sig = q.sub_(npow).clamp_min_(0)
+        gain = sig / (sig + npow).clamp_min_(1e-12)
+        coef = (c * gain)[z0 - lo: z1 - lo].reshape(z1 - z0, block * block, ny * nx)
+        est = F.fold(basis.T @ coef, size, block, stride=step)[:, 0] / cnt
+        out[z0:z1] = est[:, :H, :W].numpy()
         if progress is not None:
             progress.check()
     return out
@@ -478,7 +502,7 @@ def add_detail(volume: np.ndarray, denoised: np.ndarray, prep: Prepared, progres
     The model works on a 2 mm in-plane grid; resampling there and back alone caps a 1 mm brain at 28.0 dB PSNR
     against its clean original, below a 3 % noisy input (30.4 dB). The band that round trip removes from the
     input (detail + noise) is filtered with ``restore_detail`` inside the box around the denoised signal and
-    added back: 1 mm MNI T1 with 3 / 5 / 9 % Rician noise, 27.9 / 27.7 / 27.2 dB -> 35.1 / 31.9 / 28.7 dB.
+    added back: 1 mm MNI T1 with 3 / 5 / 9 % Rician noise, 27.9 / 27.7 / 27.2 dB -> 35.6 / 32.3 / 28.9 dB.
     """
     moved = np.moveaxis(volume, prep.axis, 0)  # a view: only the box's slices are converted (highpass_inplane)
     den = np.moveaxis(denoised, prep.axis, 0)
@@ -487,7 +511,7 @@ def add_detail(volume: np.ndarray, denoised: np.ndarray, prep: Prepared, progres
     if not signal.any():
         return denoised
     sigma = noise_sigma(moved, den > np.float32(TISSUE * prep.scale))
-    m = DETAIL_BLOCK
+    m = 8  # voxels of margin around the signal
     box = tuple(slice(max(0, int(i[0]) - m), min(n, int(i[-1]) + 1 + m)) for i, n in zip(
         (np.flatnonzero(signal.any(axis=(1, 2))), np.flatnonzero(signal.any(axis=(0, 2))),
          np.flatnonzero(signal.any(axis=(0, 1)))), moved.shape, strict=True))
@@ -495,6 +519,13 @@ def add_detail(volume: np.ndarray, denoised: np.ndarray, prep: Prepared, progres
     out = den.copy()
     out[box] += restore_detail(band, detail_noise_power(small, moved.shape[1:]), sigma, progress=progress)
     return np.moveaxis(np.clip(out, 0, None), 0, prep.axis)
+
+
+def _bm_steps(step: int, stride: int) -> int | tuple[int, int, int]:
+    """Stage 4's reference steps: ``step`` on every axis, but along slices closer than the model's (``stride`` > 1)
+    as far apart as the block allows. 1 mm brain, 3 / 5 / 9 % noise: same PSNR (35.65 / 32.36 / 28.86 dB), stage 4
+    0.8 s faster at 5 % (stage 2's blocks along such slices: twice as far apart, -0.01 dB, 0.2-0.4 s faster)."""
+    return step if stride == 1 else (max(step, min(BM_BLOCK, step * stride)), step, step)
 
 
 def denoise(model: Model, volume: np.ndarray, spacing: Sequence[float], *, axis: int | None = None,
@@ -509,11 +540,13 @@ def denoise(model: Model, volume: np.ndarray, spacing: Sequence[float], *, axis:
         out = np.clip(head_correction(model, prep.data, out, sigma, prep.stride, p), 0, None)
     noisy = rician_unbiased(prep.data, sigma)
     if sigma >= TWO_ROUNDS_SIGMA:  # noisy volumes: two rounds of stage 4, the second finer (see TWO_ROUNDS_SIGMA)
-        first = collaborative_wiener(noisy, pilot, R1_SHRINK * sigma, passes=2, progress=p)
+        first = collaborative_wiener(noisy, pilot, R1_SHRINK * sigma, passes=2, step=_bm_steps(BM_STEP, prep.stride), progress=p)
         p.step()
-        bm = collaborative_wiener(noisy, first, R2_SHRINK * sigma, passes=1, step=R2_STEP, progress=p)
+        bm = collaborative_wiener(noisy, first, R2_SHRINK * sigma, passes=1, step=_bm_steps(R2_STEP, prep.stride), progress=p)
     else:
-        bm = collaborative_wiener(noisy, out, BM_SHRINK * sigma, passes=BM_PASSES, progress=p)
+        # slices closer than the model's: one pass (1 mm brain, 3 / 5 % noise: -0.08 dB for 0.5-0.8 s less, within 5 s)
+        passes = BM_PASSES if prep.stride == 1 else 1
+        bm = collaborative_wiener(noisy, out, BM_SHRINK * sigma, passes=passes, step=_bm_steps(BM_STEP, prep.stride), progress=p)
     out = background_blend(out, bm)
     res = prep.to_original(out)
     if prep.resampled:  # the model grid is coarser in-plane: put back the detail it cannot hold, filtered
