@@ -40,3 +40,16 @@ def read():
 def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray, peak: float) -> float:
     mse = float(np.mean((a[mask].astype(np.float64) - b[mask].astype(np.float64)) ** 2))
     return 10 * np.log10(peak**2 / max(mse, 1e-12))
+
+
+@pytest.fixture(scope="session")
+def head_data(tmp_path_factory, read):
+    """Two small healthy training volumes (2 mm) in a folder, for the 3D heads' trainers."""
+    from napari_medvae.io import Geometry, write_volume
+
+    d = tmp_path_factory.mktemp("head")
+    vol, _ = read("mni_t1_healthy.nii.gz")
+    vol = vol[30:62, 16:96, 16:96]
+    for i in range(2):
+        write_volume(d / f"v{i}.nii.gz", np.roll(vol, i * 4, axis=2), Geometry.identity((2.0, 2.0, 2.0)))
+    return d

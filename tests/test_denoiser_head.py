@@ -17,17 +17,6 @@ from napari_medvae.engine.model import from_config
 from napari_medvae.engine.networks import DenoiserConfig, SliceVAEConfig
 from napari_medvae.engine.train_denoiser import DenoiserTrainConfig, train_denoiser
 from napari_medvae.errors import Cancelled, InputError, ModelError
-from napari_medvae.io import Geometry, write_volume
-
-
-@pytest.fixture(scope="module")
-def head_data(tmp_path_factory, read):
-    d = tmp_path_factory.mktemp("head")
-    vol, _ = read("mni_t1_healthy.nii.gz")
-    vol = vol[30:62, 16:96, 16:96]
-    for i in range(2):
-        write_volume(d / f"v{i}.nii.gz", np.roll(vol, i * 4, axis=2), Geometry.identity((2.0, 2.0, 2.0)))
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -322,9 +322,9 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_train_denoiser(args) -> int:
+def _head_base(args) -> tuple[str | None, Path]:
+    """The model a head is added to, refusing to overwrite it or to write into a missing folder."""
     from .engine.model import default_model_path
-    from .engine.train_denoiser import DenoiserTrainConfig, train_denoiser
 
     src = args.model_path or args.model
     base = Path(src) if src else default_model_path()
@@ -332,16 +332,37 @@ def cmd_train_denoiser(args) -> int:
         raise InputError("refusing to overwrite the model the head is added to; choose another -o")
     if not Path(args.output).resolve().parent.is_dir():
         raise InputError(f"output directory {Path(args.output).resolve().parent} does not exist")
-    tc = DenoiserTrainConfig(
-        train=_gather(args.data), val=_gather(args.val) if args.val else [], out=args.output, model=src,
-        steps=args.steps, batch_size=args.batch_size, patch=args.patch, lr=args.lr, copies=args.copies,
-        channels=tuple(args.channels), strides=tuple(args.strides) if args.strides else (2,) * (len(args.channels) - 1),
-        num_res_units=args.res_units, seed=args.seed, device=args.device,
-    )
-    path = _run_training(args, "train-denoiser", lambda cb: train_denoiser(tc, callback=cb), "val_psnr",
-                         "val PSNR {:.2f} dB", "{:.2e}")
+    return src, base
+
+
+def _head_options(args, src: str | None) -> dict:
+    """The training options both 3D heads share, from the command line."""
+    return dict(train=_gather(args.data), val=_gather(args.val) if args.val else [], out=args.output, model=src,
+                steps=args.steps, batch_size=args.batch_size, lr=args.lr, channels=tuple(args.channels),
+                strides=tuple(args.strides) if args.strides else (2,) * (len(args.channels) - 1),
+                num_res_units=args.res_units, seed=args.seed, device=args.device)
+
+
+def _train_head(args, name: str, fn: Callable, tc) -> int:
+    path = _run_training(args, name, lambda cb: fn(tc, callback=cb), "val_psnr", "val PSNR {:.2f} dB", "{:.2e}")
     _say(args, f"wrote {path} and {Path(path).with_suffix('.json')}")
     return 0
+
+
+def cmd_train_slice_head(args) -> int:
+    from .engine.train_slice_head import SliceHeadTrainConfig, train_slice_head
+
+    src, _ = _head_base(args)
+    return _train_head(args, "train-slice-head", train_slice_head,
+                       SliceHeadTrainConfig(**_head_options(args, src), patch=tuple(args.patch)))
+
+
+def cmd_train_denoiser(args) -> int:
+    from .engine.train_denoiser import DenoiserTrainConfig, train_denoiser
+
+    src, _ = _head_base(args)
+    return _train_head(args, "train-denoiser", train_denoiser,
+                       DenoiserTrainConfig(**_head_options(args, src), patch=args.patch, copies=args.copies))
 
 
 def cmd_batch(args) -> int:
@@ -450,6 +471,25 @@ def cmd_demo(args) -> int:
 # parser
 
 
+def _head_parser(sub, common, name: str, what: str, head: str, val: str, *, steps: int, batch_size: int, lr: float):
+    """The sub-command that trains one of the 3D heads, with the options both share."""
+    p = sub.add_parser(name, parents=[common], help=f"add {what} to a model",
+                       description=f"Train {head} of a model on healthy volumes, with the model's VAE frozen; "
+                                   "writes a new model.")
+    p.add_argument("model_path", nargs="?", help="model to add the head to (default: --model or the shipped model)")
+    p.add_argument("--data", nargs="+", required=True, help="healthy training volumes or folders of them")
+    p.add_argument("-o", "--output", required=True, help="new model path stem")
+    p.add_argument("--val", nargs="*", help=f"held-out healthy volumes/folders ({val})")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128], help="UNet channels per level")
+    p.add_argument("--strides", type=int, nargs="+", help="UNet strides between levels, 1 or 2 (default: all 2)")
+    p.add_argument("--res-units", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="model .safetensors (with its .json beside it); default: the shipped model")
@@ -508,23 +548,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--description", help="training-data description stored in the model card")
     tr.add_argument("--sample-log", help="append each rank's drawn (volume, slice) pairs to SAMPLE_LOG.rankN.jsonl")
     tr.set_defaults(fn=cmd_train)
-    td = sub.add_parser("train-denoiser", parents=[common], help="add a trained 3D denoising head to a model",
-                        description="Train the denoising head (a 3D UNet that corrects the Wiener stage) of a model on "
-                                    "healthy volumes, with the model's VAE frozen; writes a new model.")
-    td.add_argument("model_path", nargs="?", help="model to add the head to (default: --model or the shipped model)")
-    td.add_argument("--data", nargs="+", required=True, help="healthy training volumes or folders of them")
-    td.add_argument("-o", "--output", required=True, help="new model path stem")
-    td.add_argument("--val", nargs="*", help="held-out healthy volumes/folders (PSNR at 3, 5, 9 %% noise)")
-    td.add_argument("--steps", type=int, default=1500)
-    td.add_argument("--batch-size", type=int, default=2)
+    td = _head_parser(sub, common, "train-denoiser", "a trained 3D denoising head",
+                      "the denoising head (a 3D UNet that corrects the Wiener stage)", "PSNR at 3, 5, 9 %% noise",
+                      steps=1500, batch_size=2, lr=3e-4)
     td.add_argument("--patch", type=int, default=64, help="training patch side (voxels, multiple of 2**(levels-1))")
-    td.add_argument("--lr", type=float, default=3e-4)
     td.add_argument("--copies", type=int, default=3, help="noisy copies of each training volume")
-    td.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128], help="UNet channels per level")
-    td.add_argument("--strides", type=int, nargs="+", help="UNet strides between levels, 1 or 2 (default: all 2)")
-    td.add_argument("--res-units", type=int, default=2)
-    td.add_argument("--seed", type=int, default=0)
     td.set_defaults(fn=cmd_train_denoiser)
+    ts = _head_parser(sub, common, "train-slice-head", "a trained 3D missing-slice head",
+                      "the missing-slice head (a 3D UNet that corrects the cubic fill of missing slices)",
+                      "PSNR in single missing slices and 3-slice gaps", steps=3000, batch_size=6, lr=1e-3)
+    ts.add_argument("--patch", type=int, nargs=3, default=[24, 48, 48], metavar=("SLICES", "ROWS", "COLS"),
+                    help="training patch (voxels, multiples of 2**(levels-1))")
+    ts.set_defaults(fn=cmd_train_slice_head)
     ba = sub.add_parser("batch", parents=[common], help="run an operation on every volume of a folder (resumable)",
                         description="Apply OPERATION to every volume under INPUT_DIR (recursively); outputs keep their "
                                     "relative paths under OUTPUT_DIR, each file's status goes to OUTPUT_DIR/manifest.jsonl, "

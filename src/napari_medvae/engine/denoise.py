@@ -44,7 +44,7 @@ from scipy import ndimage as ndi
 from .model import Model
 from .preprocess import Prepared, prepare
 from .reconstruct import reconstruct_prepared
-from .runner import CancelFn, Progress, ProgressFn, run_network, signal_box, slice_lerp
+from .runner import CancelFn, Progress, ProgressFn, run_head3d, run_network, signal_box, slice_lerp
 
 STRUCTURE_SIGMA = 1.0  # voxels (model grid) of the smoothing that separates structure from noise
 STRUCTURE_K = 5.0  # structure must exceed this many robust standard deviations of smoothed noise
@@ -369,9 +369,6 @@ def head_correction(model: Model, noisy: np.ndarray, est: np.ndarray, sigma: flo
     sub-volume at the model's slice spacing; each is run whole when it has at most ``max_voxels`` voxels,
     else in overlapping tiles (MONAI sliding-window inference, Gaussian blending).
     """
-    import torch
-    from monai.inferers import sliding_window_inference
-
     from .networks import DenoiserConfig
 
     head = getattr(model.net, "denoiser", None)
@@ -383,31 +380,13 @@ def head_correction(model: Model, noisy: np.ndarray, est: np.ndarray, sigma: flo
     if len(slices) == 0:
         return out
     z0, z1 = int(slices[0]), int(slices[-1]) + 1
-    amp = model.amp_dtype
     for phase in range(stride):
         zi = np.arange(z0 + (phase - z0) % stride, z1, stride)
         if len(zi) == 0:
             continue
         x = np.stack([noisy[zi, ys, xs], est[zi, ys, xs]]).astype(np.float32)
-        shape = x.shape[1:]
-        pad = [(0, (-n) % mult + (mult if n < 2 * mult else 0)) for n in shape]
-        x = np.pad(x, [(0, 0), *pad], mode="reflect" if min(shape) > 1 else "edge")
-        x = np.concatenate([x, np.full((1, *x.shape[1:]), sigma, np.float32)])
-        t = torch.from_numpy(x)[None].to(model.device)
-        big = int(np.prod(x.shape[1:])) > max_voxels
-        roi = tuple(min(n, c) for n, c in zip(x.shape[1:], (96, 128, 128), strict=True)) if big else x.shape[1:]
-
-        def predict(b: torch.Tensor) -> torch.Tensor:
-            return b[:, 1:2] + head(b)
-
-        with torch.inference_mode(), torch.autocast(model.device.type, dtype=amp, enabled=amp is not None):
-            if big:
-                y = sliding_window_inference(t, roi, 1, predict, overlap=0.25, mode="gaussian")
-            else:
-                y = predict(t)
-        y = y.float()[0, 0].cpu().numpy()[: shape[0], : shape[1], : shape[2]]
         sub = out[zi]
-        sub[:, ys, xs] = y
+        sub[:, ys, xs] = run_head3d(model, head, x, mult, max_voxels, extra=sigma)
         out[zi] = sub
         if progress is not None:
             progress.step()

@@ -4,7 +4,10 @@ Voxels outside the mask are returned unchanged (bit for bit, as float32). Inside
 first guess (cubic interpolation along the slice axis, biharmonic fill for regions) is refined by the
 network, made with the mask as an input channel. How much of the network's correction is applied is
 measured on the volume itself: the same mask, moved onto known voxels, is filled both ways and the
-least-squares blend weight (0 = first guess only, 1 = network only) is used for the real mask.
+least-squares blend weight (0 = first guess only, 1 = network only) is used for the real mask. Missing
+slices of models with a missing-slice head (a 3D UNet, ``medvae train-slice-head``) get its correction
+too, on volumes at the model's slice spacing: the two corrections' weights are fitted together on the
+moved mask the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from scipy import ndimage as ndi
 from ..errors import InputError
 from .model import Model
 from .preprocess import check_axis, check_spacing, check_volume, prepare
-from .runner import CancelFn, Progress, ProgressFn, check_mask, run_network
+from .runner import CancelFn, Progress, ProgressFn, check_mask, run_head3d, run_network
 
 FLIPS = [(slice(None),), (slice(None, None, -1),), (slice(None), slice(None), slice(None, None, -1)),
          (slice(None, None, -1), slice(None), slice(None, None, -1))]
@@ -142,16 +145,26 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
     # without cross-validation the network's fill is used as is; when the mask cannot be moved onto known tissue,
     # the classical fill is kept (on every benchmark the uncorrected network fill was worse than it)
     weight = 1.0 if not cross_validate else 0.0
+    # the missing-slice head: whole missing slices, slices at the model's spacing (it was trained there), cross-validated
+    use_head = (getattr(model.net, "slice_head", None) is not None and missing_slices is not None and prep.stride == 1
+                and vmask is not None)
+    hweight = 0.0
     if vmask is not None:  # how much of the network's correction helps, measured on known voxels
         union = mm | vmask
         vinit = first_guess(prep.data, union)
         vnet = refine(model, vinit, union, prep.stride, p, flips, centres=vmask.any(axis=(1, 2)))
-        weight = blend_weight(prep.data[vmask], vinit[vmask], vnet[vmask])
+        if use_head:
+            vhead = slice_head_fill(model, vinit, union)
+            weight, hweight = blend_weights(prep.data[vmask], vinit[vmask], [vnet[vmask], vhead[vmask]])
+        else:
+            weight = blend_weight(prep.data[vmask], vinit[vmask], vnet[vmask])
+    fill = init
+    if hweight > 0:
+        fill = fill + np.float32(hweight) * (slice_head_fill(model, init, mm) - init)
     if weight > 0:
         net = refine(model, init, mm, prep.stride, p, flips)
-        fill = init + np.float32(weight) * (net - init)
-    else:  # the network does not help on this volume: the classical fill, without running the network on it
-        fill = init
+        fill = fill + np.float32(weight) * (net - init)
+    else:  # the network does not help on this volume: without running it on the real mask
         p.step(p.total - p.done)
     filled = prep.to_original(np.clip(fill, 0, None))
     out = volume.astype(np.float32, copy=True)
@@ -213,6 +226,43 @@ def validation_mask(data: np.ndarray, mask: np.ndarray, max_slices: int = 16, ga
                 shifted[drop] = False
             return shifted
     return None
+
+
+def blend_weights(truth: np.ndarray, first: np.ndarray, fills: Sequence[np.ndarray]) -> list[float]:
+    """Weights in [0, 1] of each fill's correction of ``first`` that fit ``truth`` best together (least squares).
+
+    Fitted jointly (the corrections' errors partly cancel), clipped to [0, 1]; a weight clipped to 0 drops its fill and
+    the others are refitted alone.
+    """
+    keep = list(range(len(fills)))
+    while keep:
+        a = np.stack([(fills[i] - first).astype(np.float64) for i in keep], axis=1)
+        w = np.linalg.lstsq(a, (truth - first).astype(np.float64), rcond=None)[0]
+        if (w > 0).all() or len(keep) == 1:
+            out = [0.0] * len(fills)
+            for i, v in zip(keep, np.clip(w, 0.0, 1.0), strict=True):
+                out[i] = float(v)
+            return out
+        keep = [i for i, v in zip(keep, w, strict=True) if v > 0]
+    return [0.0] * len(fills)
+
+
+def slice_head_fill(model: Model, init: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``init`` plus the missing-slice head's correction inside ``mask`` (slices of ``mask`` and 8 around them)."""
+    from .networks import SliceHeadConfig
+
+    head = model.net.slice_head
+    mult = SliceHeadConfig.from_dict(model.config.architecture["slice_head"]).multiple
+    rows = np.flatnonzero(mask.any(axis=(1, 2)))
+    out = init.copy()
+    if len(rows) == 0:
+        return out
+    z0, z1 = max(0, int(rows[0]) - 8), min(init.shape[0], int(rows[-1]) + 9)
+    x = np.stack([init[z0:z1], mask[z0:z1].astype(np.float32)])
+    acc = run_head3d(model, head, x, mult, base=0)
+    acc += run_head3d(model, head, np.ascontiguousarray(x[..., ::-1]), mult, base=0)[..., ::-1]  # left-right mirror
+    out[z0:z1] = np.where(mask[z0:z1], np.clip(acc / 2, 0, None), init[z0:z1])
+    return out
 
 
 def blend_weight(truth: np.ndarray, first: np.ndarray, net: np.ndarray) -> float:

@@ -16,6 +16,10 @@ Optional ``denoiser`` head (``architecture.denoiser``): a 3D MONAI UNet that cor
 classical Wiener stage. Its input is B x 3 x D x H x W (noisy volume, Wiener estimate, noise sigma as a
 constant channel), its output a residual added to the Wiener estimate; D, H, W multiples of
 2**(levels - 1). It is trained after the VAE (``medvae train-denoiser``), with the VAE frozen.
+
+Optional ``slice_head`` (``architecture.slice_head``): the same kind of 3D UNet for missing slices. Its input
+is B x 2 x D x H x W (the classical first guess, the mask of missing slices), its output a correction added
+inside the mask (``medvae train-slice-head``). Inpainting blends it with the VAE's refinement (see inpaint).
 """
 
 from __future__ import annotations
@@ -40,13 +44,15 @@ class SliceVAEConfig:
     prefill: bool = False
     prefill_order: int = 1
     denoiser: dict | None = None
+    slice_head: dict | None = None
     type: str = field(default="SliceVAE")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
-        if self.denoiser is None:
-            d.pop("denoiser")
+        for k in ("denoiser", "slice_head"):
+            if d[k] is None:
+                d.pop(k)
         return d
 
     @classmethod
@@ -62,6 +68,8 @@ class SliceVAEConfig:
                 raise ValueError(f"every channel count must be a multiple of norm_groups ({d.get('norm_groups', 8)})")
         if d.get("denoiser") is not None:
             d["denoiser"] = DenoiserConfig.from_dict(d["denoiser"]).to_dict()
+        if d.get("slice_head") is not None:
+            d["slice_head"] = SliceHeadConfig.from_dict(d["slice_head"]).to_dict()
         return cls(**d)
 
     @property
@@ -82,30 +90,41 @@ class DenoiserConfig:
         return {"channels": list(self.channels), "strides": list(self.strides), "num_res_units": self.num_res_units,
                 "inputs": self.inputs}
 
+    KEY, INPUTS, WHAT = "denoiser", 3, "noisy, Wiener estimate, sigma"
+
     @classmethod
     def from_dict(cls, d: dict) -> DenoiserConfig:
+        name = f"architecture.{cls.KEY}"
         if not isinstance(d, dict):
-            raise ValueError(f"architecture.denoiser must be an object, not {type(d).__name__}")
+            raise ValueError(f"{name} must be an object, not {type(d).__name__}")
         unknown = sorted(set(d) - {"channels", "strides", "num_res_units", "inputs"})
         if unknown:
-            raise ValueError(f"unknown architecture.denoiser fields {unknown}")
+            raise ValueError(f"unknown {name} fields {unknown}")
         ch = tuple(int(c) for c in d.get("channels", (16, 32, 64, 128)))
         if not 2 <= len(ch) <= 6 or min(ch) < 1:
-            raise ValueError(f"architecture.denoiser.channels must be 2-6 positive integers, not {list(ch)}")
+            raise ValueError(f"{name}.channels must be 2-6 positive integers, not {list(ch)}")
         st = tuple(int(v) for v in d.get("strides", (2,) * (len(ch) - 1)))
         if len(st) != len(ch) - 1 or not all(v in (1, 2) for v in st):
-            raise ValueError(f"architecture.denoiser.strides must be {len(ch) - 1} values of 1 or 2, not {list(st)}")
+            raise ValueError(f"{name}.strides must be {len(ch) - 1} values of 1 or 2, not {list(st)}")
         ru = int(d.get("num_res_units", 2))
         if not 0 <= ru <= 4:
-            raise ValueError(f"architecture.denoiser.num_res_units must be 0-4, not {ru}")
-        if int(d.get("inputs", 3)) != 3:
-            raise ValueError("architecture.denoiser.inputs must be 3 (noisy, Wiener estimate, sigma)")
-        return cls(ch, st, ru, 3)
+            raise ValueError(f"{name}.num_res_units must be 0-4, not {ru}")
+        if int(d.get("inputs", cls.INPUTS)) != cls.INPUTS:
+            raise ValueError(f"{name}.inputs must be {cls.INPUTS} ({cls.WHAT})")
+        return cls(ch, st, ru, cls.INPUTS)
 
     @property
     def multiple(self) -> int:
         """Spatial sizes must be multiples of this."""
         return int(np.prod(self.strides))
+
+
+@dataclass
+class SliceHeadConfig(DenoiserConfig):
+    """The 3D missing-slice head: same UNet hyper-parameters as the denoising head, 2 inputs."""
+
+    inputs: int = 2  # first guess, mask of missing slices
+    KEY, INPUTS, WHAT = "slice_head", 2, "first guess, mask"
 
 
 def build_denoiser(cfg: DenoiserConfig) -> nn.Module:
@@ -225,6 +244,7 @@ class SliceVAE(nn.Module):
         self.out = nn.Conv2d(c0, 1, 1)
         _fuse_swish(self)
         self.denoiser = build_denoiser(DenoiserConfig.from_dict(cfg.denoiser)) if cfg.denoiser else None
+        self.slice_head = build_denoiser(SliceHeadConfig.from_dict(cfg.slice_head)) if cfg.slice_head else None
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Return (mu, logvar, skips) for input B x 2K x H x W."""

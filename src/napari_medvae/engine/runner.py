@@ -232,6 +232,34 @@ def _forward(model: Model, x: np.ndarray, sample_latent: bool, generator: torch.
     return pred.float().cpu().numpy()
 
 
+def run_head3d(model: Model, head: torch.nn.Module, x: np.ndarray, mult: int, max_voxels: int = 12_000_000,
+               extra: float | None = None, base: int = 1) -> np.ndarray:
+    """A 3D head's output (channel ``base`` of ``x`` plus the head's correction) for ``x`` (C, D, H, W): (D, H, W).
+
+    Sizes are padded (mirrored) to multiples of ``mult`` (and at least two of them); ``extra`` appends a constant
+    channel (the denoiser's sigma). Volumes of more than ``max_voxels`` voxels run in overlapping tiles (MONAI
+    sliding-window inference, Gaussian blending), so memory stays bounded.
+    """
+    from monai.inferers import sliding_window_inference
+
+    shape = x.shape[1:]
+    pad = [(0, (-n) % mult + (mult if n < 2 * mult else 0)) for n in shape]
+    x = np.pad(x, [(0, 0), *pad], mode="reflect" if min(shape) > 1 else "edge")
+    if extra is not None:
+        x = np.concatenate([x, np.full((1, *x.shape[1:]), extra, np.float32)])
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(model.device)
+    big = int(np.prod(x.shape[1:])) > max_voxels
+    roi = tuple(min(n, c) for n, c in zip(x.shape[1:], (96, 128, 128), strict=True)) if big else x.shape[1:]
+    amp = model.amp_dtype
+
+    def predict(b: torch.Tensor) -> torch.Tensor:
+        return b[:, base : base + 1] + head(b)
+
+    with torch.inference_mode(), torch.autocast(model.device.type, dtype=amp, enabled=amp is not None):
+        y = sliding_window_inference(t, roi, 1, predict, overlap=0.25, mode="gaussian") if big else predict(t)
+    return y.float()[0, 0].cpu().numpy()[: shape[0], : shape[1], : shape[2]]
+
+
 def check_mask(mask: np.ndarray, shape: tuple[int, ...], name: str = "mask") -> np.ndarray:
     """Validate a mask on the volume's grid; returns it as bool (non-zero = selected)."""
     if not isinstance(mask, np.ndarray):

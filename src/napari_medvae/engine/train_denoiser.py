@@ -17,60 +17,37 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import Cancelled, InputError
-from .checkpoint import save_checkpoint
-from .model import Model, from_config, load_model, resolve_device
-from .networks import DenoiserConfig, SliceVAEConfig
+from ..errors import InputError
+from .heads import HeadTrainConfig, attach_head, save_with_record, train_head_loop
+from .model import Model, load_model, resolve_device
+from .networks import DenoiserConfig
 
 log = logging.getLogger(__name__)
 VAL_LEVELS = (0.03, 0.05, 0.09)
 
 
 @dataclass
-class DenoiserTrainConfig:
+class DenoiserTrainConfig(HeadTrainConfig):
     """Options of ``medvae train-denoiser`` (see ``medvae train-denoiser --help``)."""
 
-    train: list[str]
-    out: str
-    val: list[str] = field(default_factory=list)
-    model: str | None = None  # the VAE to add the head to (default: the shipped model)
-    steps: int = 1500
-    batch_size: int = 2
     patch: int = 64
-    lr: float = 3e-4
     copies: int = 3  # noisy copies per training volume
     noise_range: tuple[float, float] = (0.01, 0.13)
     lesion_prob: float = 0.5
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    strides: tuple[int, ...] = (2, 2, 2)
-    num_res_units: int = 2
-    seed: int = 0
-    device: str = "auto"
 
     def check(self) -> None:
-        if not self.train:
-            raise InputError("no training volumes given")
-        for k in ("steps", "batch_size", "patch", "copies"):
-            if int(getattr(self, k)) < 1:
-                raise InputError(f"{k} must be a positive integer, not {getattr(self, k)}")
-        try:
-            mult = DenoiserConfig.from_dict(self.head_dict()).multiple
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
+        mult = self.check_common(DenoiserConfig, ("patch", "copies"))
         if self.patch % mult:
             raise InputError(f"patch must be a multiple of {mult} for {len(self.channels)} UNet levels, not {self.patch}")
         lo, hi = self.noise_range
         if not 0 < lo <= hi < 1:
             raise InputError(f"noise range must satisfy 0 < low <= high < 1 (fractions of the maximum), not {self.noise_range}")
-
-    def head_dict(self) -> dict:
-        return {"channels": list(self.channels), "strides": list(self.strides), "num_res_units": self.num_res_units}
 
 
 def _pairs(model: Model, paths: Sequence[str], copies: int, rng: np.random.Generator, noise_range, lesion_prob: float,
@@ -133,22 +110,7 @@ def train_denoiser(tc: DenoiserTrainConfig, callback: Callable[[dict], None] | N
     rng = np.random.default_rng(tc.seed)
     torch.manual_seed(tc.seed)
     base = load_model(tc.model, device="cpu")
-    arch = dict(base.config.architecture)
-    wanted = DenoiserConfig.from_dict(tc.head_dict()).to_dict()
-    # the base model's head is trained further when it has the requested architecture; otherwise a new head
-    # with the requested architecture replaces it
-    fine_tune = arch.get("denoiser") is not None and DenoiserConfig.from_dict(arch["denoiser"]).to_dict() == wanted
-    if not fine_tune:
-        if arch.get("denoiser") is not None:
-            log.info("the base model's denoising head has another architecture; training a new one")
-        arch["denoiser"] = wanted
-    cfg = base.config
-    cfg.architecture = SliceVAEConfig.from_dict(arch).to_dict()
-    state = {k: v for k, v in base.net.state_dict().items() if fine_tune or not k.startswith("denoiser.")}
-    model = from_config(cfg, None, device="cpu")
-    missing = model.net.load_state_dict(state, strict=False).missing_keys
-    if any(not k.startswith("denoiser.") for k in missing):
-        raise InputError(f"the base model's weights do not fit its architecture ({missing[:2]})")
+    model, fine_tune = attach_head(base, "denoiser", DenoiserConfig.from_dict(tc.head_dict()).to_dict(), DenoiserConfig)
     t0 = time.perf_counter()
     log.info("making training pairs: %d volumes x %d noisy copies", len(tc.train), tc.copies)
     pairs = _pairs(model, tc.train, tc.copies, rng, tc.noise_range, tc.lesion_prob)
@@ -157,28 +119,12 @@ def train_denoiser(tc: DenoiserTrainConfig, callback: Callable[[dict], None] | N
     device = resolve_device(tc.device)
     model.to(device)
     head = model.net.denoiser
-    if not fine_tune:  # start as the identity (output = Wiener estimate): zero the last up-convolution and
-        # the residual unit after it (its skip path is the identity, so both must be zero for a zero output)
-        for last in [m for m in head.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))][-2:]:
-            torch.nn.init.zeros_(last.weight)
-            if last.bias is not None:
-                torch.nn.init.zeros_(last.bias)
-    for p in model.net.parameters():
-        p.requires_grad_(False)
-    for p in head.parameters():
-        p.requires_grad_(True)
-    head.train()
-    opt = torch.optim.Adam(head.parameters(), lr=tc.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.steps, pct_start=0.05)
     ps = tc.patch
     # sub-volumes at the model's slice spacing (the head never sees closer slices)
     subs = [(n[ph::st], e[ph::st], c[ph::st], s) for n, e, c, s, st in pairs for ph in range(st)]
     subs = [t for t in subs if min(t[0].shape) >= 1]
-    history: list[dict] = []
-    running = None
-    for step in range(1, tc.steps + 1):
-        if cancel is not None and cancel():
-            raise Cancelled("training cancelled; nothing was written")
+
+    def loss_fn() -> torch.Tensor:
         xs, ys = [], []
         for _ in range(tc.batch_size):
             n, e, c, s = subs[int(rng.integers(len(subs)))]
@@ -198,34 +144,13 @@ def train_denoiser(tc: DenoiserTrainConfig, callback: Callable[[dict], None] | N
         x = torch.from_numpy(np.stack(xs)).to(device)
         y = torch.from_numpy(np.stack(ys)).to(device)
         w = 0.1 + (y > 0.05).float()
-        loss = (w * (x[:, 1:2] + head(x) - y) ** 2).sum() / w.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(head.parameters(), 0.5)  # no normalisation layers: keep steps bounded
-        opt.step()
-        sched.step()
-        lv = float(loss.detach())
-        running = lv if running is None else 0.95 * running + 0.05 * lv
-        info = {"step": step, "steps": tc.steps, "loss": running}
-        if step % max(1, tc.steps // 5) == 0 or step == tc.steps:
-            rec = {"step": step, "loss": running, "seconds": round(time.perf_counter() - t0, 1)}
-            if vals:
-                head.eval()
-                b, a = head_psnr(model, vals)
-                head.train()
-                rec.update(val_psnr_wiener=round(b, 3), val_psnr_head=round(a, 3))
-                info["val_psnr"] = a
-            history.append(rec)
-        if callback is not None:
-            callback(info)
-    head.eval()
-    model.to("cpu")
-    seconds = time.perf_counter() - t0
-    record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tc).items() if k not in ("train", "val", "out", "model")}
-    record.update(n_train=len(tc.train), n_val=len(tc.val), seconds=round(seconds, 1), pair_seconds=round(prep_s, 1),
-                  device=str(device), history=history, fine_tuned=fine_tune,
-                  base_model=str(base.path.name) if base.path else None)
-    cfg.training = {**(cfg.training or {}), "denoiser": record}
-    path = save_checkpoint(tc.out, cfg, model.net.state_dict())
-    log.info("denoising head trained in %.0f s; wrote %s", seconds, path)
-    return path
+        return (w * (x[:, 1:2] + head(x) - y) ** 2).sum() / w.sum()
+
+    def validate() -> dict:
+        b, a = head_psnr(model, vals)
+        return {"val_psnr_wiener": round(b, 3), "val_psnr_head": round(a, 3)}
+
+    history = train_head_loop(head, model.net, steps=tc.steps, lr=tc.lr, fine_tune=fine_tune, loss_fn=loss_fn,
+                              validate=validate if vals else None, t0=t0, callback=callback, cancel=cancel)
+    return save_with_record(tc, model, base, "denoiser", t0, device, history, pair_seconds=round(prep_s, 1),
+                            fine_tuned=fine_tune)

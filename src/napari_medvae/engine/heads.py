@@ -1,0 +1,141 @@
+"""What the trainers of the 3D heads share: attaching a head to a model, the training loop, the saved record.
+
+A head (``denoiser``, ``slice_head``) is a MONAI 3D UNet stored in the model next to the VAE; it is trained with
+everything else frozen, starting as the identity (its correction is 0), and the new model is written with the
+training options and a validation history in ``training[key]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import Cancelled, InputError
+from .checkpoint import save_checkpoint
+from .model import Model, from_config
+from .networks import SliceVAEConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HeadTrainConfig:
+    """Options both heads' trainers share; each trainer's config adds its own (and its defaults)."""
+
+    train: list[str]
+    out: str
+    val: list[str] = field(default_factory=list)
+    model: str | None = None  # the model to add the head to (default: the shipped model)
+    steps: int = 1500
+    batch_size: int = 2
+    lr: float = 3e-4
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 2
+    seed: int = 0
+    device: str = "auto"
+
+    def check_common(self, config_cls, positive: tuple[str, ...] = ()) -> int:
+        """Refuse bad shared options (InputError); returns the multiple the head's patch sizes must be of."""
+        if not self.train:
+            raise InputError("no training volumes given")
+        for k in ("steps", "batch_size", *positive):
+            if int(getattr(self, k)) < 1:
+                raise InputError(f"{k} must be a positive integer, not {getattr(self, k)}")
+        try:
+            return config_cls.from_dict(self.head_dict()).multiple
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+    def head_dict(self) -> dict:
+        return {"channels": list(self.channels), "strides": list(self.strides), "num_res_units": self.num_res_units}
+
+
+def attach_head(base: Model, key: str, wanted: dict, config_cls) -> tuple[Model, bool]:
+    """(a CPU copy of ``base`` with head ``key`` of architecture ``wanted``, whether the base's head is fine-tuned).
+
+    The base model's head is trained further when it has the requested architecture; otherwise a new head
+    replaces it. All other weights are copied bit for bit.
+    """
+    arch = dict(base.config.architecture)
+    fine_tune = arch.get(key) is not None and config_cls.from_dict(arch[key]).to_dict() == wanted
+    if not fine_tune:
+        if arch.get(key) is not None:
+            log.info("the base model's %s has another architecture; training a new one", key)
+        arch[key] = wanted
+    cfg = base.config
+    cfg.architecture = SliceVAEConfig.from_dict(arch).to_dict()
+    state = {k: v for k, v in base.net.state_dict().items() if fine_tune or not k.startswith(f"{key}.")}
+    model = from_config(cfg, None, device="cpu")
+    missing = model.net.load_state_dict(state, strict=False).missing_keys
+    if any(not k.startswith(f"{key}.") for k in missing):
+        raise InputError(f"the base model's weights do not fit its architecture ({missing[:2]})")
+    return model, fine_tune
+
+
+def train_head_loop(head: torch.nn.Module, net: torch.nn.Module, *, steps: int, lr: float, fine_tune: bool,
+                    loss_fn: Callable[[], torch.Tensor], validate: Callable[[], dict] | None, t0: float,
+                    callback: Callable[[dict], None] | None, cancel: Callable[[], bool] | None, ema: float = 0.95) -> list[dict]:
+    """Train ``head`` (all other parameters of ``net`` frozen) for ``steps`` Adam steps (one-cycle ``lr``).
+
+    ``loss_fn()`` draws a batch and returns its loss; ``validate()`` returns the record's validation entries
+    (the key ``val_psnr`` is also reported to ``callback``), run 5 times. Returns the history.
+    """
+    if not fine_tune:  # start as the identity: zero the last up-convolution and the residual unit after it (its
+        # skip path is the identity, so both must be zero for a zero correction)
+        for last in [m for m in head.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))][-2:]:
+            torch.nn.init.zeros_(last.weight)
+            if last.bias is not None:
+                torch.nn.init.zeros_(last.bias)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    head.train()
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    history: list[dict] = []
+    running = None
+    for step in range(1, steps + 1):
+        if cancel is not None and cancel():
+            raise Cancelled("training cancelled; nothing was written")
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 0.5)  # no normalisation layers: keep steps bounded
+        opt.step()
+        sched.step()
+        lv = float(loss.detach())
+        running = lv if running is None else ema * running + (1 - ema) * lv
+        info = {"step": step, "steps": steps, "loss": running}
+        if step % max(1, steps // 5) == 0 or step == steps:
+            rec = {"step": step, "loss": running, "seconds": round(time.perf_counter() - t0, 1)}
+            if validate is not None:
+                head.eval()
+                rec.update(validate())
+                head.train()
+                info["val_psnr"] = rec.get("val_psnr_head")
+            history.append(rec)
+        if callback is not None:
+            callback(info)
+    head.eval()
+    return history
+
+
+def save_with_record(tc, model: Model, base: Model, key: str, t0: float, device, history: list[dict], **extra) -> Path:
+    """Write ``model`` to ``tc.out`` with the options of ``tc`` and the history recorded in ``training[key]``."""
+    model.to("cpu")
+    seconds = time.perf_counter() - t0
+    record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tc).items() if k not in ("train", "val", "out", "model")}
+    record.update(n_train=len(tc.train), n_val=len(tc.val), seconds=round(seconds, 1), device=str(device), history=history,
+                  base_model=str(base.path.name) if base.path else None, **extra)
+    cfg = model.config
+    cfg.training = {**(cfg.training or {}), key: record}
+    path = save_checkpoint(tc.out, cfg, model.net.state_dict())
+    log.info("%s trained in %.0f s; wrote %s", key, seconds, path)
+    return path

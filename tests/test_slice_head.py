@@ -1,0 +1,146 @@
+"""The missing-slice head: training adds it without touching the VAE, inpaint blends it in, bad options are refused."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medvae.cli import main
+from napari_medvae.engine import inpaint, load_model
+from napari_medvae.engine.checkpoint import load_checkpoint
+from napari_medvae.engine.inpaint import blend_weights, first_guess, slice_head_fill
+from napari_medvae.engine.networks import SliceHeadConfig, SliceVAEConfig
+from napari_medvae.engine.train_slice_head import SliceHeadTrainConfig, train_slice_head
+from napari_medvae.errors import Cancelled, InputError, ModelError
+
+inp = importlib.import_module("napari_medvae.engine.inpaint")
+
+
+@pytest.fixture(scope="module")
+def sh_model(tmp_path_factory, head_data):
+    files = sorted(str(p) for p in head_data.iterdir())
+    out = tmp_path_factory.mktemp("shmodel") / "m"
+    tc = SliceHeadTrainConfig(train=files[:1], val=files[1:], out=str(out), steps=3, batch_size=2, patch=(16, 16, 16),
+                              channels=(4, 8), strides=(2,), num_res_units=1, device="cpu")
+    return train_slice_head(tc)
+
+
+def test_training_adds_a_slice_head_and_keeps_the_rest(sh_model, model):
+    m = load_model(sh_model, device="cpu")
+    assert m.net.slice_head is not None
+    assert m.config.architecture["slice_head"] == {"channels": [4, 8], "strides": [2], "num_res_units": 1, "inputs": 2}
+    rec = m.config.training["slice_head"]
+    assert rec["steps"] == 3 and rec["history"] and "val_psnr_head" in rec["history"][-1]
+    base = model.net.state_dict()
+    for k, v in m.net.state_dict().items():
+        if not k.startswith("slice_head."):
+            assert torch.equal(v, base[k]), k  # the VAE (and the denoising head) are frozen
+
+
+def test_slice_head_fill_changes_only_the_masked_slices(sh_model):
+    m = load_model(sh_model, device="cpu")
+    rng = np.random.default_rng(0)
+    vol = rng.random((30, 28, 26)).astype(np.float32)
+    mask = np.zeros(vol.shape, bool)
+    mask[[10, 11, 12]] = True
+    init = first_guess(vol, mask)
+    out = slice_head_fill(m, init, mask)
+    assert out.shape == vol.shape and np.isfinite(out).all() and (out >= 0).all()
+    np.testing.assert_array_equal(out[~mask], init[~mask])
+    np.testing.assert_array_equal(slice_head_fill(m, init, np.zeros(vol.shape, bool)), init)  # nothing to fill
+
+
+def test_blend_weights_fit_jointly_and_drop_harmful_fills():
+    rng = np.random.default_rng(1)
+    first = rng.random(500)
+    a, b, noise = rng.random(500), rng.random(500), rng.random(500)
+    truth = first + 0.5 * (a - first) + 0.3 * (b - first)
+    w = blend_weights(truth, first, [a, b])
+    np.testing.assert_allclose(w, [0.5, 0.3], atol=1e-6)
+    truth2 = first + 0.6 * (a - first) - 0.4 * (noise - first)  # the second fill only hurts: weight 0
+    w2 = blend_weights(truth2, first, [a, noise])
+    assert w2[1] == 0.0 and 0.0 < w2[0] <= 1.0
+    assert blend_weights(first, first, [first, first]) == [0.0, 0.0]  # fills equal to the first guess: nothing to weigh
+
+
+def test_inpaint_uses_the_slice_head_for_missing_slices_only(sh_model, read, monkeypatch):
+    m = load_model(sh_model, device="cpu")
+    vol, geom = read("mni_t1_healthy.nii.gz")
+    calls = []
+    real = inp.slice_head_fill
+    monkeypatch.setattr(inp, "slice_head_fill", lambda *a, **k: calls.append(1) or real(*a, **k))
+    holed = vol.copy()
+    holed[[40, 41, 42]] = 0
+    out = inpaint(m, holed, geom.spacing, missing_slices=[40, 41, 42], axis=0)
+    assert len(calls) >= 1  # cross-validation always runs it; the real mask when its weight is > 0
+    assert out.shape == vol.shape and np.isfinite(out).all()
+    keep = np.ones(vol.shape[0], bool)
+    keep[[40, 41, 42]] = False
+    np.testing.assert_array_equal(out[keep], holed[keep].astype(np.float32))
+    calls.clear()
+    region = np.zeros(vol.shape, bool)
+    region[40:44, 50:56, 50:56] = True
+    inpaint(m, vol, geom.spacing, mask=region)
+    assert calls == []  # painted regions: no slice head
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"patch": (17, 16, 16)}, "patch"),
+    ({"patch": (8, 16, 16)}, "patch"),
+    ({"patch": (16, 16)}, "patch"),
+    ({"steps": 0}, "steps"),
+    ({"strides": (3,)}, "strides"),
+    ({"train": []}, "no training volumes"),
+])
+def test_bad_slice_head_options_are_refused(tmp_path, head_data, kw, msg):
+    files = sorted(str(p) for p in head_data.iterdir())
+    opts = {"train": files, "out": str(tmp_path / "x"), "channels": (4, 8), "strides": (2,), "steps": 2, "patch": (16, 16, 16)}
+    opts.update(kw)
+    with pytest.raises(InputError, match=msg):
+        train_slice_head(SliceHeadTrainConfig(**opts))
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_cancelled_slice_head_training_writes_nothing(tmp_path, head_data):
+    files = sorted(str(p) for p in head_data.iterdir())
+    tc = SliceHeadTrainConfig(train=files[:1], out=str(tmp_path / "c"), steps=50, batch_size=1, patch=(16, 16, 16),
+                              channels=(4, 8), strides=(2,), device="cpu")
+    n = []
+    with pytest.raises(Cancelled):
+        train_slice_head(tc, callback=n.append, cancel=lambda: len(n) >= 2)
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_cli_train_slice_head_refuses_to_overwrite_its_source(sh_model, capsys):
+    rc = main(["train-slice-head", str(sh_model), "--data", str(sh_model.parent), "-o", str(sh_model.with_suffix(""))])
+    assert rc != 0
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_cli_train_slice_head_writes_a_model(tmp_path, head_data):
+    rc = main(["train-slice-head", "--data", str(head_data), "-o", str(tmp_path / "new"), "--steps", "2",
+               "--batch-size", "1", "--patch", "16", "16", "16", "--channels", "4", "8", "--res-units", "1"])
+    assert rc == 0
+    assert load_model(tmp_path / "new.safetensors", device="cpu").net.slice_head is not None
+
+
+def test_bad_slice_head_config_is_refused(tmp_path, sh_model):
+    cfg = json.loads(sh_model.with_suffix(".json").read_text())
+    for bad in ({"channels": [4, 8], "strides": [2], "colour": 1}, {"channels": [4, 8], "strides": [2], "inputs": 3}, "unet"):
+        cfg["architecture"]["slice_head"] = bad
+        stem = tmp_path / "bad"
+        stem.with_suffix(".json").write_text(json.dumps(cfg))
+        stem.with_suffix(".safetensors").write_bytes(sh_model.read_bytes())
+        with pytest.raises(ModelError, match="slice_head"):
+            load_checkpoint(stem)
+
+
+def test_slice_head_config_round_trips():
+    d = SliceHeadConfig((8, 16, 32), (1, 2), 1).to_dict()
+    assert d["inputs"] == 2
+    assert SliceHeadConfig.from_dict(d).to_dict() == d
+    assert "slice_head" not in SliceVAEConfig().to_dict()
