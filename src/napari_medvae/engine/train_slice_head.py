@@ -15,7 +15,6 @@ slices and 3-slice gaps, cubic fill vs head; stored in the model's training reco
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from .heads import HeadTrainConfig, attach_head, save_with_record, train_head_lo
 from .model import Model, load_model, resolve_device
 from .networks import SliceHeadConfig
 
-log = logging.getLogger(__name__)
 SIGNAL = 0.05  # normalised intensity counted as signal in the loss and the validation PSNR
 
 
