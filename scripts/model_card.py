@@ -34,7 +34,9 @@ def main() -> None:
                                 f"voxel scores (median filter {c['anomaly']['median_size']})"
                                 + (f"; residual scales (healthy 99th percentiles) {c['anomaly']['skip_scale']:.4f} "
                                    f"with skips, {c['anomaly']['latent_scale']:.4f} from the latent alone"
-                                   if c['anomaly'].get('score') == 'combined' else "")),
+                                   if c['anomaly'].get('score') in ('combined', 'healed') else "")
+                                + (f", {c['anomaly']['heal_scale']:.4f} from the healing head"
+                                   if c['anomaly'].get('score') == 'healed' else "")),
     ]
     head, td = arch.get("denoiser"), t.get("denoiser")
     if head and td:
@@ -63,6 +65,21 @@ def main() -> None:
                                                            f"(cubic) → {last['val_psnr_head']:.2f} dB (head alone), mean "
                                                            f"over {ts['n_val']} held-out volumes × single slices and "
                                                            "3-slice gaps"))
+    hh, th = arch.get("heal_head"), t.get("heal_head")
+    if hh and th:
+        hist = (th.get("continued") or [th])[-1].get("history")  # the latest training run's validation
+        last = hist[-1] if hist else {}
+        rows.append(("healing head (anomaly)", f"3D UNet (MONAI), channels {hh['channels']}, strides {hh['strides']}, "
+                                               f"{hh['num_res_units']} residual units; {th['steps']} steps × batch "
+                                               f"{th['batch_size']} patches of {'×'.join(str(n) for n in th['patch'])} voxels "
+                                               f"from {th['n_train']} volumes (synthetic blobs and coarse noise removed), "
+                                               f"Adam lr {th['lr']}, VAE frozen, {th['seconds'] / 60:.1f} min on {th['device']}"
+                                               + "".join(f"; then {e['steps']} more steps, {e['seconds'] / 60:.1f} min"
+                                                         for e in th.get("continued", []))))
+        if "val_psnr_head" in last:
+            rows.append(("healing head, validation", f"PSNR inside synthetic blobs {last['val_psnr_input']:.2f} dB "
+                                                     f"(input) → {last['val_psnr_head']:.2f} dB (healed), mean over "
+                                                     f"{th['n_val']} held-out volumes"))
     print("| | |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v} |")

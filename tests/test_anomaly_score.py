@@ -1,4 +1,4 @@
-"""The combined anomaly score: calibrated scales, older residual-only models, bad settings refused."""
+"""The combined and healed anomaly scores: calibrated scales, older residual-only models, bad settings refused."""
 
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ def _copy_model(tmp_path, edit) -> str:
     return str(dst)
 
 
-def test_shipped_model_uses_the_calibrated_combined_score(model):
+def test_shipped_model_uses_the_calibrated_healed_score(model):
     a = model.config.anomaly
-    assert a["score"] == "combined" and a["skip_scale"] > 0 and a["latent_scale"] > 0 and a["threshold"] > 0
+    assert a["score"] == "healed" and model.net.heal_head is not None
+    assert a["skip_scale"] > 0 and a["latent_scale"] > 0 and a["heal_scale"] > 0 and a["threshold"] > 0
 
 
 def test_combined_score_needs_both_residuals():
@@ -71,6 +72,8 @@ def test_calibration_sets_the_scales_and_refuses_unknown_scores(read):
     m.config.anomaly.pop("skip_scale")
     thr = calibrate(m, [(v, 1)], 0.999)
     assert thr > 0 and m.config.anomaly["skip_scale"] > 0 and m.config.anomaly["score"] == "combined"
+    m.config.anomaly.pop("heal_scale")
+    assert calibrate(m, [(v, 1)], 0.999, score="healed") > 0 and m.config.anomaly["heal_scale"] > 0
     with pytest.raises(InputError, match="anomaly score"):
         calibrate(m, [(v, 1)], 0.999, score="fancy")
 

@@ -68,7 +68,10 @@ def test_a_head_of_the_same_architecture_is_trained_further(tmp_path, head_model
     tc = DenoiserTrainConfig(train=files[:1], out=str(tmp_path / "again"), model=str(head_model), steps=2, patch=16,
                              copies=1, channels=(4, 8), strides=(2,), num_res_units=1, device="cpu")
     m = load_model(train_denoiser(tc), device="cpu")
-    assert m.config.training["denoiser"]["fine_tuned"] is True
+    rec = m.config.training["denoiser"]
+    first = load_model(head_model, device="cpu").config.training["denoiser"]
+    assert rec["steps"] == first["steps"] and rec["history"] == first["history"]  # the first training stays recorded
+    assert rec["continued"][-1]["fine_tuned"] is True and rec["continued"][-1]["steps"] == 2
 
 
 def test_head_runs_on_interleaved_sub_volumes(head_model):

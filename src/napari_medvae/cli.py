@@ -357,6 +357,15 @@ def cmd_train_slice_head(args) -> int:
                        SliceHeadTrainConfig(**_head_options(args, src), patch=tuple(args.patch)))
 
 
+def cmd_train_heal_head(args) -> int:
+    from .engine.train_heal_head import HealHeadTrainConfig, train_heal_head
+
+    src, _ = _head_base(args)
+    return _train_head(args, "train-heal-head", train_heal_head,
+                       HealHeadTrainConfig(**_head_options(args, src), patch=tuple(args.patch),
+                                           calibration_quantile=args.quantile))
+
+
 def cmd_train_denoiser(args) -> int:
     from .engine.train_denoiser import DenoiserTrainConfig, train_denoiser
 
@@ -560,6 +569,13 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--patch", type=int, nargs=3, default=[24, 48, 48], metavar=("SLICES", "ROWS", "COLS"),
                     help="training patch (voxels, multiples of 2**(levels-1))")
     ts.set_defaults(fn=cmd_train_slice_head)
+    th = _head_parser(sub, common, "train-heal-head", "a trained 3D healing head (anomaly scoring)",
+                      "the healing head (a 3D UNet that removes synthetic blobs; its residual joins the anomaly score)",
+                      "required: PSNR inside synthetic blobs, then the anomaly calibration", steps=2000, batch_size=4, lr=1e-3)
+    th.add_argument("--patch", type=int, nargs=3, default=[32, 64, 64], metavar=("SLICES", "ROWS", "COLS"),
+                    help="training patch (voxels, multiples of 2**(levels-1))")
+    th.add_argument("--quantile", type=float, default=0.999, help="healthy quantile that becomes heatmap value 1.0")
+    th.set_defaults(fn=cmd_train_heal_head)
     ba = sub.add_parser("batch", parents=[common], help="run an operation on every volume of a folder (resumable)",
                         description="Apply OPERATION to every volume under INPUT_DIR (recursively); outputs keep their "
                                     "relative paths under OUTPUT_DIR, each file's status goes to OUTPUT_DIR/manifest.jsonl, "

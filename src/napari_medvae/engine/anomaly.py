@@ -1,15 +1,20 @@
-"""Anomaly heatmaps: restoration residuals between a volume and its healthy reconstructions.
+"""Anomaly heatmaps: restoration residuals between a volume and healthy versions of it.
 
-A residual score is the median filter of |input - reconstruction| (normalised units, model grid),
-restricted to the brain. Two reconstructions are used ("combined" score, set by calibration):
+A residual score is the median filter of |input - healthy version| (normalised units, model grid), restricted
+to the brain. Up to three healthy versions are used, as the model's calibration says (``anomaly.score``):
 
-* the normal one, whose skip connections keep fine anatomy sharp (few false alarms at edges) but also
-  copy part of a lesion through, mostly dark (hypo-intense) ones that look like sulci or ventricles;
-* one decoded from the latent alone (skips off), which cannot copy a lesion through but is blurrier.
+* the VAE's normal reconstruction, whose skip connections keep fine anatomy sharp (few false alarms at edges)
+  but also copy part of a lesion through, mostly dark (hypo-intense) ones that look like sulci or ventricles;
+* the VAE's reconstruction decoded from the latent alone (skips off), which cannot copy a lesion through but is
+  blurrier;
+* the healing head's output (a 3D UNet trained to remove synthetic blobs and coarse intensity changes from
+  healthy volumes, see train_heal_head), which sees the lesion's 3D surroundings and so also removes dark ones.
 
-Each is divided by its healthy 99th percentile and the two are combined by their geometric mean, so a
-voxel must be unusual for both. Both run on whole slices (not the box around the signal), which detects
-dark lesions better. Models calibrated before this use the first score alone ("residual").
+"combined": the two VAE residuals, each divided by its healthy 99th percentile, joined by their geometric mean
+(a voxel must be unusual for both). "healed" (models with a healing head): that combined score and the healing
+residual (divided by its healthy 99th percentile) joined by their root sum of squares (unusual for either is
+enough). "residual": the first residual alone (the oldest models). The VAE runs on whole slices (not the box
+around the signal), which detects dark lesions better.
 The score is divided by the calibrated threshold (a high quantile of healthy held-out scores), so that
 1.0 means "as unusual as the top 0.1 % of healthy voxels". Candidates are connected regions above it.
 """
@@ -70,24 +75,49 @@ def combined_score(skip: np.ndarray, latent: np.ndarray, settings: dict) -> np.n
     return np.sqrt(np.maximum(a * b, 0)).astype(np.float32)
 
 
-def uses_combined_score(model: Model) -> bool:
-    return model.config.anomaly.get("score", "residual") == "combined"
+def healed_score(vae: np.ndarray, heal: np.ndarray, settings: dict) -> np.ndarray:
+    """The "healed" score: the VAE's combined score and the healing head's residual (divided by its healthy scale)
+    joined by their root sum of squares, so that a voxel unusual for either counts (see module doc)."""
+    h = heal / np.float32(settings["heal_scale"])
+    return np.sqrt(vae * vae + h * h).astype(np.float32)
+
+
+def score_kind(model: Model) -> str:
+    """The model's anomaly score: "residual", "combined" or "healed" (see module doc)."""
+    return str(model.config.anomaly.get("score", "residual"))
 
 
 def raw_scores(model: Model, data: np.ndarray, brain: np.ndarray, progress: Progress,
-               combined: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """(residual score, latent-only residual score or None) of ``data`` whose slices are the model's slice spacing apart."""
+               kind: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(residual score, latent-only residual score, healing-head residual score) of ``data`` whose slices are the
+    model's slice spacing apart; the last two are None where ``kind`` does not use them."""
     from .runner import run_network
 
     med = int(model.config.anomaly.get("median_size", 3))
-    if not combined:
-        return residual_score(data, run_network(model, data, None, 1, progress), brain, med), None
+    if kind == "residual":
+        return residual_score(data, run_network(model, data, None, 1, progress), brain, med), None, None
     rec, rec0 = run_network(model, data, None, 1, progress, full_frame=True, both=True)
-    return residual_score(data, rec, brain, med), residual_score(data, rec0, brain, med)
+    heal = None
+    if kind == "healed":
+        from .train_heal_head import heal as heal_volume
+
+        progress.check()
+        heal = residual_score(data, heal_volume(model, data), brain, med)
+    return residual_score(data, rec, brain, med), residual_score(data, rec0, brain, med), heal
+
+
+def final_score(skip: np.ndarray, latent: np.ndarray | None, heal: np.ndarray | None, settings: dict) -> np.ndarray:
+    """The model's score from its raw residual scores (uncalibrated: not yet divided by the threshold)."""
+    if latent is None:
+        return skip
+    vae = combined_score(skip, latent, settings)
+    if heal is None:
+        return vae
+    return healed_score(vae, heal, settings)
 
 
 def score_prepared(model: Model, prep: Prepared, progress: Progress, brain_mask: np.ndarray | None = None) -> np.ndarray:
-    """Uncalibrated score on the model grid (the model's "residual" or "combined" score, see module doc).
+    """Uncalibrated score on the model grid (the model's "residual", "combined" or "healed" score, see module doc).
 
     Slices closer than the model's slice spacing (``prep.stride`` > 1, e.g. 1 mm) are scored on every
     ``stride``-th slice, at the model's own spacing, and linearly interpolated in between: the model works
@@ -95,9 +125,7 @@ def score_prepared(model: Model, prep: Prepared, progress: Progress, brain_mask:
     """
     brain = prep.mask_to_model(brain_mask) if brain_mask is not None else auto_brain_mask(prep.data)
     st = prep.stride
-    combined = uses_combined_score(model)
-    skip, latent = raw_scores(model, prep.data[::st], brain[::st], progress, combined)
-    score = skip if latent is None else combined_score(skip, latent, model.config.anomaly)
+    score = final_score(*raw_scores(model, prep.data[::st], brain[::st], progress, score_kind(model)), model.config.anomaly)
     if st > 1:
         score = slice_lerp(score, prep.data.shape[0], st)
         score[~brain] = 0.0

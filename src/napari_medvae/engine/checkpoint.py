@@ -28,8 +28,9 @@ class ModelConfig:
     normalization: {"method": "percentile", "percentile": p}: intensities divided by the p-th
     percentile of the volume (zero stays zero), outputs multiplied back.
     anomaly: {"threshold": score that maps to 1.0, "quantile": healthy quantile used,
-    "median_size": voxels of the median filter, "score": "residual" or "combined" (engine.anomaly), and for
-    "combined" "skip_scale" / "latent_scale": the two residuals' healthy 99th percentiles}.
+    "median_size": voxels of the median filter, "score": "residual", "combined" or "healed" (engine.anomaly), and for
+    "combined" and "healed" "skip_scale" / "latent_scale": the two VAE residuals' healthy 99th percentiles, for
+    "healed" "heal_scale": the healing head's residual's}.
     intensity_profile: normalised histogram of healthy held-out volumes for the out-of-distribution check.
     """
 
@@ -80,13 +81,15 @@ class ModelConfig:
         if thr is not None and not (isinstance(thr, (int, float)) and thr > 0):
             raise ModelError(f"{source}: anomaly.threshold must be a positive number or null, not {thr!r}")
         score = cfg.anomaly.get("score", "residual")
-        if score not in ("residual", "combined"):
-            raise ModelError(f"{source}: anomaly.score must be 'residual' or 'combined', not {score!r}")
-        if score == "combined":
-            for k in ("skip_scale", "latent_scale"):
-                v = cfg.anomaly.get(k)
-                if not (isinstance(v, (int, float)) and v > 0):
-                    raise ModelError(f"{source}: anomaly.{k} must be a positive number for the combined score, not {v!r}")
+        if score not in ("residual", "combined", "healed"):
+            raise ModelError(f"{source}: anomaly.score must be 'residual', 'combined' or 'healed', not {score!r}")
+        scales = {"residual": (), "combined": ("skip_scale", "latent_scale")}.get(score, ("skip_scale", "latent_scale", "heal_scale"))
+        for k in scales:
+            v = cfg.anomaly.get(k)
+            if not (isinstance(v, (int, float)) and v > 0):
+                raise ModelError(f"{source}: anomaly.{k} must be a positive number for the {score} score, not {v!r}")
+        if score == "healed" and not cfg.architecture.get("heal_head"):
+            raise ModelError(f"{source}: anomaly.score 'healed' needs architecture.heal_head (a healing head)")
         try:
             from .networks import SliceVAEConfig
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import Cancelled, InputError
@@ -56,6 +57,31 @@ class HeadTrainConfig:
         return {"channels": list(self.channels), "strides": list(self.strides), "num_res_units": self.num_res_units}
 
 
+def grid_volumes(model: Model, paths) -> list[np.ndarray]:
+    """Each volume on the model grid (normalised), split into sub-volumes at the model's slice spacing."""
+    from ..io import read_volume
+    from .preprocess import prepare
+
+    out = []
+    for path in paths:
+        vol, geom = read_volume(path)
+        prep = prepare(np.asarray(vol, dtype=np.float32), geom.spacing, model.config, None, force=True)
+        out += [np.ascontiguousarray(prep.data[ph :: prep.stride]) for ph in range(prep.stride)]
+    return out
+
+
+def tissue_patch(vols: list[np.ndarray], patch, rng: np.random.Generator) -> np.ndarray:
+    """A random patch (float32 copy) of a random volume, centred on tissue mostly; small volumes are zero-padded."""
+    pz, py, px = (int(n) for n in patch)
+    vol = vols[int(rng.integers(len(vols)))]
+    vol = np.pad(vol, [(0, max(0, n - d)) for n, d in zip((pz, py, px), vol.shape, strict=True)])
+    for _try in range(10):
+        o = [int(rng.integers(0, d - n + 1)) for d, n in zip(vol.shape, (pz, py, px), strict=True)]
+        if vol[o[0] + pz // 2, o[1] + py // 2, o[2] + px // 2] > 0.1:
+            break
+    return vol[o[0] : o[0] + pz, o[1] : o[1] + py, o[2] : o[2] + px].astype(np.float32)
+
+
 def attach_head(base: Model, key: str, wanted: dict, config_cls) -> tuple[Model, bool]:
     """(a CPU copy of ``base`` with head ``key`` of architecture ``wanted``, whether the base's head is fine-tuned).
 
@@ -76,6 +102,51 @@ def attach_head(base: Model, key: str, wanted: dict, config_cls) -> tuple[Model,
     if any(not k.startswith(f"{key}.") for k in missing):
         raise InputError(f"the base model's weights do not fit its architecture ({missing[:2]})")
     return model, fine_tune
+
+
+@dataclass
+class HeadRun:
+    """What a patch-trained head's trainer starts from (see ``start_head``)."""
+
+    base: Model
+    model: Model
+    fine_tune: bool
+    vols: list[np.ndarray]
+    vals: list[np.ndarray]
+    data_seconds: float
+    device: torch.device
+    head: torch.nn.Module
+    rng: np.random.Generator
+    t0: float
+
+    def batch(self, sample: Callable, patch, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """``batch_size`` examples of ``sample(vols, patch, rng)`` stacked into tensors on the training device."""
+        parts = zip(*(sample(self.vols, patch, self.rng) for _ in range(batch_size)), strict=True)
+        return tuple(torch.from_numpy(np.stack(a)).to(self.device) for a in parts)
+
+
+def start_head(tc: HeadTrainConfig, key: str, config_cls) -> HeadRun:
+    """Check ``tc``, seed, attach head ``key`` to the base model and load the volumes on the model grid."""
+    from .model import load_model, resolve_device
+
+    tc.check()
+    rng = np.random.default_rng(tc.seed)
+    torch.manual_seed(tc.seed)
+    base = load_model(tc.model, device="cpu")
+    model, fine_tune = attach_head(base, key, config_cls.from_dict(tc.head_dict()).to_dict(), config_cls)
+    t0 = time.perf_counter()
+    vols = grid_volumes(model, tc.train)
+    vals = grid_volumes(model, tc.val) if tc.val else []
+    data_seconds = round(time.perf_counter() - t0, 1)
+    device = resolve_device(tc.device)
+    model.to(device)
+    return HeadRun(base, model, fine_tune, vols, vals, data_seconds, device, getattr(model.net, key), rng, t0)
+
+
+def psnr_db(est: np.ndarray, ref: np.ndarray, peak: float) -> float:
+    """PSNR (dB) of ``est`` against ``ref`` (same-shaped voxel selections) for a signal peak of ``peak``."""
+    d = (est - ref).astype(np.float64)
+    return float(10 * np.log10(peak**2 / max(float(np.mean(d * d)), 1e-12)))
 
 
 def train_head_loop(head: torch.nn.Module, net: torch.nn.Module, *, steps: int, lr: float, fine_tune: bool,
@@ -135,6 +206,10 @@ def save_with_record(tc, model: Model, base: Model, key: str, t0: float, device,
     record.update(n_train=len(tc.train), n_val=len(tc.val), seconds=round(seconds, 1), device=str(device), history=history,
                   base_model=str(base.path.name) if base.path else None, **extra)
     cfg = model.config
+    earlier = (base.config.training or {}).get(key) if extra.get("fine_tuned") else None
+    if earlier:  # a fine-tuned head keeps the record of how it was first trained; this run is listed after it
+        record = {**earlier, "continued": [*earlier.get("continued", []),
+                                           {k: record[k] for k in ("steps", "lr", "seconds", "history", "base_model", "fine_tuned")}]}
     cfg.training = {**(cfg.training or {}), key: record}
     path = save_checkpoint(tc.out, cfg, model.net.state_dict())
     log.info("%s trained in %.0f s; wrote %s", key, seconds, path)

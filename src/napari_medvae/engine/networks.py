@@ -20,6 +20,11 @@ constant channel), its output a residual added to the Wiener estimate; D, H, W m
 Optional ``slice_head`` (``architecture.slice_head``): the same kind of 3D UNet for missing slices. Its input
 is B x 2 x D x H x W (the classical first guess, the mask of missing slices), its output a correction added
 inside the mask (``medvae train-slice-head``). Inpainting blends it with the VAE's refinement (see inpaint).
+
+Optional ``heal_head`` (``architecture.heal_head``): the same kind of 3D UNet, trained to remove synthetic blobs
+and coarse intensity changes from healthy volumes (a denoising autoencoder, after Kascenas et al., MIDL 2022). Its
+input is B x 1 x D x H x W (the volume), its output a correction to it (``medvae train-heal-head``). Anomaly scoring
+uses its residual next to the VAE's (see anomaly).
 """
 
 from __future__ import annotations
@@ -45,12 +50,13 @@ class SliceVAEConfig:
     prefill_order: int = 1
     denoiser: dict | None = None
     slice_head: dict | None = None
+    heal_head: dict | None = None
     type: str = field(default="SliceVAE")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
-        for k in ("denoiser", "slice_head"):
+        for k in ("denoiser", "slice_head", "heal_head"):
             if d[k] is None:
                 d.pop(k)
         return d
@@ -70,6 +76,8 @@ class SliceVAEConfig:
             d["denoiser"] = DenoiserConfig.from_dict(d["denoiser"]).to_dict()
         if d.get("slice_head") is not None:
             d["slice_head"] = SliceHeadConfig.from_dict(d["slice_head"]).to_dict()
+        if d.get("heal_head") is not None:
+            d["heal_head"] = HealHeadConfig.from_dict(d["heal_head"]).to_dict()
         return cls(**d)
 
     @property
@@ -125,6 +133,14 @@ class SliceHeadConfig(DenoiserConfig):
 
     inputs: int = 2  # first guess, mask of missing slices
     KEY, INPUTS, WHAT = "slice_head", 2, "first guess, mask"
+
+
+@dataclass
+class HealHeadConfig(DenoiserConfig):
+    """The 3D healing head (anomaly scoring): same UNet hyper-parameters as the denoising head, 1 input."""
+
+    inputs: int = 1  # the volume
+    KEY, INPUTS, WHAT = "heal_head", 1, "the volume"
 
 
 def build_denoiser(cfg: DenoiserConfig) -> nn.Module:
@@ -245,6 +261,7 @@ class SliceVAE(nn.Module):
         _fuse_swish(self)
         self.denoiser = build_denoiser(DenoiserConfig.from_dict(cfg.denoiser)) if cfg.denoiser else None
         self.slice_head = build_denoiser(SliceHeadConfig.from_dict(cfg.slice_head)) if cfg.slice_head else None
+        self.heal_head = build_denoiser(HealHeadConfig.from_dict(cfg.heal_head)) if cfg.heal_head else None
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Return (mu, logvar, skips) for input B x 2K x H x W."""

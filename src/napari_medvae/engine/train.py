@@ -286,42 +286,53 @@ def _load_state(out: str, net, opt) -> tuple[int, list]:
 # ---------------------------------------------------------------------------------------------
 
 
+SCORES = ("residual", "combined", "healed")
+
+
 def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float, score: str = "combined") -> float:
     """Anomaly threshold: ``quantile`` of healthy voxel scores inside the brain (model grid).
 
-    ``score`` "combined" (see engine.anomaly) also sets the two residuals' healthy scales (99th percentiles)
-    in the model's anomaly settings; "residual" uses the normal reconstruction's residual alone.
+    ``score`` "combined" (see engine.anomaly) also sets the two VAE residuals' healthy scales (99th percentiles)
+    in the model's anomaly settings, "healed" the healing head's residual's scale as well; "residual" uses the
+    normal reconstruction's residual alone.
     """
-    from .anomaly import auto_brain_mask, combined_score, raw_scores
+    from .anomaly import auto_brain_mask, final_score, raw_scores
     from .runner import Progress
 
-    if score not in ("residual", "combined"):
-        raise InputError(f"anomaly score must be 'residual' or 'combined', not {score!r}")
+    if score not in SCORES:
+        raise InputError(f"anomaly score must be one of {', '.join(SCORES)}, not {score!r}")
+    if score == "healed" and model.net.heal_head is None:
+        raise InputError("the 'healed' anomaly score needs a model with a healing head (medvae train-heal-head)")
     settings = model.config.anomaly
-    skip, latent = [], []
+    raw: list[list[np.ndarray]] = [[], [], []]
     for v, stride in volumes:  # the same passes as engine.anomaly.score_prepared
         data = v[::stride]
         brain = auto_brain_mask(v)[::stride]
-        s, s0 = raw_scores(model, data, brain, Progress(data.shape[0]), score == "combined")
-        skip.append(s[brain])
-        if s0 is not None:
-            latent.append(s0[brain])
-    vals = np.concatenate(skip)
+        for acc, s in zip(raw, raw_scores(model, data, brain, Progress(data.shape[0]), score), strict=True):
+            if s is not None:
+                acc.append(s[brain])
+    skip, latent, heal = (np.concatenate(a) if a else None for a in raw)
     settings["score"] = score
-    if score == "combined":
-        lat = np.concatenate(latent)
-        settings["skip_scale"] = float(np.quantile(vals, 0.99))
-        settings["latent_scale"] = float(np.quantile(lat, 0.99))
-        vals = combined_score(vals, lat, settings)
-    return float(np.quantile(vals, quantile))
+    if latent is not None:
+        settings["skip_scale"] = float(np.quantile(skip, 0.99))
+        settings["latent_scale"] = float(np.quantile(latent, 0.99))
+    if heal is not None:
+        settings["heal_scale"] = float(np.quantile(heal, 0.99))
+    return float(np.quantile(final_score(skip, latent, heal, settings), quantile))
 
 
-def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float = 0.999) -> None:
-    """Set the model's anomaly threshold and out-of-distribution intensity profile from healthy volumes."""
+def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float = 0.999,
+                    score: str | None = None) -> None:
+    """Set the model's anomaly threshold and out-of-distribution intensity profile from healthy volumes.
+
+    ``score``: the anomaly score to calibrate (default: "healed" for models with a healing head, else "combined").
+    """
     from .ood import intensity_profile
 
+    if score is None:
+        score = "healed" if model.net.heal_head is not None else "combined"
     model.config.anomaly["quantile"] = quantile
-    model.config.anomaly["threshold"] = calibrate(model, volumes, quantile)
+    model.config.anomaly["threshold"] = calibrate(model, volumes, quantile, score)
     model.config.intensity_profile = intensity_profile([v for v, _ in volumes])
 
 

@@ -15,7 +15,6 @@ slices and 3-slice gaps, cubic fill vs head; stored in the model's training reco
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .heads import HeadTrainConfig, attach_head, save_with_record, train_head_loop
-from .model import Model, load_model, resolve_device
+from .heads import HeadTrainConfig, psnr_db, save_with_record, start_head, tissue_patch, train_head_loop
+from .model import Model
 from .networks import SliceHeadConfig
 
 SIGNAL = 0.05  # normalised intensity counted as signal in the loss and the validation PSNR
@@ -46,31 +45,12 @@ class SliceHeadTrainConfig(HeadTrainConfig):
             raise InputError(f"patch must be 3 sizes, each a multiple of {mult} and at least 16, not {list(self.patch)}")
 
 
-def _volumes(model: Model, paths: Sequence[str]) -> list[np.ndarray]:
-    """Each volume on the model grid (normalised), split into sub-volumes at the model's slice spacing."""
-    from ..io import read_volume
-    from .preprocess import prepare
-
-    out = []
-    for path in paths:
-        vol, geom = read_volume(path)
-        prep = prepare(np.asarray(vol, dtype=np.float32), geom.spacing, model.config, None, force=True)
-        out += [np.ascontiguousarray(prep.data[ph :: prep.stride]) for ph in range(prep.stride)]
-    return out
-
-
 def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generator):
     """One training example: (first guess + mask (2, D, H, W), truth (1, D, H, W), loss weight (1, D, H, W))."""
     from .inpaint import first_guess
 
-    pz, py, px = (int(n) for n in patch)
-    vol = vols[int(rng.integers(len(vols)))]
-    vol = np.pad(vol, [(0, max(0, n - d)) for n, d in zip(patch, vol.shape, strict=True)])
-    for _try in range(10):  # patches centred on tissue, mostly
-        o = [int(rng.integers(0, d - n + 1)) for d, n in zip(vol.shape, (pz, py, px), strict=True)]
-        if vol[o[0] + pz // 2, o[1] + py // 2, o[2] + px // 2] > 0.1:
-            break
-    clean = vol[o[0] : o[0] + pz, o[1] : o[1] + py, o[2] : o[2] + px].astype(np.float32)
+    pz = int(patch[0])
+    clean = tissue_patch(vols, patch, rng)
     if rng.random() < 0.5:
         clean = np.clip(clean, 0, None) ** np.float32(rng.uniform(0.7, 1.4))
     clean = clean * np.float32(rng.uniform(0.8, 1.2))
@@ -114,8 +94,7 @@ def val_psnr(model: Model, vols: list[np.ndarray]) -> tuple[float, float]:
             head = slice_head_fill(model, init, mask)
             peak = float(vol.max())
             for res, fill in ((before, init), (after, head)):
-                d = (fill[m] - vol[m]).astype(np.float64)
-                res.append(10 * np.log10(peak**2 / max(float(np.mean(d * d)), 1e-12)))
+                res.append(psnr_db(fill[m], vol[m], peak))
     if not before:
         return float("nan"), float("nan")
     return float(np.mean(before)), float(np.mean(after))
@@ -127,29 +106,18 @@ def train_slice_head(tc: SliceHeadTrainConfig, callback: Callable[[dict], None] 
 
     A base model whose head has the requested architecture is fine-tuned; otherwise a new head (starting as the
     identity) is trained."""
-    tc.check()
-    rng = np.random.default_rng(tc.seed)
-    torch.manual_seed(tc.seed)
-    base = load_model(tc.model, device="cpu")
-    model, fine_tune = attach_head(base, "slice_head", SliceHeadConfig.from_dict(tc.head_dict()).to_dict(), SliceHeadConfig)
-    t0 = time.perf_counter()
-    vols = _volumes(model, tc.train)
-    vals = _volumes(model, tc.val) if tc.val else []
-    prep_s = time.perf_counter() - t0
-    device = resolve_device(tc.device)
-    model.to(device)
-    head = model.net.slice_head
+    r = start_head(tc, "slice_head", SliceHeadConfig)
+    model, head = r.model, r.head
 
     def loss_fn() -> torch.Tensor:
-        xs, ys, ws = zip(*(_sample(vols, tc.patch, rng) for _ in range(tc.batch_size)), strict=True)
-        x, y, w = (torch.from_numpy(np.stack(a)).to(device) for a in (xs, ys, ws))
+        x, y, w = r.batch(_sample, tc.patch, tc.batch_size)
         return (w * (x[:, :1] + head(x) * x[:, 1:2] - y) ** 2).sum() / w.sum().clamp_min(1.0)
 
     def validate() -> dict:
-        b, a = val_psnr(model, vals)
+        b, a = val_psnr(model, r.vals)
         return {"val_psnr_cubic": round(b, 3), "val_psnr_head": round(a, 3)}
 
-    history = train_head_loop(head, model.net, steps=tc.steps, lr=tc.lr, fine_tune=fine_tune, loss_fn=loss_fn,
-                              validate=validate if vals else None, t0=t0, callback=callback, cancel=cancel, ema=0.98)
-    return save_with_record(tc, model, base, "slice_head", t0, device, history, data_seconds=round(prep_s, 1),
-                            fine_tuned=fine_tune)
+    history = train_head_loop(head, model.net, steps=tc.steps, lr=tc.lr, fine_tune=r.fine_tune, loss_fn=loss_fn,
+                              validate=validate if r.vals else None, t0=r.t0, callback=callback, cancel=cancel, ema=0.98)
+    return save_with_record(tc, model, r.base, "slice_head", r.t0, r.device, history, data_seconds=r.data_seconds,
+                            fine_tuned=r.fine_tune)

@@ -1,0 +1,150 @@
+"""Training of the healing head (``medvae train-heal-head``): a 3D UNet that removes anomalies from a volume.
+
+An anomaly score is the difference between a volume and a healthy version of it. The 2.5D VAE makes that
+healthy version slice by slice, and its skip connections copy part of a lesion through, mostly dark
+(hypo-intense) ones that look like sulci or ventricles. The healing head sees 3D patches; it is trained as a
+denoising autoencoder (after Kascenas et al., "Denoising autoencoders for unsupervised anomaly detection in brain
+MRI", MIDL 2022): healthy patches get synthetic corruptions and the head learns to return the healthy patch.
+
+Corruptions (``corrupt``), drawn independently of the benchmark's lesion generator: 1-3 blobs anywhere in tissue
+(ellipsoids 1.5-8 voxels in radius, with irregular borders and soft edges) that multiply the intensity by 1.2-2.0
+or 0.1-0.75, in 80 % of patches (the rest stay healthy, so that the head learns to leave healthy tissue alone);
+low-frequency "coarse noise" in 20 %; random gamma and scale of the intensities, left-right mirroring.
+Loss: squared error where there is signal, 4x inside the blobs (an L1 loss, whose pull towards the identity on
+the healthy majority of voxels does not fade, kept the head from learning at all). The VAE and the other heads
+are frozen.
+
+Validation: PSNR inside a fixed set of blobs on held-out volumes, of the corrupted input and of the healed
+output. The anomaly score is then calibrated on the same held-out volumes (score "healed", see engine.anomaly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from ..errors import InputError
+from .heads import HeadTrainConfig, psnr_db, save_with_record, start_head, tissue_patch, train_head_loop
+from .model import Model
+from .networks import HealHeadConfig
+
+SIGNAL = 0.02  # normalised intensity counted as signal (loss and validation)
+TISSUE = 0.2  # blobs are centred where the clean intensity is above this
+
+
+@dataclass
+class HealHeadTrainConfig(HeadTrainConfig):
+    """Options of ``medvae train-heal-head`` (see ``medvae train-heal-head --help``)."""
+
+    steps: int = 2000
+    batch_size: int = 4
+    lr: float = 1e-3
+    patch: tuple[int, int, int] = (32, 64, 64)  # slices, rows, columns
+    calibration_quantile: float = 0.999
+
+    def check(self) -> None:
+        mult = self.check_common(HealHeadConfig)
+        if len(self.patch) != 3 or any(int(n) % mult or int(n) < 16 for n in self.patch):
+            raise InputError(f"patch must be 3 sizes, each a multiple of {mult} and at least 16, not {list(self.patch)}")
+        if not self.val:
+            raise InputError("train-heal-head needs held-out healthy volumes (--val): the anomaly score is calibrated on them")
+        if not 0.5 < self.calibration_quantile < 1:
+            raise InputError(f"calibration quantile must be between 0.5 and 1, not {self.calibration_quantile}")
+
+
+def corrupt(clean: np.ndarray, rng: np.random.Generator, blob_prob: float = 0.8,
+            coarse_prob: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """(corrupted copy of ``clean`` (D, H, W), mask of the blobs) — see the module docstring."""
+    shape = clean.shape
+    x = clean.copy()
+    blobs = np.zeros(shape, bool)
+    signal = clean > SIGNAL
+    tissue = np.argwhere(clean > TISSUE)
+    if rng.random() < blob_prob and len(tissue):
+        grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+        for _ in range(int(rng.integers(1, 4))):
+            centre = tissue[rng.integers(len(tissue))]
+            radii = rng.uniform(1.5, 8.0) * rng.uniform(0.7, 1.3, 3)
+            d = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True))
+            wobble = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), max(1.5, radii.mean() / 2), mode="wrap")
+            inside = (d + wobble * 3.0 * rng.uniform(0, 0.3)) < 1.0
+            soft = ndi.gaussian_filter(inside.astype(np.float32), rng.uniform(0.4, 1.0))
+            factor = rng.uniform(1.2, 2.0) if rng.random() < 0.5 else rng.uniform(0.1, 0.75)
+            x = np.where(signal, x * (1.0 + soft * np.float32(factor - 1.0)), x)
+            blobs |= (soft > 0.1) & signal
+    if rng.random() < coarse_prob:
+        low = rng.normal(0, rng.uniform(0.05, 0.2), (max(2, shape[0] // 4), max(2, shape[1] // 8), max(2, shape[2] // 8)))
+        up = F.interpolate(torch.from_numpy(low.astype(np.float32))[None, None], size=shape, mode="trilinear")[0, 0]
+        x = x + up.numpy() * signal
+    return x.astype(np.float32), blobs
+
+
+def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generator):
+    """One training example: (corrupted (1, D, H, W), clean (1, D, H, W), loss weight (1, D, H, W))."""
+    clean = tissue_patch(vols, patch, rng)
+    if rng.random() < 0.5:
+        clean = np.clip(clean, 0, None) ** np.float32(rng.uniform(0.7, 1.4))
+    clean = clean * np.float32(rng.uniform(0.8, 1.2))
+    x, blobs = corrupt(clean, rng)
+    w = (clean > SIGNAL).astype(np.float32) * np.where(blobs, 4.0, 1.0).astype(np.float32)
+    if rng.random() < 0.5:  # left-right mirror
+        x, clean, w = x[..., ::-1], clean[..., ::-1], w[..., ::-1]
+    return tuple(np.ascontiguousarray(a[None]) for a in (x, clean, w))
+
+
+def heal(model: Model, data: np.ndarray) -> np.ndarray:
+    """The healing head's healthy version of ``data`` (D, H, W, normalised, model grid at its slice spacing)."""
+    from .runner import run_head3d
+
+    if model.net.heal_head is None:
+        raise InputError("this model has no healing head (add one with medvae train-heal-head)")
+    mult = HealHeadConfig.from_dict(model.config.architecture["heal_head"]).multiple
+    return run_head3d(model, model.net.heal_head, data[None].astype(np.float32), mult, base=0)
+
+
+def val_psnr(model: Model, vols: list[np.ndarray], seed: int = 12345) -> tuple[float, float]:
+    """Mean PSNR inside fixed synthetic blobs of ``vols``: corrupted input, and the healing head's output."""
+    rng = np.random.default_rng(seed)
+    before, after = [], []
+    for vol in vols:
+        x, blobs = corrupt(vol, rng, blob_prob=1.0, coarse_prob=0.0)
+        if not blobs.any():
+            continue
+        peak = float(vol.max())
+        for res, est in ((before, x), (after, heal(model, x))):
+            res.append(psnr_db(est[blobs], vol[blobs], peak))
+    if not before:
+        return float("nan"), float("nan")
+    return float(np.mean(before)), float(np.mean(after))
+
+
+def train_heal_head(tc: HealHeadTrainConfig, callback: Callable[[dict], None] | None = None,
+                    cancel: Callable[[], bool] | None = None) -> Path:
+    """Add (or keep training) the healing head of a model, calibrate its anomaly score; returns the new weights path.
+
+    A base model whose head has the requested architecture is fine-tuned; otherwise a new head (starting as the
+    identity) is trained."""
+    from .train import calibrate_model, load_volumes
+
+    r = start_head(tc, "heal_head", HealHeadConfig)
+    model, head = r.model, r.head
+
+    def loss_fn() -> torch.Tensor:
+        x, y, w = r.batch(_sample, tc.patch, tc.batch_size)
+        return (w * (x + head(x) - y) ** 2).sum() / w.sum().clamp_min(1.0)
+
+    def validate() -> dict:
+        b, a = val_psnr(model, r.vals)
+        return {"val_psnr_input": round(b, 3), "val_psnr_head": round(a, 3)}
+
+    history = train_head_loop(head, model.net, steps=tc.steps, lr=tc.lr, fine_tune=r.fine_tune, loss_fn=loss_fn,
+                              validate=validate, t0=r.t0, callback=callback, cancel=cancel, ema=0.98)
+    calibrate_model(model, load_volumes(tc.val, model.config), tc.calibration_quantile, score="healed")
+    return save_with_record(tc, model, r.base, "heal_head", r.t0, r.device, history, data_seconds=r.data_seconds,
+                            fine_tuned=r.fine_tune)

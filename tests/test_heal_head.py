@@ -1,0 +1,169 @@
+"""The healing head: training adds it without touching the VAE and calibrates the "healed" anomaly score;
+anomaly maps use it; bad options and configs are refused."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medvae.cli import main
+from napari_medvae.engine import anomaly, load_model
+from napari_medvae.engine.anomaly import final_score, healed_score
+from napari_medvae.engine.checkpoint import load_checkpoint
+from napari_medvae.engine.model import from_config
+from napari_medvae.engine.networks import HealHeadConfig, SliceVAEConfig
+from napari_medvae.engine.train import calibrate
+from napari_medvae.engine.train_heal_head import HealHeadTrainConfig, corrupt, heal, train_heal_head
+from napari_medvae.errors import Cancelled, InputError, ModelError
+
+thh = importlib.import_module("napari_medvae.engine.train_heal_head")
+
+
+def _opts(head_data, out, **kw) -> dict:
+    files = sorted(str(p) for p in head_data.iterdir())
+    opts = {"train": files[:1], "val": files[1:], "out": str(out), "steps": 3, "batch_size": 2, "patch": (16, 16, 16),
+            "channels": (4, 8), "strides": (2,), "num_res_units": 1, "device": "cpu"}
+    opts.update(kw)
+    return opts
+
+
+@pytest.fixture(scope="module")
+def hh_model(tmp_path_factory, head_data):
+    return train_heal_head(HealHeadTrainConfig(**_opts(head_data, tmp_path_factory.mktemp("hhmodel") / "m")))
+
+
+def test_training_adds_a_heal_head_calibrates_and_keeps_the_rest(hh_model, model):
+    m = load_model(hh_model, device="cpu")
+    assert m.net.heal_head is not None
+    assert m.config.architecture["heal_head"] == {"channels": [4, 8], "strides": [2], "num_res_units": 1, "inputs": 1}
+    rec = m.config.training["heal_head"]
+    assert rec["steps"] == 3 and rec["history"] and "val_psnr_head" in rec["history"][-1]
+    a = m.config.anomaly
+    assert a["score"] == "healed" and a["heal_scale"] > 0 and a["skip_scale"] > 0 and a["threshold"] > 0
+    base = model.net.state_dict()
+    for k, v in m.net.state_dict().items():
+        if not k.startswith("heal_head."):
+            assert torch.equal(v, base[k]), k  # the VAE and the other heads are frozen
+
+
+def test_fine_tuning_keeps_the_first_record(hh_model, tmp_path, head_data):
+    out = train_heal_head(HealHeadTrainConfig(**_opts(head_data, tmp_path / "ft", model=str(hh_model), steps=2)))
+    rec = load_model(out, device="cpu").config.training["heal_head"]
+    assert rec["steps"] == 3 and rec["fine_tuned"] is False
+    assert [(e["steps"], e["fine_tuned"]) for e in rec["continued"]] == [(2, True)]
+
+
+def test_heal_keeps_the_shape_and_needs_a_head(hh_model):
+    m = load_model(hh_model, device="cpu")
+    x = np.random.default_rng(0).random((20, 30, 26)).astype(np.float32)
+    out = heal(m, x)
+    assert out.shape == x.shape and out.dtype == np.float32 and np.isfinite(out).all()
+    cfg = m.config
+    cfg.architecture = {k: v for k, v in cfg.architecture.items() if k != "heal_head"}
+    cfg.anomaly = {**cfg.anomaly, "score": "combined"}
+    plain = from_config(cfg, {k: v for k, v in m.net.state_dict().items() if not k.startswith("heal_head.")}, device="cpu")
+    with pytest.raises(InputError, match="no healing head"):
+        heal(plain, x)
+    with pytest.raises(InputError, match="healing head"):
+        calibrate(plain, [(x, 1)], 0.999, score="healed")
+
+
+def test_anomaly_uses_the_heal_head(hh_model, read, monkeypatch):
+    m = load_model(hh_model, device="cpu")
+    vol, geom = read("mni_t1_lesion.nii.gz")
+    calls = []
+    real = thh.heal
+    monkeypatch.setattr(thh, "heal", lambda *a, **k: calls.append(1) or real(*a, **k))
+    res = anomaly(m, vol, geom.spacing)
+    assert calls == [1]
+    assert res.heatmap.shape == vol.shape and np.isfinite(res.heatmap).all() and (res.heatmap >= 0).all()
+
+
+def test_healed_score_needs_either_residual_and_reduces_to_the_vae_score():
+    settings = {"skip_scale": 2.0, "latent_scale": 4.0, "heal_scale": 0.5}
+    skip = np.array([0.0, 2.0, 2.0, 4.0], np.float32)
+    latent = np.array([0.0, 4.0, 4.0, 8.0], np.float32)
+    vae = final_score(skip, latent, None, settings)
+    np.testing.assert_allclose(vae, [0, 1, 1, 2])
+    h = np.array([0.0, 0.0, 1.0, 0.5], np.float32)
+    both = final_score(skip, latent, h, settings)
+    np.testing.assert_allclose(both, healed_score(vae, h, settings))
+    assert both[0] == 0.0
+    assert both[2] > both[1]  # the healing residual raises the score where the VAE's is the same
+    assert both[3] >= both[1]
+    np.testing.assert_array_equal(final_score(skip, None, None, settings), skip)  # "residual" score
+
+
+def test_corrupt_changes_only_signal_and_is_seeded():
+    rng = np.random.default_rng(3)
+    clean = np.zeros((24, 32, 32), np.float32)
+    clean[4:20, 6:26, 6:26] = rng.uniform(0.3, 1.0, (16, 20, 20))
+    x1, b1 = corrupt(clean, np.random.default_rng(7), blob_prob=1.0)
+    x2, b2 = corrupt(clean, np.random.default_rng(7), blob_prob=1.0)
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(b1, b2)
+    assert b1.any() and not (x1 == clean).all()
+    np.testing.assert_array_equal(x1[clean <= thh.SIGNAL], clean[clean <= thh.SIGNAL])  # background untouched
+    x0, b0 = corrupt(clean, rng, blob_prob=0.0, coarse_prob=0.0)
+    np.testing.assert_array_equal(x0, clean)
+    assert not b0.any()
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"patch": (17, 16, 16)}, "patch"),
+    ({"patch": (8, 16, 16)}, "patch"),
+    ({"steps": 0}, "steps"),
+    ({"val": []}, "--val"),
+    ({"calibration_quantile": 1.5}, "quantile"),
+    ({"train": []}, "no training volumes"),
+])
+def test_bad_heal_head_options_are_refused(tmp_path, head_data, kw, msg):
+    with pytest.raises(InputError, match=msg):
+        train_heal_head(HealHeadTrainConfig(**_opts(head_data, tmp_path / "x", **kw)))
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_cancelled_heal_head_training_writes_nothing(tmp_path, head_data):
+    n = []
+    with pytest.raises(Cancelled):
+        train_heal_head(HealHeadTrainConfig(**_opts(head_data, tmp_path / "c", steps=50)), callback=n.append,
+                        cancel=lambda: len(n) >= 2)
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_cli_train_heal_head_writes_a_model_and_refuses_to_overwrite(tmp_path, head_data, hh_model, capsys):
+    files = sorted(str(p) for p in head_data.iterdir())
+    rc = main(["train-heal-head", "--data", files[0], "--val", files[1], "-o", str(tmp_path / "new"), "--steps", "2",
+               "--batch-size", "1", "--patch", "16", "16", "16", "--channels", "4", "8", "--res-units", "1"])
+    assert rc == 0
+    assert load_model(tmp_path / "new.safetensors", device="cpu").config.anomaly["score"] == "healed"
+    rc = main(["train-heal-head", str(hh_model), "--data", files[0], "--val", files[1], "-o", str(hh_model.with_suffix(""))])
+    assert rc != 0
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda c: c["architecture"].__setitem__("heal_head", {"channels": [4, 8], "strides": [2], "inputs": 2}), "heal_head"),
+    (lambda c: c["architecture"].__setitem__("heal_head", "unet"), "heal_head"),
+    (lambda c: c["anomaly"].pop("heal_scale"), "heal_scale"),
+    (lambda c: c["architecture"].pop("heal_head"), "heal_head"),
+])
+def test_bad_heal_head_config_is_refused(tmp_path, hh_model, edit, msg):
+    cfg = json.loads(hh_model.with_suffix(".json").read_text())
+    edit(cfg)
+    stem = tmp_path / "bad"
+    stem.with_suffix(".json").write_text(json.dumps(cfg))
+    stem.with_suffix(".safetensors").write_bytes(hh_model.read_bytes())
+    with pytest.raises(ModelError, match=msg):
+        load_checkpoint(stem)
+
+
+def test_heal_head_config_round_trips():
+    d = HealHeadConfig((8, 16, 32), (1, 2), 1).to_dict()
+    assert d["inputs"] == 1
+    assert HealHeadConfig.from_dict(d).to_dict() == d
+    assert "heal_head" not in SliceVAEConfig().to_dict()
