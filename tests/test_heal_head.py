@@ -12,15 +12,16 @@ import torch
 
 from napari_medvae.cli import main
 from napari_medvae.engine import anomaly, load_model
-from napari_medvae.engine.anomaly import final_score, healed_score
+from napari_medvae.engine.anomaly import final_score, heal, healed_score
 from napari_medvae.engine.checkpoint import load_checkpoint
 from napari_medvae.engine.model import from_config
 from napari_medvae.engine.networks import HealHeadConfig, SliceVAEConfig
 from napari_medvae.engine.train import calibrate
-from napari_medvae.engine.train_heal_head import HealHeadTrainConfig, corrupt, heal, train_heal_head
+from napari_medvae.engine.train_heal_head import HealHeadTrainConfig, corrupt, train_heal_head
 from napari_medvae.errors import Cancelled, InputError, ModelError
 
 thh = importlib.import_module("napari_medvae.engine.train_heal_head")
+anom = importlib.import_module("napari_medvae.engine.anomaly")
 
 
 def _opts(head_data, out, **kw) -> dict:
@@ -76,8 +77,8 @@ def test_anomaly_uses_the_heal_head(hh_model, read, monkeypatch):
     m = load_model(hh_model, device="cpu")
     vol, geom = read("mni_t1_lesion.nii.gz")
     calls = []
-    real = thh.heal
-    monkeypatch.setattr(thh, "heal", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = anom.heal
+    monkeypatch.setattr(anom, "heal", lambda *a, **k: calls.append(1) or real(*a, **k))
     res = anomaly(m, vol, geom.spacing)
     assert calls == [1]
     assert res.heatmap.shape == vol.shape and np.isfinite(res.heatmap).all() and (res.heatmap >= 0).all()

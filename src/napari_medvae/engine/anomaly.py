@@ -82,6 +82,17 @@ def healed_score(vae: np.ndarray, heal: np.ndarray, settings: dict) -> np.ndarra
     return np.sqrt(vae * vae + h * h).astype(np.float32)
 
 
+def heal(model: Model, data: np.ndarray) -> np.ndarray:
+    """The healing head's healthy version of ``data`` (D, H, W, normalised, model grid at its slice spacing)."""
+    from .networks import HealHeadConfig
+    from .runner import run_head3d
+
+    if model.net.heal_head is None:
+        raise InputError("this model has no healing head (add one with medvae train-heal-head)")
+    mult = HealHeadConfig.from_dict(model.config.architecture["heal_head"]).multiple
+    return run_head3d(model, model.net.heal_head, data[None].astype(np.float32), mult, base=0)
+
+
 def score_kind(model: Model) -> str:
     """The model's anomaly score: "residual", "combined" or "healed" (see module doc)."""
     return str(model.config.anomaly.get("score", "residual"))
@@ -97,13 +108,11 @@ def raw_scores(model: Model, data: np.ndarray, brain: np.ndarray, progress: Prog
     if kind == "residual":
         return residual_score(data, run_network(model, data, None, 1, progress), brain, med), None, None
     rec, rec0 = run_network(model, data, None, 1, progress, full_frame=True, both=True)
-    heal = None
+    heal_res = None
     if kind == "healed":
-        from .train_heal_head import heal as heal_volume
-
         progress.check()
-        heal = residual_score(data, heal_volume(model, data), brain, med)
-    return residual_score(data, rec, brain, med), residual_score(data, rec0, brain, med), heal
+        heal_res = residual_score(data, heal(model, data), brain, med)
+    return residual_score(data, rec, brain, med), residual_score(data, rec0, brain, med), heal_res
 
 
 def final_score(skip: np.ndarray, latent: np.ndarray | None, heal: np.ndarray | None, settings: dict) -> np.ndarray:

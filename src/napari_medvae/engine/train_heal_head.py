@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ..errors import InputError
+from .anomaly import heal
 from .heads import HeadTrainConfig, psnr_db, save_with_record, start_head, tissue_patch, train_head_loop
 from .model import Model
 from .networks import HealHeadConfig
@@ -96,16 +97,6 @@ def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generat
     if rng.random() < 0.5:  # left-right mirror
         x, clean, w = x[..., ::-1], clean[..., ::-1], w[..., ::-1]
     return tuple(np.ascontiguousarray(a[None]) for a in (x, clean, w))
-
-
-def heal(model: Model, data: np.ndarray) -> np.ndarray:
-    """The healing head's healthy version of ``data`` (D, H, W, normalised, model grid at its slice spacing)."""
-    from .runner import run_head3d
-
-    if model.net.heal_head is None:
-        raise InputError("this model has no healing head (add one with medvae train-heal-head)")
-    mult = HealHeadConfig.from_dict(model.config.architecture["heal_head"]).multiple
-    return run_head3d(model, model.net.heal_head, data[None].astype(np.float32), mult, base=0)
 
 
 def val_psnr(model: Model, vols: list[np.ndarray], seed: int = 12345) -> tuple[float, float]:
