@@ -80,22 +80,6 @@ def main() -> None:
             rows.append(("healing head, validation", f"PSNR inside synthetic blobs {last['val_psnr_input']:.2f} dB "
                                                      f"(input) → {last['val_psnr_head']:.2f} dB (healed), mean over "
                                                      f"{th['n_val']} held-out volumes"))
-    rh, tr = arch.get("region_head"), t.get("region_head")
-    if rh and tr:
-        hist = (tr.get("continued") or [tr])[-1].get("history")  # the latest training run's validation
-        last = hist[-1] if hist else {}
-        rows.append(("painted-region head", f"3D UNet (MONAI), channels {rh['channels']}, strides {rh['strides']}, "
-                                            f"{rh['num_res_units']} residual units; {tr['steps']} steps × batch "
-                                            f"{tr['batch_size']} patches of {'×'.join(str(n) for n in tr['patch'])} voxels "
-                                            f"from {tr['n_train']} volumes (random regions and brush strokes), "
-                                            f"Adam lr {tr['lr']}, VAE frozen, {tr['seconds'] / 60:.1f} min on {tr['device']}"
-                                            + "".join(f"; then {e['steps']} more steps, {e['seconds'] / 60:.1f} min"
-                                                      for e in tr.get("continued", []))))
-        if "val_psnr_head" in last:
-            rows.append(("painted-region head, validation", f"pooled PSNR inside regions 6-20 mm across "
-                                                            f"{last['val_psnr_biharmonic']:.2f} dB (biharmonic) → "
-                                                            f"{last['val_psnr_head']:.2f} dB (head alone), "
-                                                            f"{tr['n_val']} held-out volumes"))
     print("| | |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v} |")

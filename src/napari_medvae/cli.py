@@ -366,14 +366,6 @@ def cmd_train_heal_head(args) -> int:
                                            calibration_quantile=args.quantile))
 
 
-def cmd_train_region_head(args) -> int:
-    from .engine.train_region_head import RegionHeadTrainConfig, train_region_head
-
-    src, _ = _head_base(args)
-    return _train_head(args, "train-region-head", train_region_head,
-                       RegionHeadTrainConfig(**_head_options(args, src), patch=tuple(args.patch)))
-
-
 def cmd_train_denoiser(args) -> int:
     from .engine.train_denoiser import DenoiserTrainConfig, train_denoiser
 
@@ -584,12 +576,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="training patch (voxels, multiples of 2**(levels-1))")
     th.add_argument("--quantile", type=float, default=0.999, help="healthy quantile that becomes heatmap value 1.0")
     th.set_defaults(fn=cmd_train_heal_head)
-    tg = _head_parser(sub, common, "train-region-head", "a trained 3D painted-region head",
-                      "the painted-region head (a 3D UNet that corrects the biharmonic fill of painted regions)",
-                      "PSNR inside fixed regions 6-20 mm across", steps=3000, batch_size=6, lr=1e-3)
-    tg.add_argument("--patch", type=int, nargs=3, default=[32, 48, 48], metavar=("SLICES", "ROWS", "COLS"),
-                    help="training patch (voxels, multiples of 2**(levels-1))")
-    tg.set_defaults(fn=cmd_train_region_head)
     ba = sub.add_parser("batch", parents=[common], help="run an operation on every volume of a folder (resumable)",
                         description="Apply OPERATION to every volume under INPUT_DIR (recursively); outputs keep their "
                                     "relative paths under OUTPUT_DIR, each file's status goes to OUTPUT_DIR/manifest.jsonl, "

@@ -1,6 +1,6 @@
 """What the trainers of the 3D heads share: attaching a head to a model, the training loop, the saved record.
 
-A head (``denoiser``, ``slice_head``, ``heal_head``, ``region_head``) is a MONAI 3D UNet stored in the model next to the VAE; it is trained with
+A head (``denoiser``, ``slice_head``) is a MONAI 3D UNet stored in the model next to the VAE; it is trained with
 everything else frozen, starting as the identity (its correction is 0), and the new model is written with the
 training options and a validation history in ``training[key]``.
 """
@@ -214,28 +214,3 @@ def save_with_record(tc, model: Model, base: Model, key: str, t0: float, device,
     path = save_checkpoint(tc.out, cfg, model.net.state_dict())
     log.info("%s trained in %.0f s; wrote %s", key, seconds, path)
     return path
-
-
-def train_fill_head(tc: HeadTrainConfig, key: str, config_cls, sample: Callable, val_psnr: Callable, first: str,
-                    callback: Callable[[dict], None] | None, cancel: Callable[[], bool] | None) -> Path:
-    """Train a head that corrects a classical fill inside a mask (``slice_head``, ``region_head``); returns the new model.
-
-    ``sample(vols, patch, rng)`` gives (first guess + mask, truth, loss weight); the loss is the weighted squared error
-    of the first guess plus the head's correction inside the mask. ``val_psnr(model, vals)`` gives (PSNR of the first
-    guess, PSNR with the head), recorded as ``val_psnr_<first>`` and ``val_psnr_head``.
-    """
-    r = start_head(tc, key, config_cls)
-    model, head = r.model, r.head
-
-    def loss_fn() -> torch.Tensor:
-        x, y, w = r.batch(sample, tc.patch, tc.batch_size)
-        return (w * (x[:, :1] + head(x) * x[:, 1:2] - y) ** 2).sum() / w.sum().clamp_min(1.0)
-
-    def validate() -> dict:
-        b, a = val_psnr(model, r.vals)
-        return {f"val_psnr_{first}": round(b, 3), "val_psnr_head": round(a, 3)}
-
-    history = train_head_loop(head, model.net, steps=tc.steps, lr=tc.lr, fine_tune=r.fine_tune, loss_fn=loss_fn,
-                              validate=validate if r.vals else None, t0=r.t0, callback=callback, cancel=cancel, ema=0.98)
-    return save_with_record(tc, model, r.base, key, r.t0, r.device, history, data_seconds=r.data_seconds,
-                            fine_tuned=r.fine_tune)

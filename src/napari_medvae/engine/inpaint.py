@@ -6,9 +6,8 @@ network, made with the mask as an input channel. How much of the network's corre
 measured on the volume itself: the same mask, moved onto known voxels, is filled both ways and the
 least-squares blend weight (0 = first guess only, 1 = network only) is used for the real mask. Missing
 slices of models with a missing-slice head (a 3D UNet, ``medvae train-slice-head``) get its correction
-too, on volumes at the model's slice spacing; painted regions of models with a region head (``medvae
-train-region-head``) get that head's: the two corrections' weights are fitted together on the moved mask the
-same way.
+too, on volumes at the model's slice spacing: the two corrections' weights are fitted together on the
+moved mask the same way.
 """
 
 from __future__ import annotations
@@ -147,28 +146,21 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
     # the classical fill is kept (on every benchmark the uncorrected network fill was worse than it)
     weight = 1.0 if not cross_validate else 0.0
     # the missing-slice head: whole missing slices, slices at the model's spacing (it was trained there), cross-validated
-    # a 3D head, cross-validated: for missing slices the missing-slice head (at the model's slice spacing, where it was
-    # trained), for painted regions the region head (on each set of slices at the model's slice spacing)
-    head_fill = None
-    if missing_slices is not None and getattr(model.net, "slice_head", None) is not None and prep.stride == 1:
-        head_fill = slice_head_fill
-    elif mask is not None and getattr(model.net, "region_head", None) is not None:
-        def head_fill(model, init, mask):
-            return region_head_fill(model, init, mask, prep.stride)
-    use_head = head_fill is not None and vmask is not None
+    use_head = (getattr(model.net, "slice_head", None) is not None and missing_slices is not None and prep.stride == 1
+                and vmask is not None)
     hweight = 0.0
     if vmask is not None:  # how much of the network's correction helps, measured on known voxels
         union = mm | vmask
         vinit = first_guess(prep.data, union)
         vnet = refine(model, vinit, union, prep.stride, p, flips, centres=vmask.any(axis=(1, 2)))
         if use_head:
-            vhead = head_fill(model, vinit, union)
+            vhead = slice_head_fill(model, vinit, union)
             weight, hweight = blend_weights(prep.data[vmask], vinit[vmask], [vnet[vmask], vhead[vmask]])
         else:
             weight = blend_weight(prep.data[vmask], vinit[vmask], vnet[vmask])
     fill = init
     if hweight > 0:
-        fill = fill + np.float32(hweight) * (head_fill(model, init, mm) - init)
+        fill = fill + np.float32(hweight) * (slice_head_fill(model, init, mm) - init)
     if weight > 0:
         net = refine(model, init, mm, prep.stride, p, flips)
         fill = fill + np.float32(weight) * (net - init)
@@ -270,33 +262,6 @@ def slice_head_fill(model: Model, init: np.ndarray, mask: np.ndarray) -> np.ndar
     acc = run_head3d(model, head, x, mult, base=0)
     acc += run_head3d(model, head, np.ascontiguousarray(x[..., ::-1]), mult, base=0)[..., ::-1]  # left-right mirror
     out[z0:z1] = np.where(mask[z0:z1], np.clip(acc / 2, 0, None), init[z0:z1])
-    return out
-
-
-REGION_MARGIN = 12  # voxels of context around a painted region given to the region head
-
-
-def region_head_fill(model: Model, init: np.ndarray, mask: np.ndarray, stride: int = 1) -> np.ndarray:
-    """``init`` plus the region head's correction inside ``mask``, averaged with its left-right mirror image.
-
-    The head runs on the box around the mask (``REGION_MARGIN`` voxels more on every side) of each set of
-    slices ``stride`` apart (the model's slice spacing, where it was trained).
-    """
-    from .networks import RegionHeadConfig
-
-    head = model.net.region_head
-    mult = RegionHeadConfig.from_dict(model.config.architecture["region_head"]).multiple
-    out = init.copy()
-    for ph in range(stride):
-        sub, m = init[ph::stride], mask[ph::stride]
-        if not m.any():
-            continue
-        box = tuple(slice(max(0, int(a.min()) - REGION_MARGIN), int(a.max()) + 1 + REGION_MARGIN) for a in np.nonzero(m))
-        x = np.stack([sub[box], m[box].astype(np.float32)])
-        acc = run_head3d(model, head, x, mult, base=0)
-        acc += run_head3d(model, head, np.ascontiguousarray(x[..., ::-1]), mult, base=0)[..., ::-1]  # left-right mirror
-        part = out[ph::stride]  # a view
-        part[box] = np.where(m[box], np.clip(acc / 2, 0, None), sub[box])
     return out
 
 

@@ -25,10 +25,6 @@ Optional ``heal_head`` (``architecture.heal_head``): the same kind of 3D UNet, t
 and coarse intensity changes from healthy volumes (a denoising autoencoder, after Kascenas et al., MIDL 2022). Its
 input is B x 1 x D x H x W (the volume), its output a correction to it (``medvae train-heal-head``). Anomaly scoring
 uses its residual next to the VAE's (see anomaly).
-
-Optional ``region_head`` (``architecture.region_head``): the same kind of 3D UNet for painted regions (blobs of
-voxels inside slices, not whole slices). Its input is B x 2 x D x H x W (the biharmonic first guess, the mask), its
-output a correction added inside the mask (``medvae train-region-head``); blended like the missing-slice head.
 """
 
 from __future__ import annotations
@@ -55,13 +51,12 @@ class SliceVAEConfig:
     denoiser: dict | None = None
     slice_head: dict | None = None
     heal_head: dict | None = None
-    region_head: dict | None = None
     type: str = field(default="SliceVAE")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
-        for k in ("denoiser", "slice_head", "heal_head", "region_head"):
+        for k in ("denoiser", "slice_head", "heal_head"):
             if d[k] is None:
                 d.pop(k)
         return d
@@ -83,8 +78,6 @@ class SliceVAEConfig:
             d["slice_head"] = SliceHeadConfig.from_dict(d["slice_head"]).to_dict()
         if d.get("heal_head") is not None:
             d["heal_head"] = HealHeadConfig.from_dict(d["heal_head"]).to_dict()
-        if d.get("region_head") is not None:
-            d["region_head"] = RegionHeadConfig.from_dict(d["region_head"]).to_dict()
         return cls(**d)
 
     @property
@@ -148,14 +141,6 @@ class HealHeadConfig(DenoiserConfig):
 
     inputs: int = 1  # the volume
     KEY, INPUTS, WHAT = "heal_head", 1, "the volume"
-
-
-@dataclass
-class RegionHeadConfig(DenoiserConfig):
-    """The 3D painted-region head: same UNet hyper-parameters as the denoising head, 2 inputs."""
-
-    inputs: int = 2  # biharmonic first guess, mask of the painted region
-    KEY, INPUTS, WHAT = "region_head", 2, "first guess, mask"
 
 
 def build_denoiser(cfg: DenoiserConfig) -> nn.Module:
@@ -277,7 +262,6 @@ class SliceVAE(nn.Module):
         self.denoiser = build_denoiser(DenoiserConfig.from_dict(cfg.denoiser)) if cfg.denoiser else None
         self.slice_head = build_denoiser(SliceHeadConfig.from_dict(cfg.slice_head)) if cfg.slice_head else None
         self.heal_head = build_denoiser(HealHeadConfig.from_dict(cfg.heal_head)) if cfg.heal_head else None
-        self.region_head = build_denoiser(RegionHeadConfig.from_dict(cfg.region_head)) if cfg.region_head else None
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Return (mu, logvar, skips) for input B x 2K x H x W."""

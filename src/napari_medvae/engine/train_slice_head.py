@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import InputError
-from .heads import HeadTrainConfig, psnr_db, tissue_patch, train_fill_head
+from .heads import HeadTrainConfig, psnr_db, save_with_record, start_head, tissue_patch, train_head_loop
 from .model import Model
 from .networks import SliceHeadConfig
 
@@ -105,4 +106,18 @@ def train_slice_head(tc: SliceHeadTrainConfig, callback: Callable[[dict], None] 
 
     A base model whose head has the requested architecture is fine-tuned; otherwise a new head (starting as the
     identity) is trained."""
-    return train_fill_head(tc, "slice_head", SliceHeadConfig, _sample, val_psnr, "cubic", callback, cancel)
+    r = start_head(tc, "slice_head", SliceHeadConfig)
+    model, head = r.model, r.head
+
+    def loss_fn() -> torch.Tensor:
+        x, y, w = r.batch(_sample, tc.patch, tc.batch_size)
+        return (w * (x[:, :1] + head(x) * x[:, 1:2] - y) ** 2).sum() / w.sum().clamp_min(1.0)
+
+    def validate() -> dict:
+        b, a = val_psnr(model, r.vals)
+        return {"val_psnr_cubic": round(b, 3), "val_psnr_head": round(a, 3)}
+
+    history = train_head_loop(head, model.net, steps=tc.steps, lr=tc.lr, fine_tune=r.fine_tune, loss_fn=loss_fn,
+                              validate=validate if r.vals else None, t0=r.t0, callback=callback, cancel=cancel, ema=0.98)
+    return save_with_record(tc, model, r.base, "slice_head", r.t0, r.device, history, data_seconds=r.data_seconds,
+                            fine_tuned=r.fine_tune)
