@@ -17,7 +17,7 @@ from napari_medvae.engine.checkpoint import load_checkpoint
 from napari_medvae.engine.model import from_config
 from napari_medvae.engine.networks import HealHeadConfig, SliceVAEConfig
 from napari_medvae.engine.train import calibrate
-from napari_medvae.engine.train_heal_head import HealHeadTrainConfig, corrupt, train_heal_head
+from napari_medvae.engine.train_heal_head import HealHeadTrainConfig, blob_weights, corrupt, train_heal_head
 from napari_medvae.errors import Cancelled, InputError, ModelError
 
 thh = importlib.import_module("napari_medvae.engine.train_heal_head")
@@ -97,6 +97,17 @@ def test_healed_score_needs_either_residual_and_reduces_to_the_vae_score():
     assert both[2] > both[1]  # the healing residual raises the score where the VAE's is the same
     assert both[3] >= both[1]
     np.testing.assert_array_equal(final_score(skip, None, None, settings), skip)  # "residual" score
+
+
+def test_small_blobs_weigh_more_in_the_loss():
+    blobs = np.zeros((24, 24, 24), bool)
+    blobs[2:4, 2:4, 2:4] = True  # 8 voxels: the most weight (capped at 3x)
+    blobs[8:20, 8:20, 8:20] = True  # 1728 voxels, larger than the reference: the base weight 4
+    blobs[2:7, 12:17, 2:7] = True  # 125 voxels: (500 / 125)^(1/3) = 1.59x
+    w = blob_weights(blobs)
+    assert w[0, 0, 0] == 1.0 and w[3, 3, 3] == 12.0 and w[10, 10, 10] == 4.0
+    np.testing.assert_allclose(w[4, 14, 4], 4.0 * 4.0 ** (1 / 3), rtol=1e-6)
+    np.testing.assert_array_equal(blob_weights(np.zeros((4, 4, 4), bool)), np.ones((4, 4, 4), np.float32))
 
 
 def test_corrupt_changes_only_signal_and_is_seeded():

@@ -10,7 +10,7 @@ Corruptions (``corrupt``), drawn independently of the benchmark's lesion generat
 (ellipsoids 1.5-8 voxels in radius, with irregular borders and soft edges) that multiply the intensity by 1.2-2.0
 or 0.1-0.75, in 80 % of patches (the rest stay healthy, so that the head learns to leave healthy tissue alone);
 low-frequency "coarse noise" in 20 %; random gamma and scale of the intensities, left-right mirroring.
-Loss: squared error where there is signal, 4x inside the blobs (an L1 loss, whose pull towards the identity on
+Loss: squared error where there is signal, 4x inside the blobs and up to 12x inside small ones (an L1 loss, whose pull towards the identity on
 the healthy majority of voxels does not fade, kept the head from learning at all). The VAE and the other heads
 are frozen.
 
@@ -86,6 +86,20 @@ def corrupt(clean: np.ndarray, rng: np.random.Generator, blob_prob: float = 0.8,
     return x.astype(np.float32), blobs
 
 
+def blob_weights(blobs: np.ndarray, ref_voxels: float = 500.0) -> np.ndarray:
+    """Loss weight per voxel: 1 outside the blobs, 4 inside, up to 3x more in small blobs (4 x (ref/size)^(1/3)).
+
+    Without the size term large blobs dominate the loss, and small dark blobs (which look like sulci) stay unhealed.
+    """
+    w = np.ones(blobs.shape, np.float32)
+    lab, n = ndi.label(blobs)
+    if n:
+        sizes = np.bincount(lab.ravel())[1:].astype(np.float32)
+        per = 4.0 * np.clip((ref_voxels / sizes) ** (1 / 3), 1.0, 3.0)
+        w = np.where(lab > 0, np.concatenate([[1.0], per]).astype(np.float32)[lab], w)
+    return w
+
+
 def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generator):
     """One training example: (corrupted (1, D, H, W), clean (1, D, H, W), loss weight (1, D, H, W))."""
     clean = tissue_patch(vols, patch, rng)
@@ -93,7 +107,7 @@ def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generat
         clean = np.clip(clean, 0, None) ** np.float32(rng.uniform(0.7, 1.4))
     clean = clean * np.float32(rng.uniform(0.8, 1.2))
     x, blobs = corrupt(clean, rng)
-    w = (clean > SIGNAL).astype(np.float32) * np.where(blobs, 4.0, 1.0).astype(np.float32)
+    w = (clean > SIGNAL).astype(np.float32) * blob_weights(blobs)
     if rng.random() < 0.5:  # left-right mirror
         x, clean, w = x[..., ::-1], clean[..., ::-1], w[..., ::-1]
     return tuple(np.ascontiguousarray(a[None]) for a in (x, clean, w))
