@@ -10,9 +10,9 @@ Corruptions (``corrupt``), drawn independently of the benchmark's lesion generat
 (ellipsoids 1.5-8 voxels in radius, with irregular borders and soft edges) that multiply the intensity by 1.2-2.0
 or 0.1-0.75, in 80 % of patches (the rest stay healthy, so that the head learns to leave healthy tissue alone);
 low-frequency "coarse noise" in 20 %; random gamma and scale of the intensities, left-right mirroring.
-Loss: squared error where there is signal, 4x inside the blobs and up to 12x inside small ones (an L1 loss, whose pull towards the identity on
-the healthy majority of voxels does not fade, kept the head from learning at all). The VAE and the other heads
-are frozen.
+Loss: squared error where there is signal, 4x inside the blobs and up to 12x inside small ones (an L1 loss,
+whose pull towards the identity on the healthy majority of voxels does not fade, kept the head from learning at
+all). The VAE and the other heads are frozen.
 
 Validation: PSNR inside a fixed set of blobs on held-out volumes, of the corrupted input and of the healed
 output. The anomaly score is then calibrated on the same held-out volumes (score "healed", see engine.anomaly).
@@ -91,13 +91,10 @@ def blob_weights(blobs: np.ndarray, ref_voxels: float = 500.0) -> np.ndarray:
 
     Without the size term large blobs dominate the loss, and small dark blobs (which look like sulci) stay unhealed.
     """
-    w = np.ones(blobs.shape, np.float32)
-    lab, n = ndi.label(blobs)
-    if n:
-        sizes = np.bincount(lab.ravel())[1:].astype(np.float32)
-        per = 4.0 * np.clip((ref_voxels / sizes) ** (1 / 3), 1.0, 3.0)
-        w = np.where(lab > 0, np.concatenate([[1.0], per]).astype(np.float32)[lab], w)
-    return w
+    lab, _ = ndi.label(blobs)
+    sizes = np.bincount(lab.ravel())[1:].astype(np.float32)
+    per_label = np.concatenate([[1.0], 4.0 * np.clip((ref_voxels / sizes) ** (1 / 3), 1.0, 3.0)])  # label 0: outside
+    return per_label.astype(np.float32)[lab]
 
 
 def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generator):
