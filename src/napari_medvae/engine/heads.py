@@ -1,6 +1,6 @@
 """What the trainers of the 3D heads share: attaching a head to a model, the training loop, the saved record.
 
-A head (``denoiser``, ``slice_head``) is a MONAI 3D UNet stored in the model next to the VAE; it is trained with
+A head (``denoiser``, ``slice_head``, ``heal_head``) is a MONAI 3D UNet stored in the model next to the VAE; it is trained with
 everything else frozen, starting as the identity (its correction is 0), and the new model is written with the
 training options and a validation history in ``training[key]``.
 """
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class HeadTrainConfig:
-    """Options both heads' trainers share; each trainer's config adds its own (and its defaults)."""
+    """Options the heads' trainers share; each trainer's config adds its own (and its defaults)."""
 
     train: list[str]
     out: str
