@@ -46,10 +46,15 @@ class AnomalyResult:
 
 
 def auto_brain_mask(x: np.ndarray) -> np.ndarray:
-    """Signal region of a normalised (skull-stripped) volume, eroded to skip the boundary rim."""
+    """Signal region of a normalised (skull-stripped) volume, holes filled.
+
+    Not eroded: an earlier version skipped a 2-voxel rim (a little noisier in healthy volumes, whose calibrated
+    threshold it would raise by about a fifth), but lesions near the brain's surface lie partly in that rim and
+    got a score of 0 there; hypo-intense lesions' AUROC on the tuning subjects was 0.972 with the rim skipped
+    and 0.991 without. The calibration (engine.train.calibrate) uses this same mask, rim included.
+    """
     sig = ndi.gaussian_filter(x, 1.0) > 0.15
-    sig = ndi.binary_fill_holes(sig)
-    return ndi.binary_erosion(sig, iterations=2)
+    return ndi.binary_fill_holes(sig)
 
 
 def residual_score(prep_data: np.ndarray, rec: np.ndarray, brain: np.ndarray, median_size: int) -> np.ndarray:
