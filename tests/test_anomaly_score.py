@@ -93,3 +93,17 @@ def test_thin_slices_are_scored_at_the_model_spacing_and_interpolated(model, rea
     inside = heat[z] > 0
     assert inside.any()
     assert np.allclose(heat[z][inside], 0.5 * (heat[z - 1] + heat[z + 1])[inside], rtol=1e-4, atol=1e-5)
+
+
+def test_automatic_brain_mask_reaches_the_brain_edge():
+    """Lesions near the brain's surface must be scored: the automatic mask keeps the boundary rim."""
+    from napari_medvae.engine.anomaly import auto_brain_mask
+
+    z, y, x = np.ogrid[:40, :48, :48]
+    r = np.sqrt((z - 20.0) ** 2 + (y - 24.0) ** 2 + (x - 24.0) ** 2)
+    vol = (r < 15).astype(np.float32)
+    vol[(r < 5)] = 0.05  # a dark "ventricle" inside: filled in
+    mask = auto_brain_mask(vol)
+    assert mask[(r >= 13) & (r < 14.5)].all()  # the outer 2 voxels of the brain
+    assert mask[r < 5].all()
+    assert not mask[r > 17].any()  # background stays out
