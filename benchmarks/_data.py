@@ -94,12 +94,18 @@ def ct_sized_volume(shape=(400, 512, 512)) -> np.ndarray:
 
 
 def model_id(model) -> str:
-    """Name and a short sha256 of the weights file, so a table can be tied to the shipped model."""
+    """Name and short sha256s of the weights and of the JSON config, so a table can be tied to the shipped model.
+
+    Both: a re-calibration changes only the JSON (threshold and score scales), and with it the anomaly rows.
+    """
     path = getattr(model, "path", None)
     if path is None:
         return f"`{model.config.name}` (in memory)"
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
-    return f"`{model.config.name}` ({Path(path).name}, sha256 {digest})"
+    path = Path(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    cfg = path.with_suffix(".json")
+    cdigest = hashlib.sha256(cfg.read_bytes()).hexdigest()[:12] if cfg.exists() else "missing"
+    return f"`{model.config.name}` ({path.name} sha256 {digest}, {cfg.name} sha256 {cdigest})"
 
 
 def machine() -> str:

@@ -17,7 +17,13 @@ from napari_medvae.engine.checkpoint import load_checkpoint
 from napari_medvae.engine.model import from_config
 from napari_medvae.engine.networks import HealHeadConfig, SliceVAEConfig
 from napari_medvae.engine.train import calibrate
-from napari_medvae.engine.train_heal_head import HealHeadTrainConfig, blob_weights, corrupt, train_heal_head
+from napari_medvae.engine.train_heal_head import (
+    HealHeadTrainConfig,
+    blob_weights,
+    corrupt,
+    random_contrast,
+    train_heal_head,
+)
 from napari_medvae.errors import Cancelled, InputError, ModelError
 
 thh = importlib.import_module("napari_medvae.engine.train_heal_head")
@@ -125,7 +131,27 @@ def test_corrupt_changes_only_signal_and_is_seeded():
     assert not b0.any()
 
 
+def test_random_contrast_keeps_background_and_can_swap_tissues():
+    x = np.array([0.0, 0.3, 0.6, 0.9, 1.1, 1.5], np.float32)  # background, "fluid", "grey", "white", bright
+    outs = [random_contrast(x, np.random.default_rng(s)) for s in range(200)]
+    for y in outs:
+        assert y.dtype == np.float32 and y[0] == 0.0
+        assert np.isclose(y[1:].max(), 1.0) and (y[1:] >= 0.05 - 1e-6).all()  # tissue stays signal, brightest at 1
+        assert y[5] == y[4]  # above the last knot: its level
+    # the order of fluid, grey and white matter changes, T2-like (fluid brightest, white darkest) among them
+    orders = {tuple(np.argsort(y[1:4])) for y in outs}
+    assert len(orders) == 6 and (2, 1, 0) in orders
+    np.testing.assert_array_equal(random_contrast(x, np.random.default_rng(5)), random_contrast(x, np.random.default_rng(5)))
+
+
+def test_contrast_augmentation_trains(tmp_path, head_data):
+    out = train_heal_head(HealHeadTrainConfig(**_opts(head_data, tmp_path / "ca", steps=2, contrast_prob=1.0)))
+    assert load_model(out, device="cpu").config.training["heal_head"]["contrast_prob"] == 1.0
+
+
 @pytest.mark.parametrize("kw,msg", [
+    ({"contrast_prob": 1.5}, "contrast probability"),
+    ({"contrast_prob": -0.1}, "contrast probability"),
     ({"patch": (17, 16, 16)}, "patch"),
     ({"patch": (8, 16, 16)}, "patch"),
     ({"steps": 0}, "steps"),
@@ -150,9 +176,11 @@ def test_cancelled_heal_head_training_writes_nothing(tmp_path, head_data):
 def test_cli_train_heal_head_writes_a_model_and_refuses_to_overwrite(tmp_path, head_data, hh_model, capsys):
     files = sorted(str(p) for p in head_data.iterdir())
     rc = main(["train-heal-head", "--data", files[0], "--val", files[1], "-o", str(tmp_path / "new"), "--steps", "2",
-               "--batch-size", "1", "--patch", "16", "16", "16", "--channels", "4", "8", "--res-units", "1"])
+               "--batch-size", "1", "--patch", "16", "16", "16", "--channels", "4", "8", "--res-units", "1",
+               "--contrast-prob", "0.5"])
     assert rc == 0
-    assert load_model(tmp_path / "new.safetensors", device="cpu").config.anomaly["score"] == "healed"
+    new = load_model(tmp_path / "new.safetensors", device="cpu").config
+    assert new.anomaly["score"] == "healed" and new.training["heal_head"]["contrast_prob"] == 0.5
     rc = main(["train-heal-head", str(hh_model), "--data", files[0], "--val", files[1], "-o", str(hh_model.with_suffix(""))])
     assert rc != 0
     assert "refusing to overwrite" in capsys.readouterr().err

@@ -363,7 +363,7 @@ def cmd_train_heal_head(args) -> int:
     src, _ = _head_base(args)
     return _train_head(args, "train-heal-head", train_heal_head,
                        HealHeadTrainConfig(**_head_options(args, src), patch=tuple(args.patch),
-                                           calibration_quantile=args.quantile))
+                                           calibration_quantile=args.quantile, contrast_prob=args.contrast_prob))
 
 
 def cmd_train_denoiser(args) -> int:
@@ -575,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--patch", type=int, nargs=3, default=[32, 64, 64], metavar=("SLICES", "ROWS", "COLS"),
                     help="training patch (voxels, multiples of 2**(levels-1))")
     th.add_argument("--quantile", type=float, default=0.999, help="healthy quantile that becomes heatmap value 1.0")
+    th.add_argument("--contrast-prob", type=float, default=0.0,
+                    help="share of training patches given a random contrast (tissue order can change, as in T2), "
+                         "so that the head also heals contrasts the training volumes lack")
     th.set_defaults(fn=cmd_train_heal_head)
     ba = sub.add_parser("batch", parents=[common], help="run an operation on every volume of a folder (resumable)",
                         description="Apply OPERATION to every volume under INPUT_DIR (recursively); outputs keep their "

@@ -9,7 +9,10 @@ MRI", MIDL 2022): healthy patches get synthetic corruptions and the head learns 
 Corruptions (``corrupt``), drawn independently of the benchmark's lesion generator: 1-3 blobs anywhere in tissue
 (ellipsoids 1.5-8 voxels in radius, with irregular borders and soft edges) that multiply the intensity by 1.2-2.0
 or 0.1-0.75, in 80 % of patches (the rest stay healthy, so that the head learns to leave healthy tissue alone);
-low-frequency "coarse noise" in 20 %; random gamma and scale of the intensities, left-right mirroring.
+low-frequency "coarse noise" in 20 %; random gamma and scale of the intensities, left-right mirroring. With
+``--contrast-prob`` a share of the patches first get a random contrast (``random_contrast``: a random piecewise-linear
+remap of the intensities, which can swap the order of tissues, e.g. bright fluid and dark white matter as in T2), so
+that the head learns to heal volumes of contrasts it has no training volumes of.
 Loss: squared error where there is signal, 4x inside the blobs and up to 12x inside small ones (an L1 loss,
 whose pull towards the identity on the healthy majority of voxels does not fade, kept the head from learning at
 all). The VAE and the other heads are frozen.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +52,7 @@ class HealHeadTrainConfig(HeadTrainConfig):
     lr: float = 1e-3
     patch: tuple[int, int, int] = (32, 64, 64)  # slices, rows, columns
     calibration_quantile: float = 0.999
+    contrast_prob: float = 0.0  # share of training patches given a random contrast (random_contrast)
 
     def check(self) -> None:
         mult = self.check_common(HealHeadConfig)
@@ -55,8 +60,30 @@ class HealHeadTrainConfig(HeadTrainConfig):
             raise InputError(f"patch must be 3 sizes, each a multiple of {mult} and at least 16, not {list(self.patch)}")
         if not self.val:
             raise InputError("train-heal-head needs held-out healthy volumes (--val): the anomaly score is calibrated on them")
+        if not 0.0 <= self.contrast_prob <= 1.0:
+            raise InputError(f"contrast probability must be between 0 and 1, not {self.contrast_prob}")
         if not 0.5 < self.calibration_quantile < 1:
             raise InputError(f"calibration quantile must be between 0.5 and 1, not {self.calibration_quantile}")
+
+
+CONTRAST_KNOTS = np.array([0.0, 0.05, 0.3, 0.6, 0.9, 1.1], np.float32)  # normalised input intensities
+
+
+def random_contrast(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``clean`` with a random contrast: a piecewise-linear intensity remap through random levels.
+
+    Background (0) stays 0 and the faint band up to 0.05 stays faint. The knots at 0.3, 0.6 and 0.9 (about fluid,
+    grey and white matter in T1) get independent levels in 0.05-1, so the order of tissues can change (T1-like to
+    T2-like and others); 1.1 stays within 0.9-1.2x of the 0.9 level, and brighter voxels keep its level. The result
+    is scaled so that its brightest knot is 1.
+    """
+    ys = np.empty_like(CONTRAST_KNOTS)
+    ys[0] = 0.0
+    ys[1] = rng.uniform(0.0, 0.05)
+    ys[2:5] = rng.uniform(0.05, 1.0, 3)
+    ys[5] = ys[4] * rng.uniform(0.9, 1.2)
+    ys /= ys[2:].max()
+    return np.interp(clean, CONTRAST_KNOTS, ys).astype(np.float32)
 
 
 def corrupt(clean: np.ndarray, rng: np.random.Generator, blob_prob: float = 0.8,
@@ -97,9 +124,11 @@ def blob_weights(blobs: np.ndarray, ref_voxels: float = 500.0) -> np.ndarray:
     return per_label.astype(np.float32)[lab]
 
 
-def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generator):
+def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generator, contrast_prob: float = 0.0):
     """One training example: (corrupted (1, D, H, W), clean (1, D, H, W), loss weight (1, D, H, W))."""
     clean = tissue_patch(vols, patch, rng)
+    if contrast_prob and rng.random() < contrast_prob:
+        clean = random_contrast(clean, rng)
     if rng.random() < 0.5:
         clean = np.clip(clean, 0, None) ** np.float32(rng.uniform(0.7, 1.4))
     clean = clean * np.float32(rng.uniform(0.8, 1.2))
@@ -138,7 +167,7 @@ def train_heal_head(tc: HealHeadTrainConfig, callback: Callable[[dict], None] | 
     model, head = r.model, r.head
 
     def loss_fn() -> torch.Tensor:
-        x, y, w = r.batch(_sample, tc.patch, tc.batch_size)
+        x, y, w = r.batch(partial(_sample, contrast_prob=tc.contrast_prob), tc.patch, tc.batch_size)
         return (w * (x + head(x) - y) ** 2).sum() / w.sum().clamp_min(1.0)
 
     def validate() -> dict:
