@@ -7,6 +7,12 @@ import json
 from pathlib import Path
 
 
+def _contrast(run: dict) -> str:
+    """The random-contrast share of a healing-head training run, if it had one."""
+    p = run.get("contrast_prob") or 0
+    return f", {100 * p:.0f} % of patches with a random contrast" if p else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("config", type=Path, nargs="?", default=Path("src/napari_medvae/models/default.json"))
@@ -74,7 +80,9 @@ def main() -> None:
                                                f"{th['batch_size']} patches of {'×'.join(str(n) for n in th['patch'])} voxels "
                                                f"from {th['n_train']} volumes (synthetic blobs and coarse noise removed), "
                                                f"Adam lr {th['lr']}, VAE frozen, {th['seconds'] / 60:.1f} min on {th['device']}"
-                                               + "".join(f"; then {e['steps']} more steps, {e['seconds'] / 60:.1f} min"
+                                               + _contrast(th)
+                                               + "".join(f"; then {e['steps']} more steps, Adam lr {e['lr']}"
+                                                         f"{_contrast(e)}, {e['seconds'] / 60:.1f} min"
                                                          for e in th.get("continued", []))))
         if "val_psnr_head" in last:
             rows.append(("healing head, validation", f"PSNR inside synthetic blobs {last['val_psnr_input']:.2f} dB "

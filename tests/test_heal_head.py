@@ -58,10 +58,14 @@ def test_training_adds_a_heal_head_calibrates_and_keeps_the_rest(hh_model, model
 
 
 def test_fine_tuning_keeps_the_first_record(hh_model, tmp_path, head_data):
-    out = train_heal_head(HealHeadTrainConfig(**_opts(head_data, tmp_path / "ft", model=str(hh_model), steps=2)))
+    out = train_heal_head(HealHeadTrainConfig(**_opts(head_data, tmp_path / "ft", model=str(hh_model), steps=2,
+                                                      seed=5, contrast_prob=0.5)))
     rec = load_model(out, device="cpu").config.training["heal_head"]
-    assert rec["steps"] == 3 and rec["fine_tuned"] is False
+    assert rec["steps"] == 3 and rec["fine_tuned"] is False and rec["contrast_prob"] == 0.0
     assert [(e["steps"], e["fine_tuned"]) for e in rec["continued"]] == [(2, True)]
+    entry = rec["continued"][0]
+    assert entry["seed"] == 5 and entry["contrast_prob"] == 0.5  # options that differ from the first run are kept
+    assert "patch" not in entry and "channels" not in entry  # the same as the first run's
 
 
 def test_heal_keeps_the_shape_and_needs_a_head(hh_model):

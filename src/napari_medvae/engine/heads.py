@@ -207,9 +207,11 @@ def save_with_record(tc, model: Model, base: Model, key: str, t0: float, device,
                   base_model=str(base.path.name) if base.path else None, **extra)
     cfg = model.config
     earlier = (base.config.training or {}).get(key) if extra.get("fine_tuned") else None
-    if earlier:  # a fine-tuned head keeps the record of how it was first trained; this run is listed after it
-        record = {**earlier, "continued": [*earlier.get("continued", []),
-                                           {k: record[k] for k in ("steps", "lr", "seconds", "history", "base_model", "fine_tuned")}]}
+    if earlier:  # a fine-tuned head keeps the record of how it was first trained; this run is listed after it,
+        # with every option that differs from that first run (seed, augmentation, ...)
+        keep = ("steps", "lr", "seconds", "history", "base_model", "fine_tuned")
+        entry = {k: v for k, v in record.items() if k in keep or (k != "continued" and earlier.get(k) != v)}
+        record = {**earlier, "continued": [*earlier.get("continued", []), entry]}
     cfg.training = {**(cfg.training or {}), key: record}
     path = save_checkpoint(tc.out, cfg, model.net.state_dict())
     log.info("%s trained in %.0f s; wrote %s", key, seconds, path)
