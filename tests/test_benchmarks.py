@@ -21,6 +21,7 @@ def test_quality_quick_writes_table(tmp_path):
                  "reconstruction", "healthy tissue", "T2-like"):
         assert task in text, task
     assert "PASS" in text or "FAIL" in text
+    assert "default.safetensors sha256" in text and "default.json sha256" in text  # weights and calibration named
 
 
 @pytest.mark.slow
@@ -31,3 +32,4 @@ def test_speed_quick_writes_table(tmp_path):
     assert speed.main(["--quick", "--out", str(out)]) == 0
     text = out.read_text()
     assert "1 mm brain" in text and "start-up" in text and "cores" in text
+    assert "default.json sha256" in text
