@@ -59,12 +59,12 @@ def test_training_adds_a_heal_head_calibrates_and_keeps_the_rest(hh_model, model
 
 def test_fine_tuning_keeps_the_first_record(hh_model, tmp_path, head_data):
     out = train_heal_head(HealHeadTrainConfig(**_opts(head_data, tmp_path / "ft", model=str(hh_model), steps=2,
-                                                      seed=5, contrast_prob=0.5)))
+                                                      seed=5, contrast_prob=0.0)))
     rec = load_model(out, device="cpu").config.training["heal_head"]
-    assert rec["steps"] == 3 and rec["fine_tuned"] is False and rec["contrast_prob"] == 0.0
+    assert rec["steps"] == 3 and rec["fine_tuned"] is False and rec["contrast_prob"] == 0.5  # the default
     assert [(e["steps"], e["fine_tuned"]) for e in rec["continued"]] == [(2, True)]
     entry = rec["continued"][0]
-    assert entry["seed"] == 5 and entry["contrast_prob"] == 0.5  # options that differ from the first run are kept
+    assert entry["seed"] == 5 and entry["contrast_prob"] == 0.0  # options that differ from the first run are kept
     assert "patch" not in entry and "channels" not in entry  # the same as the first run's
 
 
@@ -181,10 +181,10 @@ def test_cli_train_heal_head_writes_a_model_and_refuses_to_overwrite(tmp_path, h
     files = sorted(str(p) for p in head_data.iterdir())
     rc = main(["train-heal-head", "--data", files[0], "--val", files[1], "-o", str(tmp_path / "new"), "--steps", "2",
                "--batch-size", "1", "--patch", "16", "16", "16", "--channels", "4", "8", "--res-units", "1",
-               "--contrast-prob", "0.5"])
+               "--contrast-prob", "0"])
     assert rc == 0
     new = load_model(tmp_path / "new.safetensors", device="cpu").config
-    assert new.anomaly["score"] == "healed" and new.training["heal_head"]["contrast_prob"] == 0.5
+    assert new.anomaly["score"] == "healed" and new.training["heal_head"]["contrast_prob"] == 0.0
     rc = main(["train-heal-head", str(hh_model), "--data", files[0], "--val", files[1], "-o", str(hh_model.with_suffix(""))])
     assert rc != 0
     assert "refusing to overwrite" in capsys.readouterr().err

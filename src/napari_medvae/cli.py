@@ -575,9 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--patch", type=int, nargs=3, default=[32, 64, 64], metavar=("SLICES", "ROWS", "COLS"),
                     help="training patch (voxels, multiples of 2**(levels-1))")
     th.add_argument("--quantile", type=float, default=0.999, help="healthy quantile that becomes heatmap value 1.0")
-    th.add_argument("--contrast-prob", type=float, default=0.0,
+    th.add_argument("--contrast-prob", type=float, default=0.5,
                     help="share of training patches given a random contrast (tissue order can change, as in T2), "
-                         "so that the head also heals contrasts the training volumes lack")
+                         "so that the head also heals contrasts the training volumes lack; 0 = their own contrast "
+                         "only (default: %(default)s, as for the shipped head)")
     th.set_defaults(fn=cmd_train_heal_head)
     ba = sub.add_parser("batch", parents=[common], help="run an operation on every volume of a folder (resumable)",
                         description="Apply OPERATION to every volume under INPUT_DIR (recursively); outputs keep their "

@@ -12,7 +12,8 @@ or 0.1-0.75, in 80 % of patches (the rest stay healthy, so that the head learns 
 low-frequency "coarse noise" in 20 %; random gamma and scale of the intensities, left-right mirroring. With
 ``--contrast-prob`` a share of the patches first get a random contrast (``random_contrast``: a random piecewise-linear
 remap of the intensities, which can swap the order of tissues, e.g. bright fluid and dark white matter as in T2), so
-that the head learns to heal volumes of contrasts it has no training volumes of.
+that the head learns to heal volumes of contrasts it has no training volumes of (default: half the patches, as
+for the shipped head; 0 trains on the volumes' own contrast only).
 Loss: squared error where there is signal, 4x inside the blobs and up to 12x inside small ones (an L1 loss,
 whose pull towards the identity on the healthy majority of voxels does not fade, kept the head from learning at
 all). The VAE and the other heads are frozen.
@@ -52,7 +53,7 @@ class HealHeadTrainConfig(HeadTrainConfig):
     lr: float = 1e-3
     patch: tuple[int, int, int] = (32, 64, 64)  # slices, rows, columns
     calibration_quantile: float = 0.999
-    contrast_prob: float = 0.0  # share of training patches given a random contrast (random_contrast)
+    contrast_prob: float = 0.5  # share of training patches given a random contrast (random_contrast); 0 = T1 only
 
     def check(self) -> None:
         mult = self.check_common(HealHeadConfig)
