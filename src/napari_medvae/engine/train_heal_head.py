@@ -53,7 +53,7 @@ class HealHeadTrainConfig(HeadTrainConfig):
     lr: float = 1e-3
     patch: tuple[int, int, int] = (32, 64, 64)  # slices, rows, columns
     calibration_quantile: float = 0.999
-    contrast_prob: float = 0.5  # share of training patches given a random contrast (random_contrast); 0 = T1 only
+    contrast_prob: float = 0.5  # share of training patches given a random contrast (random_contrast); 0 = own contrast only
 
     def check(self) -> None:
         mult = self.check_common(HealHeadConfig)
