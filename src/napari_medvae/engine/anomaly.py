@@ -50,8 +50,8 @@ def auto_brain_mask(x: np.ndarray) -> np.ndarray:
 
     Not eroded: an earlier version skipped a 2-voxel rim (a little noisier in healthy volumes, whose calibrated
     threshold it would raise by about a fifth), but lesions near the brain's surface lie partly in that rim and
-    got a score of 0 there (hypo-intense lesions' AUROC on the tuning subjects, with the healing head trained in
-    one 8000-step run: 0.969 with the rim skipped, 0.987 without). The calibration (engine.train.calibrate) uses
+    got a score of 0 there (hypo-intense lesions' AUROC on the tuning subjects, with a healing head trained in
+    one 8000-step run on T1 patches only: 0.969 with the rim skipped, 0.987 without). The calibration (engine.train.calibrate) uses
     this same mask, rim included.
     """
     sig = ndi.gaussian_filter(x, 1.0) > 0.15
