@@ -12,6 +12,7 @@ from napari_medvae.engine import anomaly, load_model
 from napari_medvae.engine.anomaly import combined_score
 from napari_medvae.engine.checkpoint import load_checkpoint
 from napari_medvae.engine.model import default_model_path
+from napari_medvae.engine.preprocess import prepare
 from napari_medvae.engine.train import calibrate
 from napari_medvae.errors import InputError, ModelError
 
@@ -59,6 +60,8 @@ def test_models_calibrated_with_the_residual_score_still_work(tmp_path, read):
     (lambda a: a.update(score="fancy"), "anomaly.score"),
     (lambda a: a.pop("latent_scale"), "anomaly.latent_scale"),
     (lambda a: a.update(skip_scale=-1.0), "anomaly.skip_scale"),
+    (lambda a: a.update(healthy_peak=0), "anomaly.healthy_peak"),
+    (lambda a: a.update(healthy_peak="high"), "anomaly.healthy_peak"),
 ])
 def test_bad_anomaly_settings_are_refused(tmp_path, edit, msg):
     with pytest.raises(ModelError, match=msg):
@@ -67,13 +70,21 @@ def test_bad_anomaly_settings_are_refused(tmp_path, edit, msg):
 
 def test_calibration_sets_the_scales_and_refuses_unknown_scores(read):
     m = load_model(None, device="cpu")
-    vol, _ = read("mni_t1_healthy.nii.gz")
-    v = (vol / np.percentile(vol, 99.5)).astype(np.float32)
+    vol, geo = read("mni_t1_healthy.nii.gz")
+    v = prepare(vol, geo.spacing, m.config, None).data  # as the engine sees it (2 mm: the model's grid)
     m.config.anomaly.pop("skip_scale")
     thr = calibrate(m, [(v, 1)], 0.999)
     assert thr > 0 and m.config.anomaly["skip_scale"] > 0 and m.config.anomaly["score"] == "combined"
     m.config.anomaly.pop("heal_scale")
-    assert calibrate(m, [(v, 1)], 0.999, score="healed") > 0 and m.config.anomaly["heal_scale"] > 0
+    m.config.anomaly.pop("healthy_peak")
+    thr = calibrate(m, [(v, 1)], 0.999, score="healed")
+    assert thr > 0 and m.config.anomaly["heal_scale"] > 0
+    # the healthy peak: the highest candidate peak of the calibration volume itself (at least 1)
+    m.config.anomaly["threshold"] = thr
+    res = anomaly(m, vol, geo.spacing)
+    assert m.config.anomaly["healthy_peak"] >= 1.0
+    assert not any(c["above_healthy"] for c in res.candidates)  # no candidate of the healthy volume is above it
+    assert m.config.anomaly["healthy_peak"] == pytest.approx(max([1.0, *(c["peak"] for c in res.candidates)]), rel=1e-3)
     with pytest.raises(InputError, match="anomaly score"):
         calibrate(m, [(v, 1)], 0.999, score="fancy")
 

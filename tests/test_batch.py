@@ -89,6 +89,7 @@ def test_batch_anomaly_writes_labels_and_summary(tmp_path, read):
     assert row["max_score"] == pytest.approx(float(heat.max()), abs=1e-3)
     assert row["n_candidates"] == len(np.unique(labels[labels > 0]))
     assert (row["largest_candidate_mm3"] > 0) == (row["n_candidates"] > 0)
+    assert 1 <= row["n_above_healthy"] <= row["n_candidates"]  # the lesion peaks above the healthy maximum
 
 
 def test_batch_inpaint_auto_fills_blank_slices_and_skips_complete_volumes(tmp_path, read):

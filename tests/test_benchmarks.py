@@ -22,6 +22,7 @@ def test_quality_quick_writes_table(tmp_path):
         assert task in text, task
     assert "PASS" in text or "FAIL" in text
     assert "default.safetensors sha256" in text and "default.json sha256" in text  # weights and calibration named
+    assert "lesions with a candidate" in text and "other candidates" in text  # the candidate list, read per lesion
 
 
 @pytest.mark.slow

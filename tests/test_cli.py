@@ -66,7 +66,9 @@ def test_anomaly_writes_heatmap_labels_and_report(tmp_path, sample_dir):
     assert h.dtype == np.float32 and labels.max() >= 1
     report = json.loads(rep.read_text())
     c = report["candidates"][0]
-    assert {"voxels", "volume_mm3", "peak", "centroid_voxel_ijk", "centroid_world_xyz_mm"} <= set(c)
+    assert {"voxels", "volume_mm3", "peak", "above_healthy", "centroid_voxel_ijk", "centroid_world_xyz_mm"} <= set(c)
+    assert c["above_healthy"] and report["healthy_peak"] > 1.0  # the sample's strongest lesion: above any healthy brain
+    assert report["n_above_healthy"] == sum(x["above_healthy"] for x in report["candidates"])
     truth = read_volume(sample_dir / "mni_t1_lesion_mask.nii.gz")[0]
     i, j, k = (int(round(v)) for v in c["centroid_voxel_ijk"])
     assert truth[k, j, i] > 0
@@ -100,6 +102,9 @@ def test_demo_writes_every_output(tmp_path):
     for n in ("lesion_reconstruction.nii.gz", "lesion_anomaly.nii.gz", "noisy_denoised.nii.gz", "missing_inpainted.nii.gz",
               "healthy_inpainted.nii.gz", "healthy_uncertainty.nii.gz", "sample_000.nii.gz", "montage.png", "summary.json"):
         assert n in names
+    m = json.loads((out / "summary.json").read_text())["metrics"]
+    # the sample's two lesions peak above every healthy calibration brain; its weaker candidates do not
+    assert m["anomaly_candidates_above_healthy_peak"] == 2 <= m["anomaly_candidates"]
 
 
 # ---- bad input: one line, exit 2, nothing written -------------------------------------------

@@ -213,6 +213,17 @@ def test_threshold_candidates_counts_regions():
     assert labels.max() == 2
     _, rows = threshold_candidates(heat, (2.0, 2.0, 2.0), 2.0)
     assert len(rows) == 1
+    assert "above_healthy" not in rows[0]  # only with a healthy peak
+
+
+def test_candidates_say_whether_they_peak_above_the_healthy_maximum():
+    heat = np.zeros((10, 20, 20), np.float32)
+    heat[2:5, 2:6, 2:6] = 3.0
+    heat[7:9, 10:14, 10:14] = 1.5
+    _, rows = threshold_candidates(heat, (2.0, 2.0, 2.0), 1.0, healthy_peak=2.0)
+    assert [r["above_healthy"] for r in rows] == [True, False]
+    _, rows = threshold_candidates(heat, (2.0, 2.0, 2.0), 1.0, healthy_peak=3.0)  # equal is not above
+    assert [r["above_healthy"] for r in rows] == [False, False]
 
 
 def test_uncertainty_and_sample_shapes(model, read):

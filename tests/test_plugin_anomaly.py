@@ -27,6 +27,8 @@ def test_anomaly_heatmap_candidates_threshold_and_jump(make_napari_viewer, qtbot
     n = w.table.rowCount()
     assert n >= 1 and labels.data.max() == n
     assert w.table.item(0, 0).text() == "1" and float(w.table.item(0, 2).text()) > 1.0
+    assert w.table.item(0, 4).text() == "yes"  # the strongest lesion peaks above any healthy brain
+    assert "the highest seen in healthy brains" in w.summary.text()
 
     import napari_medvae.engine as engine
 
@@ -40,6 +42,7 @@ def test_anomaly_heatmap_candidates_threshold_and_jump(make_napari_viewer, qtbot
     assert w.table.rowCount() <= n and labels.data.max() == w.table.rowCount()
     w.threshold.setValue(1.0)
     qtbot.waitUntil(lambda: w.table.rowCount() == n, timeout=5000)
+    assert w.table.item(0, 4).text() == "yes"  # re-thresholding keeps the healthy comparison
 
     w.table.setCurrentCell(0, 0)  # as a click on the first row
     world = heat.data_to_world(w.candidates[0]["centroid_voxel_zyx"])

@@ -8,11 +8,13 @@
 
       {"input": "sub/a.nii.gz", "output": "sub/a.nii.gz", "status": "ok", "seconds": 2.1,
        "error": null, "operation": "anomaly", "rank": 0, "time": "2025-01-01T12:00:00+00:00",
-       "max_score": 3.2, "n_candidates": 2, "largest_candidate_mm3": 376.0, "labels": "sub/a_labels.nii.gz"}
+       "max_score": 3.2, "n_candidates": 2, "largest_candidate_mm3": 376.0, "n_above_healthy": 1,
+       "labels": "sub/a_labels.nii.gz"}
 
   ``input`` is relative to ``input_dir``, ``output`` (and ``labels``) to ``output_dir``; ``status``
   is ``ok``, ``error`` (``error`` says why) or ``skipped`` (already done, or nothing to do:
-  ``reason`` says which). The anomaly fields appear for ``anomaly`` only.
+  ``reason`` says which). The anomaly fields appear for ``anomaly`` only (``n_above_healthy``: the
+  candidates peaking above the model's healthy maximum, for models calibrated with one).
 * Re-running the same command skips every file whose output exists and whose manifest has an
   ``ok`` line (outputs are written atomically, so an existing output is complete); failed and
   unfinished files are processed again. One bad file never stops the batch.
@@ -248,6 +250,8 @@ def _process(operation: str, item: Item, out: Path, labels_out: Path | None, mod
         sizes = [float(c["volume_mm3"]) for c in res.candidates]
         extra.update(max_score=round(float(res.heatmap.max()), 4), n_candidates=len(res.candidates),
                      largest_candidate_mm3=max(sizes) if sizes else 0.0)
+        if res.healthy_peak is not None:
+            extra["n_above_healthy"] = sum(bool(c["above_healthy"]) for c in res.candidates)
     else:  # uncertainty
         res = uncertainty(model, vol, geo.spacing, samples=int(opts.get("samples", 8)), seed=int(opts.get("seed", 0)),
                           axis=axis, force=force)

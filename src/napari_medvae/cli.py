@@ -214,14 +214,26 @@ def cmd_anomaly(args) -> int:
             "model": model.config.name,
             "threshold": args.threshold,
             "units": "heatmap value 1.0 = the model's calibrated healthy threshold",
+            "healthy_peak": res.healthy_peak,
             "max_score": float(res.heatmap.max()),
             "n_candidates": len(res.candidates),
+            "n_above_healthy": _n_above(res),
             "candidates": [_report_row(c) for c in res.candidates],
         }
         _atomic_write_bytes(report_out, (json.dumps(report, indent=2) + "\n").encode())
     _say(args, f"wrote {out}" + (f", {labels_out}" if labels_out else "") + (f", {report_out}" if report_out else "")
-         + f"; {len(res.candidates)} candidate(s), max score {float(res.heatmap.max()):.2f}")
+         + f"; {len(res.candidates)} candidate(s){_above_text(res)}, max score {float(res.heatmap.max()):.2f}")
     return 0
+
+
+def _n_above(res) -> int | None:
+    """How many candidates peak above the model's healthy maximum (None: the model has none)."""
+    return None if res.healthy_peak is None else sum(bool(c["above_healthy"]) for c in res.candidates)
+
+
+def _above_text(res) -> str:
+    n = _n_above(res)
+    return "" if n is None else f" ({n} peaking above {res.healthy_peak:.2f}, the highest in healthy brains)"
 
 
 def _report_row(c: dict) -> dict:

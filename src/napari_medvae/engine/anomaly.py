@@ -16,7 +16,10 @@ residual (divided by its healthy 99th percentile) joined by their root sum of sq
 enough). "residual": the first residual alone (the oldest models). The VAE runs on whole slices (not the box
 around the signal), which detects dark lesions better.
 The score is divided by the calibrated threshold (a high quantile of healthy held-out scores), so that
-1.0 means "as unusual as the top 0.1 % of healthy voxels". Candidates are connected regions above it.
+1.0 means "as unusual as the top 0.1 % of healthy voxels". Candidates are connected regions above it. Healthy
+brains have such regions too (a few per volume, at folds and the brain's edge), so models calibrated with
+``healthy_peak`` (the highest candidate peak in their healthy calibration volumes) mark each candidate whose peak
+exceeds it (``above_healthy``): nothing is hidden, but those are the ones no healthy brain produced.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class AnomalyResult:
     labels: np.ndarray
     candidates: list[dict] = field(default_factory=list)
     threshold: float = 1.0
+    healthy_peak: float | None = None  # the model's highest healthy candidate peak (None: not calibrated)
 
 
 def auto_brain_mask(x: np.ndarray) -> np.ndarray:
@@ -148,11 +152,13 @@ def score_prepared(model: Model, prep: Prepared, progress: Progress, brain_mask:
 
 
 def threshold_candidates(heatmap: np.ndarray, spacing: Sequence[float], threshold: float = 1.0,
-                         geometry=None, min_volume_mm3: float = MIN_CANDIDATE_MM3) -> tuple[np.ndarray, list[dict]]:
+                         geometry=None, min_volume_mm3: float = MIN_CANDIDATE_MM3,
+                         healthy_peak: float | None = None) -> tuple[np.ndarray, list[dict]]:
     """Connected regions of ``heatmap > threshold`` (>= min_volume_mm3) as labels + report rows.
 
     Rows are sorted by peak score (label 1 = highest peak); centroids in voxel (z, y, x) and, when a
-    ``geometry`` (io.Geometry) is given, world (x, y, z) mm.
+    ``geometry`` (io.Geometry) is given, world (x, y, z) mm. With ``healthy_peak`` each row also says whether
+    its peak is above it (``above_healthy``).
     """
     sp = check_spacing(spacing)
     if not np.isfinite(threshold) or threshold <= 0:
@@ -185,6 +191,7 @@ def threshold_candidates(heatmap: np.ndarray, spacing: Sequence[float], threshol
             "voxels": count,
             "volume_mm3": round(count * voxel_mm3, 2),
             "peak": round(peak, 4),
+            **({} if healthy_peak is None else {"above_healthy": bool(peak > healthy_peak)}),
             "centroid_voxel_zyx": [round(float(c), 2) for c in cen_old],
         }
         if geometry is not None:
@@ -212,6 +219,7 @@ def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain
     heat = np.clip(heat, 0, None)
     if bm is not None:
         heat[~bm] = 0.0
-    labels, rows = threshold_candidates(heat, sp, threshold, geometry)
+    hp = model.config.anomaly.get("healthy_peak")
+    labels, rows = threshold_candidates(heat, sp, threshold, geometry, healthy_peak=hp)
     p.step()
-    return AnomalyResult(heat.astype(np.float32), labels, rows, threshold)
+    return AnomalyResult(heat.astype(np.float32), labels, rows, threshold, hp)

@@ -294,9 +294,10 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
 
     ``score`` "combined" (see engine.anomaly) also sets the two VAE residuals' healthy scales (99th percentiles)
     in the model's anomaly settings, "healed" the healing head's residual's scale as well; "residual" uses the
-    normal reconstruction's residual alone.
+    normal reconstruction's residual alone. It also sets ``healthy_peak``: the highest peak of the candidates
+    (engine.anomaly.threshold_candidates at 1.0) that these healthy volumes produce, at least 1.
     """
-    from .anomaly import auto_brain_mask, final_score, raw_scores
+    from .anomaly import auto_brain_mask, final_score, raw_scores, threshold_candidates
     from .runner import Progress
 
     if score not in SCORES:
@@ -305,12 +306,15 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
         raise InputError("the 'healed' anomaly score needs a model with a healing head (medvae train-heal-head)")
     settings = model.config.anomaly
     raw: list[list[np.ndarray]] = [[], [], []]
+    brains = []
     for v, stride in volumes:  # the same passes as engine.anomaly.score_prepared
         data = v[::stride]
         brain = auto_brain_mask(v)[::stride]
+        brains.append(brain)
         for acc, s in zip(raw, raw_scores(model, data, brain, Progress(data.shape[0]), score), strict=True):
             if s is not None:
                 acc.append(s[brain])
+    sizes = np.cumsum([0] + [int(b.sum()) for b in brains])
     skip, latent, heal = (np.concatenate(a) if a else None for a in raw)
     settings["score"] = score
     if latent is not None:
@@ -318,7 +322,16 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
         settings["latent_scale"] = float(np.quantile(latent, 0.99))
     if heal is not None:
         settings["heal_scale"] = float(np.quantile(heal, 0.99))
-    return float(np.quantile(final_score(skip, latent, heal, settings), quantile))
+    scores = final_score(skip, latent, heal, settings)
+    threshold = float(np.quantile(scores, quantile))
+    grid = (model.config.slice_spacing_mm, model.config.spacing_mm, model.config.spacing_mm)
+    peak = 1.0
+    for i, brain in enumerate(brains):  # the candidates each healthy volume would show
+        heat = np.zeros(brain.shape, np.float32)
+        heat[brain] = scores[sizes[i] : sizes[i + 1]] / np.float32(threshold)
+        peak = max([peak, *(c["peak"] for c in threshold_candidates(heat, grid)[1])])
+    settings["healthy_peak"] = float(peak)
+    return threshold
 
 
 def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float = 0.999,

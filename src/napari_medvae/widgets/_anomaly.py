@@ -39,10 +39,11 @@ class AnomalyWidget(QWidget):
     """Anomaly heatmap and candidates above a threshold (1.0 = the model's calibrated healthy limit).
 
     Moving the threshold re-labels the existing heatmap (engine.threshold_candidates): no network run.
-    Clicking a table row moves the viewer to that candidate's centroid.
+    Clicking a table row moves the viewer to that candidate's centroid. The last column says whether a
+    candidate's peak is above the highest one the model found in healthy brains (when its calibration has one).
     """
 
-    COLUMNS = ("label", "size (mm³)", "peak score", "voxels")
+    COLUMNS = ("label", "size (mm³)", "peak score", "voxels", "above healthy max")
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -110,6 +111,7 @@ class AnomalyWidget(QWidget):
         self.labels_layer = None
         self.candidates: list[dict] = []
         self._spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
+        self._healthy_peak: float | None = None
 
     def run(self) -> None:
         """Compute the heatmap (and optional uncertainty) of the image chosen now (recorded at start)."""
@@ -144,6 +146,7 @@ class AnomalyWidget(QWidget):
         def done(out) -> None:
             res, unc = out
             self._spacing = spacing
+            self._healthy_peak = res.healthy_peak
             self.heat_layer = self.viewer.add_image(
                 res.heatmap, name=f"{name} anomaly", colormap="inferno", blending="additive",
                 contrast_limits=(0.0, 2.0 * thr), **geo)
@@ -167,7 +170,8 @@ class AnomalyWidget(QWidget):
         if self.heat_layer is None or self.heat_layer not in self.viewer.layers:
             return
         value = self.threshold.value()
-        labels, rows = threshold_candidates(np.asarray(self.heat_layer.data), self._spacing, value)
+        labels, rows = threshold_candidates(np.asarray(self.heat_layer.data), self._spacing, value,
+                                            healthy_peak=self._healthy_peak)
         if self.labels_layer is not None and self.labels_layer in self.viewer.layers:
             self.labels_layer.data = labels
         self._show(rows, value)
@@ -177,12 +181,18 @@ class AnomalyWidget(QWidget):
         self.table.blockSignals(True)
         self.table.setRowCount(len(rows))
         for i, r in enumerate(rows):
-            for j, v in enumerate((r["label"], r["volume_mm3"], r["peak"], r["voxels"])):
+            above = r.get("above_healthy")
+            seen = "n/a" if above is None else ("yes" if above else "no")
+            for j, v in enumerate((r["label"], r["volume_mm3"], r["peak"], r["voxels"], seen)):
                 item = QTableWidgetItem(f"{v:.2f}" if isinstance(v, float) else str(v))
                 item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 self.table.setItem(i, j, item)
         self.table.blockSignals(False)
         top = f"; highest peak {rows[0]['peak']:.2f}" if rows else ""
+        hp = self._healthy_peak
+        if hp is not None:
+            n = sum(bool(r.get("above_healthy")) for r in rows)
+            top += f"; {n} peak above {hp:.2f}, the highest seen in healthy brains"
         self.summary.setText(f"{len(rows)} candidate(s) above {threshold:.2f}{top}")
 
     def jump_to(self, row: int, _col: int = 0) -> None:
