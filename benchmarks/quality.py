@@ -291,8 +291,9 @@ THRESHOLDING = ("plain intensity x", "plain intensity −x", "|x − brain media
 
 def candidate_stats(res, truth) -> np.ndarray:
     """Lesion-level reading of the candidate list: [lesions, lesions overlapped by a candidate, ... by one peaking
-    above the model's healthy maximum, candidates overlapping no lesion, ... of them above the healthy maximum].
-    A lesion is a 26-connected region of the truth mask."""
+    above the model's healthy maximum, candidates overlapping no lesion, ... of them above the healthy maximum,
+    1 if the volume was flagged as unlike the calibration volumes]. A lesion is a 26-connected region of the truth
+    mask."""
     lab, n = ndi.label(truth, np.ones((3, 3, 3)))
     above = {c["label"] for c in res.candidates if c.get("above_healthy")}
     hit, hit_above, fp, fp_above = set(), set(), 0, 0
@@ -303,13 +304,14 @@ def candidate_stats(res, truth) -> np.ndarray:
             hit_above |= ls
         fp += not ls
         fp_above += (not ls) and c["label"] in above
-    return np.array([n, len(hit), len(hit_above), fp, fp_above], float)
+    return np.array([n, len(hit), len(hit_above), fp, fp_above, bool(res.warnings)], float)
 
 
 def candidates_text(stats: list[np.ndarray]) -> str:
     t = np.sum(stats, axis=0)
     return (f"; lesions with a candidate {t[1]:.0f}/{t[0]:.0f} (peak above the healthy maximum: {t[2]:.0f}), "
-            f"other candidates {t[3] / len(stats):.1f} per volume (above it: {t[4] / len(stats):.1f})")
+            f"other candidates {t[3] / len(stats):.1f} per volume (above it: {t[4] / len(stats):.1f}); "
+            f"flagged as unlike the calibration volumes: {t[5]:.0f}/{len(stats)}")
 
 
 def task_anomaly(table, model, subs, label):

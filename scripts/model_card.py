@@ -42,7 +42,9 @@ def main() -> None:
                                    f"with skips, {c['anomaly']['latent_scale']:.4f} from the latent alone"
                                    if c['anomaly'].get('score') in ('combined', 'healed') else "")
                                 + (f", {c['anomaly']['heal_scale']:.4f} from the healing head"
-                                   if c['anomaly'].get('score') == 'healed' else "")),
+                                   if c['anomaly'].get('score') == 'healed' else "")
+                                + (f"; highest candidate peak in those healthy volumes {c['anomaly']['healthy_peak']:.2f}"
+                                   if c['anomaly'].get('healthy_peak') else "")),
     ]
     head, td = arch.get("denoiser"), t.get("denoiser")
     if head and td:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_medvae.engine import anomaly, load_model
-from napari_medvae.engine.anomaly import combined_score
+from napari_medvae.engine.anomaly import RESIDUAL_RATIO_LIMIT, combined_score, ratio_warning
 from napari_medvae.engine.checkpoint import load_checkpoint
 from napari_medvae.engine.model import default_model_path
 from napari_medvae.engine.preprocess import prepare
@@ -62,6 +62,7 @@ def test_models_calibrated_with_the_residual_score_still_work(tmp_path, read):
     (lambda a: a.update(skip_scale=-1.0), "anomaly.skip_scale"),
     (lambda a: a.update(healthy_peak=0), "anomaly.healthy_peak"),
     (lambda a: a.update(healthy_peak="high"), "anomaly.healthy_peak"),
+    (lambda a: a.update(residual_median=-0.01), "anomaly.residual_median"),
 ])
 def test_bad_anomaly_settings_are_refused(tmp_path, edit, msg):
     with pytest.raises(ModelError, match=msg):
@@ -85,6 +86,9 @@ def test_calibration_sets_the_scales_and_refuses_unknown_scores(read):
     assert m.config.anomaly["healthy_peak"] >= 1.0
     assert not any(c["above_healthy"] for c in res.candidates)  # no candidate of the healthy volume is above it
     assert m.config.anomaly["healthy_peak"] == pytest.approx(max([1.0, *(c["peak"] for c in res.candidates)]), rel=1e-3)
+    # the residual median: this volume, scored against its own calibration, has a residual ratio of 1
+    assert m.config.anomaly["residual_median"] > 0 and res.residual_ratio == pytest.approx(1.0, abs=1e-3)
+    assert res.warnings == []
     with pytest.raises(InputError, match="anomaly score"):
         calibrate(m, [(v, 1)], 0.999, score="fancy")
 
@@ -118,3 +122,24 @@ def test_automatic_brain_mask_reaches_the_brain_edge():
     assert mask[(r >= 13) & (r < 14.5)].all()  # the outer 2 voxels of the brain
     assert mask[r < 5].all()
     assert not mask[r > 17].any()  # background stays out
+
+
+def test_volumes_reconstructed_much_worse_than_healthy_ones_get_a_warning(model, read):
+    lesion, geo = read("mni_t1_lesion.nii.gz")
+    res = anomaly(model, lesion, geo.spacing)
+    assert 0.7 < res.residual_ratio < RESIDUAL_RATIO_LIMIT and res.warnings == []  # lesions do not move the median
+    noisy, geo = read("mni_t1_noisy.nii.gz")  # 5 % Rician noise: a different volume for the model
+    res = anomaly(model, noisy, geo.spacing)
+    assert res.residual_ratio > 2.5
+    (w,) = res.warnings
+    assert f"{res.residual_ratio:.1f}x worse" in w and "not calibrated" in w
+    assert res.heatmap.shape == noisy.shape  # the map is still made
+
+
+def test_ratio_warning_limits_and_models_without_a_residual_median(tmp_path, read):
+    assert ratio_warning(None) is None and ratio_warning(RESIDUAL_RATIO_LIMIT) is None
+    assert "2.0x worse" in ratio_warning(2.0)
+    m = load_model(_copy_model(tmp_path, lambda a: a.pop("residual_median")), device="cpu")
+    vol, geo = read("mni_t1_noisy.nii.gz")
+    res = anomaly(m, vol, geo.spacing)
+    assert res.residual_ratio is None and res.warnings == []  # older calibrations: no ratio, no warning

@@ -69,9 +69,20 @@ def test_anomaly_writes_heatmap_labels_and_report(tmp_path, sample_dir):
     assert {"voxels", "volume_mm3", "peak", "above_healthy", "centroid_voxel_ijk", "centroid_world_xyz_mm"} <= set(c)
     assert c["above_healthy"] and report["healthy_peak"] > 1.0  # the sample's strongest lesion: above any healthy brain
     assert report["n_above_healthy"] == sum(x["above_healthy"] for x in report["candidates"])
+    assert report["warnings"] == [] and 0.7 < report["residual_ratio"] < 1.5
     truth = read_volume(sample_dir / "mni_t1_lesion_mask.nii.gz")[0]
     i, j, k = (int(round(v)) for v in c["centroid_voxel_ijk"])
     assert truth[k, j, i] > 0
+
+
+def test_anomaly_on_a_noisy_volume_warns_but_writes(tmp_path, sample_dir, capsys):
+    heat, rep = tmp_path / "h.nii.gz", tmp_path / "r.json"
+    src = sample_dir / "mni_t1_noisy.nii.gz"
+    assert main(["anomaly", str(src), "-o", str(heat), "--report", str(rep), "-q"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medvae: warning: the model reconstructs this volume")
+    report = json.loads(rep.read_text())
+    assert report["residual_ratio"] > 1.5 and len(report["warnings"]) == 1 and heat.exists()
 
 
 def test_anomaly_with_brain_mask(tmp_path, sample_dir):

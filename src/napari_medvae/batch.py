@@ -14,7 +14,9 @@
   ``input`` is relative to ``input_dir``, ``output`` (and ``labels``) to ``output_dir``; ``status``
   is ``ok``, ``error`` (``error`` says why) or ``skipped`` (already done, or nothing to do:
   ``reason`` says which). The anomaly fields appear for ``anomaly`` only (``n_above_healthy``: the
-  candidates peaking above the model's healthy maximum, for models calibrated with one).
+  candidates peaking above the model's healthy maximum, ``residual_ratio``: the median residual over the
+  healthy calibration's, for models calibrated with them; ``warnings`` when the heatmap's calibration does
+  not hold for the volume, see engine.anomaly).
 * Re-running the same command skips every file whose output exists and whose manifest has an
   ``ok`` line (outputs are written atomically, so an existing output is complete); failed and
   unfinished files are processed again. One bad file never stops the batch.
@@ -252,6 +254,10 @@ def _process(operation: str, item: Item, out: Path, labels_out: Path | None, mod
                      largest_candidate_mm3=max(sizes) if sizes else 0.0)
         if res.healthy_peak is not None:
             extra["n_above_healthy"] = sum(bool(c["above_healthy"]) for c in res.candidates)
+        if res.residual_ratio is not None:
+            extra["residual_ratio"] = res.residual_ratio
+        if res.warnings:
+            extra["warnings"] = res.warnings
     else:  # uncertainty
         res = uncertainty(model, vol, geo.spacing, samples=int(opts.get("samples", 8)), seed=int(opts.get("seed", 0)),
                           axis=axis, force=force)

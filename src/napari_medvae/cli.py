@@ -215,12 +215,16 @@ def cmd_anomaly(args) -> int:
             "threshold": args.threshold,
             "units": "heatmap value 1.0 = the model's calibrated healthy threshold",
             "healthy_peak": res.healthy_peak,
+            "residual_ratio": res.residual_ratio,
+            "warnings": res.warnings,
             "max_score": float(res.heatmap.max()),
             "n_candidates": len(res.candidates),
             "n_above_healthy": _n_above(res),
             "candidates": [_report_row(c) for c in res.candidates],
         }
         _atomic_write_bytes(report_out, (json.dumps(report, indent=2) + "\n").encode())
+    for w in res.warnings:  # even with -q: the map is written, but its calibration does not hold
+        print(f"medvae: warning: {w}", file=sys.stderr)
     _say(args, f"wrote {out}" + (f", {labels_out}" if labels_out else "") + (f", {report_out}" if report_out else "")
          + f"; {len(res.candidates)} candidate(s){_above_text(res)}, max score {float(res.heatmap.max()):.2f}")
     return 0

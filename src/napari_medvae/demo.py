@@ -121,6 +121,8 @@ def run_demo(out: Path, model_path: str | None = None, device: str = "auto", qui
     m["missing_slices_psnr_linear_interpolation_db"] = round(_psnr(_linear_fill(missing, 0), mtruth, ms, float(mtruth.max())), 2)
     m["anomaly_peak_in_lesion"] = bool(lmask[np.unravel_index(np.argmax(an.heatmap), an.heatmap.shape)] > 0)
     m["anomaly_candidates"] = len(an.candidates)
+    if an.residual_ratio is not None:
+        m["anomaly_residual_ratio"] = an.residual_ratio
     if an.healthy_peak is not None:
         m["anomaly_candidates_above_healthy_peak"] = sum(bool(c["above_healthy"]) for c in an.candidates)
 

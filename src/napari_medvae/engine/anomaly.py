@@ -20,6 +20,12 @@ The score is divided by the calibrated threshold (a high quantile of healthy hel
 brains have such regions too (a few per volume, at folds and the brain's edge), so models calibrated with
 ``healthy_peak`` (the highest candidate peak in their healthy calibration volumes) mark each candidate whose peak
 exceeds it (``above_healthy``): nothing is hidden, but those are the ones no healthy brain produced.
+
+The calibration holds only for volumes the model reconstructs about as well as its healthy calibration volumes.
+Models calibrated with ``residual_median`` (the healthy median of the first residual inside the brain) report
+how many times larger this volume's median is (``residual_ratio``: about 1 for T1 brains with or without
+lesions; 1.8-2.7 for a T2-like contrast, 3.4 with 5 % Rician noise) and warn above RESIDUAL_RATIO_LIMIT: the
+heatmap is still made, but its 1.0 no longer means "top 0.1 % of healthy voxels".
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ from .preprocess import Prepared, check_spacing, prepare
 from .runner import CancelFn, Progress, ProgressFn, check_mask, slice_lerp
 
 MIN_CANDIDATE_MM3 = 20.0
+# median residual of a volume / the healthy calibration's median above which the heatmap is flagged (T1 tuning
+# subjects, with and without lesions: 0.86-1.19; the calibration volumes themselves: 0.87-1.09)
+RESIDUAL_RATIO_LIMIT = 1.5
 
 
 @dataclass
@@ -47,6 +56,8 @@ class AnomalyResult:
     candidates: list[dict] = field(default_factory=list)
     threshold: float = 1.0
     healthy_peak: float | None = None  # the model's highest healthy candidate peak (None: not calibrated)
+    residual_ratio: float | None = None  # median residual / the healthy calibration's (None: not calibrated)
+    warnings: list[str] = field(default_factory=list)
 
 
 def auto_brain_mask(x: np.ndarray) -> np.ndarray:
@@ -142,13 +153,33 @@ def score_prepared(model: Model, prep: Prepared, progress: Progress, brain_mask:
     ``stride``-th slice, at the model's own spacing, and linearly interpolated in between: the model works
     on a 2 mm grid in-plane too, and this keeps whole-brain maps within seconds.
     """
+    return score_and_ratio(model, prep, progress, brain_mask)[0]
+
+
+def score_and_ratio(model: Model, prep: Prepared, progress: Progress,
+                    brain_mask: np.ndarray | None = None) -> tuple[np.ndarray, float | None]:
+    """``score_prepared``'s score and the volume's residual ratio (median first residual inside the brain divided
+    by the model's healthy ``residual_median``; None for models calibrated without one)."""
     brain = prep.mask_to_model(brain_mask) if brain_mask is not None else auto_brain_mask(prep.data)
     st = prep.stride
-    score = final_score(*raw_scores(model, prep.data[::st], brain[::st], progress, score_kind(model)), model.config.anomaly)
+    raws = raw_scores(model, prep.data[::st], brain[::st], progress, score_kind(model))
+    score = final_score(*raws, model.config.anomaly)
+    ref = model.config.anomaly.get("residual_median")
+    inside = raws[0][brain[::st]]
+    ratio = float(np.median(inside)) / float(ref) if ref and inside.size else None
     if st > 1:
         score = slice_lerp(score, prep.data.shape[0], st)
         score[~brain] = 0.0
-    return score
+    return score, ratio
+
+
+def ratio_warning(ratio: float | None) -> str | None:
+    """The warning for a residual ratio above RESIDUAL_RATIO_LIMIT (None when within it or unknown)."""
+    if ratio is None or ratio <= RESIDUAL_RATIO_LIMIT:
+        return None
+    return (f"the model reconstructs this volume {ratio:.1f}x worse than its healthy calibration volumes (median "
+            f"residual; above {RESIDUAL_RATIO_LIMIT}x): noise, artefacts or a contrast it did not learn. The heatmap's "
+            "1.0 is not calibrated for it; compare candidates by rank, or denoise first if it is noisy")
 
 
 def threshold_candidates(heatmap: np.ndarray, spacing: Sequence[float], threshold: float = 1.0,
@@ -214,7 +245,7 @@ def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain
     prep = prepare(volume, sp, model.config, axis, force=force)
     p = Progress(len(range(0, prep.data.shape[0], prep.stride)) + 1, progress, cancel)
     p.check()
-    score = score_prepared(model, prep, p, bm)
+    score, ratio = score_and_ratio(model, prep, p, bm)
     heat = prep.to_original(score / np.float32(thr), denormalise=False)
     heat = np.clip(heat, 0, None)
     if bm is not None:
@@ -222,4 +253,6 @@ def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain
     hp = model.config.anomaly.get("healthy_peak")
     labels, rows = threshold_candidates(heat, sp, threshold, geometry, healthy_peak=hp)
     p.step()
-    return AnomalyResult(heat.astype(np.float32), labels, rows, threshold, hp)
+    warning = ratio_warning(ratio)
+    return AnomalyResult(heat.astype(np.float32), labels, rows, threshold, hp,
+                         None if ratio is None else round(ratio, 3), [warning] if warning else [])

@@ -31,7 +31,8 @@ class ModelConfig:
     "median_size": voxels of the median filter, "score": "residual", "combined" or "healed" (engine.anomaly), and for
     "combined" and "healed" "skip_scale" / "latent_scale": the two VAE residuals' healthy 99th percentiles, for
     "healed" "heal_scale": the healing head's residual's; optional "healthy_peak": the highest candidate peak found in
-    the healthy calibration volumes (engine.train.calibrate)}.
+    the healthy calibration volumes, and "residual_median": the healthy median of the first residual inside the
+    brain (engine.train.calibrate)}.
     intensity_profile: normalised histogram of healthy held-out volumes for the out-of-distribution check.
     """
 
@@ -89,9 +90,10 @@ class ModelConfig:
             v = cfg.anomaly.get(k)
             if not (isinstance(v, (int, float)) and v > 0):
                 raise ModelError(f"{source}: anomaly.{k} must be a positive number for the {score} score, not {v!r}")
-        hp = cfg.anomaly.get("healthy_peak")
-        if hp is not None and not (isinstance(hp, (int, float)) and hp > 0):
-            raise ModelError(f"{source}: anomaly.healthy_peak must be a positive number or absent, not {hp!r}")
+        for k in ("healthy_peak", "residual_median"):
+            v = cfg.anomaly.get(k)
+            if v is not None and not (isinstance(v, (int, float)) and v > 0):
+                raise ModelError(f"{source}: anomaly.{k} must be a positive number or absent, not {v!r}")
         if score == "healed" and not cfg.architecture.get("heal_head"):
             raise ModelError(f"{source}: anomaly.score 'healed' needs architecture.heal_head (a healing head)")
         try:

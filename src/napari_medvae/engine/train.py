@@ -295,7 +295,8 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     ``score`` "combined" (see engine.anomaly) also sets the two VAE residuals' healthy scales (99th percentiles)
     in the model's anomaly settings, "healed" the healing head's residual's scale as well; "residual" uses the
     normal reconstruction's residual alone. It also sets ``healthy_peak``: the highest peak of the candidates
-    (engine.anomaly.threshold_candidates at 1.0) that these healthy volumes produce, at least 1.
+    (engine.anomaly.threshold_candidates at 1.0) that these healthy volumes produce, at least 1, and
+    ``residual_median``: the median of the first (normal reconstruction's) residual inside their brains.
     """
     from .anomaly import auto_brain_mask, final_score, raw_scores, threshold_candidates
     from .runner import Progress
@@ -317,6 +318,7 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     sizes = np.cumsum([0] + [int(b.sum()) for b in brains])
     skip, latent, heal = (np.concatenate(a) if a else None for a in raw)
     settings["score"] = score
+    settings["residual_median"] = float(np.median(skip))
     if latent is not None:
         settings["skip_scale"] = float(np.quantile(skip, 0.99))
         settings["latent_scale"] = float(np.quantile(latent, 0.99))

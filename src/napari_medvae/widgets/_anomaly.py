@@ -72,6 +72,7 @@ class AnomalyWidget(QWidget):
         self.job = JobBar()
         self.job.lock(self.run_btn)
         self.summary = QLabel("")
+        self.summary.setWordWrap(True)
         self.table = QTableWidget(0, len(self.COLUMNS))
         self.table.setHorizontalHeaderLabels(self.COLUMNS)
         self.table.setSelectionBehavior(QTableWidget.SelectRows)
@@ -112,6 +113,7 @@ class AnomalyWidget(QWidget):
         self.candidates: list[dict] = []
         self._spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
         self._healthy_peak: float | None = None
+        self._warning = ""  # the engine's warning for the current heatmap (its calibration does not hold)
 
     def run(self) -> None:
         """Compute the heatmap (and optional uncertainty) of the image chosen now (recorded at start)."""
@@ -153,6 +155,11 @@ class AnomalyWidget(QWidget):
             self.labels_layer = self.viewer.add_labels(res.labels, name=f"{name} candidates", opacity=0.5, **geo)
             if unc is not None:
                 self.viewer.add_image(unc, name=f"{name} uncertainty", colormap="viridis", blending="additive", **geo)
+            self._warning = " ".join(res.warnings)
+            if self._warning:
+                from napari.utils.notifications import show_warning
+
+                show_warning(f"medvae: {self._warning}")
             self._show(res.candidates, thr)
 
         self.job.start("anomaly", job, done, viewer=self.viewer, sources=(layer, blayer))
@@ -193,7 +200,8 @@ class AnomalyWidget(QWidget):
         if hp is not None:
             n = sum(bool(r.get("above_healthy")) for r in rows)
             top += f"; {n} peak above {hp:.2f}, the highest seen in healthy brains"
-        self.summary.setText(f"{len(rows)} candidate(s) above {threshold:.2f}{top}")
+        warn = f"\n⚠ {self._warning}" if self._warning else ""
+        self.summary.setText(f"{len(rows)} candidate(s) above {threshold:.2f}{top}{warn}")
 
     def jump_to(self, row: int, _col: int = 0) -> None:
         """Move the viewer (slice position and camera centre) to the candidate's centroid, in world mm."""
