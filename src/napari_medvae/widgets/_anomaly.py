@@ -43,7 +43,9 @@ class AnomalyWidget(QWidget):
     candidate's peak is above the highest one the model found in healthy brains (when its calibration has one).
     """
 
-    COLUMNS = ("label", "size (mm³)", "peak score", "voxels", "above healthy max")
+    COLUMNS = ("label", "mm³", "peak", "voxels", "> healthy")
+    TIPS = ("candidate label (1 = highest peak)", "size in mm³", "peak heatmap score (1.0 = calibrated threshold)",
+            "size in voxels", "peak above the highest candidate peak of the model's healthy calibration brains")
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -75,11 +77,14 @@ class AnomalyWidget(QWidget):
         self.summary.setWordWrap(True)
         self.table = QTableWidget(0, len(self.COLUMNS))
         self.table.setHorizontalHeaderLabels(self.COLUMNS)
+        for j, tip in enumerate(self.TIPS):
+            self.table.horizontalHeaderItem(j).setToolTip(tip)
         self.table.setSelectionBehavior(QTableWidget.SelectRows)
         self.table.setSelectionMode(QTableWidget.SingleSelection)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(len(self.COLUMNS) - 1, QHeaderView.ResizeToContents)
         self.table.setToolTip("click a row to go to that candidate")
         form = QFormLayout()
         form.addRow("Image", self.source)
@@ -190,7 +195,7 @@ class AnomalyWidget(QWidget):
         for i, r in enumerate(rows):
             above = r.get("above_healthy")
             seen = "n/a" if above is None else ("yes" if above else "no")
-            for j, v in enumerate((r["label"], r["volume_mm3"], r["peak"], r["voxels"], seen)):
+            for j, v in enumerate((r["label"], round(r["volume_mm3"]), r["peak"], r["voxels"], seen)):
                 item = QTableWidgetItem(f"{v:.2f}" if isinstance(v, float) else str(v))
                 item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 self.table.setItem(i, j, item)
