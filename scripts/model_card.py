@@ -45,7 +45,7 @@ def main() -> None:
                                    if c['anomaly'].get('score') == 'healed' else "")
                                 + (f"; highest candidate peak in those healthy volumes {c['anomaly']['healthy_peak']:.2f}"
                                    if c['anomaly'].get('healthy_peak') else "")
-                                + (f"; their median residual {c['anomaly']['residual_median']:.4f} (volumes above 1.5 × "
+                                + (f"; their median smoothed residual {c['anomaly']['residual_median']:.4f} (volumes above 2 × "
                                    "it get a warning)" if c['anomaly'].get('residual_median') else "")),
     ]
     head, td = arch.get("denoiser"), t.get("denoiser")

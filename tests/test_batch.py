@@ -90,7 +90,7 @@ def test_batch_anomaly_writes_labels_and_summary(tmp_path, read):
     assert row["n_candidates"] == len(np.unique(labels[labels > 0]))
     assert (row["largest_candidate_mm3"] > 0) == (row["n_candidates"] > 0)
     assert 1 <= row["n_above_healthy"] <= row["n_candidates"]  # the lesion peaks above the healthy maximum
-    assert 0.7 < row["residual_ratio"] < 1.5 and "warnings" not in row  # a T1 brain like the calibration's
+    assert 0.5 < row["residual_ratio"] < 2.0 and "warnings" not in row  # a (cropped) T1 brain: no warning
 
 
 def test_batch_inpaint_auto_fills_blank_slices_and_skips_complete_volumes(tmp_path, read):

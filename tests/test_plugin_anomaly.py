@@ -50,13 +50,17 @@ def test_anomaly_heatmap_candidates_threshold_and_jump(make_napari_viewer, qtbot
     assert labels.selected_label == 1
 
 
-def test_uncalibrated_volumes_are_flagged(make_napari_viewer, qtbot, sample_dir):
+def test_uncalibrated_volumes_are_flagged(make_napari_viewer, qtbot):
+    from napari_medvae.engine import synth
+
+    tpl = synth.load_templates(2.0)
+    img, _, _ = synth.make_subject(tpl, 9001, contrast="t2")  # a contrast the model never saw
     viewer = make_napari_viewer()
-    src = open_volume(viewer, sample_dir / "mni_t1_noisy.nii.gz")
+    src = viewer.add_image(img, name="t2 subject", scale=tpl.spacing)
     w = dock(viewer, "Anomaly review")
     w.source.setCurrentText(src.name)
     w.run_btn.click()
-    wait_layer(qtbot, viewer, "mni_t1_noisy anomaly", w.job)
+    wait_layer(qtbot, viewer, "t2 subject anomaly", w.job)
     assert "⚠ the model reconstructs this volume" in w.summary.text()
     w.threshold.setValue(2.0)  # re-thresholding keeps the warning
     qtbot.waitUntil(lambda: "above 2.00" in w.summary.text(), timeout=5000)

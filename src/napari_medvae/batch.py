@@ -14,7 +14,7 @@
   ``input`` is relative to ``input_dir``, ``output`` (and ``labels``) to ``output_dir``; ``status``
   is ``ok``, ``error`` (``error`` says why) or ``skipped`` (already done, or nothing to do:
   ``reason`` says which). The anomaly fields appear for ``anomaly`` only (``n_above_healthy``: the
-  candidates peaking above the model's healthy maximum, ``residual_ratio``: the median residual over the
+  candidates peaking above the model's healthy maximum, ``residual_ratio``: the median smoothed residual over the
   healthy calibration's, for models calibrated with them; ``warnings`` when the heatmap's calibration does
   not hold for the volume, see engine.anomaly).
 * Re-running the same command skips every file whose output exists and whose manifest has an

@@ -22,10 +22,10 @@ brains have such regions too (a few per volume, at folds and the brain's edge), 
 exceeds it (``above_healthy``): nothing is hidden, but those are the ones no healthy brain produced.
 
 The calibration holds only for volumes the model reconstructs about as well as its healthy calibration volumes.
-Models calibrated with ``residual_median`` (the healthy median of the first residual inside the brain) report
-how many times larger this volume's median is (``residual_ratio``: about 1 for T1 brains with or without
-lesions; 1.8-2.7 for a T2-like contrast, 3.4 with 5 % Rician noise) and warn above RESIDUAL_RATIO_LIMIT: the
-heatmap is still made, but its 1.0 no longer means "top 0.1 % of healthy voxels".
+Models calibrated with ``residual_median`` (the healthy median of the smoothed reconstruction residual inside
+the brain, see smooth_residual) report how many times larger this volume's median is (``residual_ratio``) and warn
+above RESIDUAL_RATIO_LIMIT: the heatmap is still made, but its 1.0 no longer means "top 0.1 % of healthy voxels".
+The smoothing keeps Rician noise, which the median filter of the score mostly absorbs, from raising the ratio.
 """
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ from .preprocess import Prepared, check_spacing, prepare
 from .runner import CancelFn, Progress, ProgressFn, check_mask, slice_lerp
 
 MIN_CANDIDATE_MM3 = 20.0
-# median residual of a volume / the healthy calibration's median above which the heatmap is flagged (T1 tuning
-# subjects, with and without lesions: 0.86-1.19; the calibration volumes themselves: 0.87-1.09)
-RESIDUAL_RATIO_LIMIT = 1.5
+# a volume's median smoothed residual / the healthy calibration's, above which the heatmap is flagged. T1 brains
+# (tuning subjects and the samples, with or without lesions or blank slices, 2 mm and 1 mm, Rician noise up to 5 %):
+# 0.85-1.67; T2-like tuning subjects: 2.3-3.7
+RESIDUAL_RATIO_LIMIT = 2.0
 
 
 @dataclass
@@ -120,20 +121,30 @@ def score_kind(model: Model) -> str:
 
 
 def raw_scores(model: Model, data: np.ndarray, brain: np.ndarray, progress: Progress,
-               kind: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(residual score, latent-only residual score, healing-head residual score) of ``data`` whose slices are the
-    model's slice spacing apart; the last two are None where ``kind`` does not use them."""
+               kind: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """(residual score, latent-only residual score, healing-head residual score, smoothed residual) of ``data``
+    whose slices are the model's slice spacing apart; the second and third are None where ``kind`` does not use
+    them. The last is |G(x) - G(reconstruction)| inside the brain (``smooth_residual``), for the residual ratio."""
     from .runner import run_network
 
     med = int(model.config.anomaly.get("median_size", 3))
     if kind == "residual":
-        return residual_score(data, run_network(model, data, None, 1, progress), brain, med), None, None
+        rec = run_network(model, data, None, 1, progress)
+        return residual_score(data, rec, brain, med), None, None, smooth_residual(data, rec, brain)
     rec, rec0 = run_network(model, data, None, 1, progress, full_frame=True, both=True)
     heal_res = None
     if kind == "healed":
         progress.check()
         heal_res = residual_score(data, heal(model, data), brain, med)
-    return residual_score(data, rec, brain, med), residual_score(data, rec0, brain, med), heal_res
+    return (residual_score(data, rec, brain, med), residual_score(data, rec0, brain, med), heal_res,
+            smooth_residual(data, rec, brain))
+
+
+def smooth_residual(data: np.ndarray, rec: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """|G(data) - G(rec)| (Gaussian, sigma 1 voxel) at the brain's voxels (1D): how far the reconstruction is from
+    the volume at the scale of tissue, not of noise (noise is smoothed away on both sides, a contrast the model
+    did not learn is not)."""
+    return np.abs(ndi.gaussian_filter(data, 1.0) - ndi.gaussian_filter(rec.astype(np.float32), 1.0))[brain]
 
 
 def final_score(skip: np.ndarray, latent: np.ndarray | None, heal: np.ndarray | None, settings: dict) -> np.ndarray:
@@ -158,15 +169,14 @@ def score_prepared(model: Model, prep: Prepared, progress: Progress, brain_mask:
 
 def score_and_ratio(model: Model, prep: Prepared, progress: Progress,
                     brain_mask: np.ndarray | None = None) -> tuple[np.ndarray, float | None]:
-    """``score_prepared``'s score and the volume's residual ratio (median first residual inside the brain divided
+    """``score_prepared``'s score and the volume's residual ratio (median smoothed residual inside the brain divided
     by the model's healthy ``residual_median``; None for models calibrated without one)."""
     brain = prep.mask_to_model(brain_mask) if brain_mask is not None else auto_brain_mask(prep.data)
     st = prep.stride
-    raws = raw_scores(model, prep.data[::st], brain[::st], progress, score_kind(model))
+    *raws, smooth = raw_scores(model, prep.data[::st], brain[::st], progress, score_kind(model))
     score = final_score(*raws, model.config.anomaly)
     ref = model.config.anomaly.get("residual_median")
-    inside = raws[0][brain[::st]]
-    ratio = float(np.median(inside)) / float(ref) if ref and inside.size else None
+    ratio = float(np.median(smooth)) / float(ref) if ref and smooth.size else None
     if st > 1:
         score = slice_lerp(score, prep.data.shape[0], st)
         score[~brain] = 0.0
@@ -178,8 +188,8 @@ def ratio_warning(ratio: float | None) -> str | None:
     if ratio is None or ratio <= RESIDUAL_RATIO_LIMIT:
         return None
     return (f"the model reconstructs this volume {ratio:.1f}x worse than its healthy calibration volumes (median "
-            f"residual; above {RESIDUAL_RATIO_LIMIT}x): noise, artefacts or a contrast it did not learn. The heatmap's "
-            "1.0 is not calibrated for it; compare candidates by rank, or denoise first if it is noisy")
+            f"smoothed residual; above {RESIDUAL_RATIO_LIMIT}x): a contrast or anatomy it did not learn, or heavy noise "
+            "or artefacts. The heatmap's 1.0 is not calibrated for it; compare candidates by rank")
 
 
 def threshold_candidates(heatmap: np.ndarray, spacing: Sequence[float], threshold: float = 1.0,

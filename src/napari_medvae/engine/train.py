@@ -296,7 +296,8 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     in the model's anomaly settings, "healed" the healing head's residual's scale as well; "residual" uses the
     normal reconstruction's residual alone. It also sets ``healthy_peak``: the highest peak of the candidates
     (engine.anomaly.threshold_candidates at 1.0) that these healthy volumes produce, at least 1, and
-    ``residual_median``: the median of the first (normal reconstruction's) residual inside their brains.
+    ``residual_median``: the median of their smoothed reconstruction residual inside the brain
+    (engine.anomaly.smooth_residual).
     """
     from .anomaly import auto_brain_mask, final_score, raw_scores, threshold_candidates
     from .runner import Progress
@@ -307,18 +308,21 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
         raise InputError("the 'healed' anomaly score needs a model with a healing head (medvae train-heal-head)")
     settings = model.config.anomaly
     raw: list[list[np.ndarray]] = [[], [], []]
+    smooth: list[np.ndarray] = []
     brains = []
     for v, stride in volumes:  # the same passes as engine.anomaly.score_prepared
         data = v[::stride]
         brain = auto_brain_mask(v)[::stride]
         brains.append(brain)
-        for acc, s in zip(raw, raw_scores(model, data, brain, Progress(data.shape[0]), score), strict=True):
+        *parts, sm = raw_scores(model, data, brain, Progress(data.shape[0]), score)
+        smooth.append(sm)
+        for acc, s in zip(raw, parts, strict=True):
             if s is not None:
                 acc.append(s[brain])
     sizes = np.cumsum([0] + [int(b.sum()) for b in brains])
     skip, latent, heal = (np.concatenate(a) if a else None for a in raw)
     settings["score"] = score
-    settings["residual_median"] = float(np.median(skip))
+    settings["residual_median"] = float(np.median(np.concatenate(smooth)))
     if latent is not None:
         settings["skip_scale"] = float(np.quantile(skip, 0.99))
         settings["latent_scale"] = float(np.quantile(latent, 0.99))
