@@ -252,8 +252,8 @@ def _process(operation: str, item: Item, out: Path, labels_out: Path | None, mod
         sizes = [float(c["volume_mm3"]) for c in res.candidates]
         extra.update(max_score=round(float(res.heatmap.max()), 4), n_candidates=len(res.candidates),
                      largest_candidate_mm3=max(sizes) if sizes else 0.0)
-        if res.healthy_peak is not None:
-            extra["n_above_healthy"] = sum(bool(c["above_healthy"]) for c in res.candidates)
+        if res.n_above_healthy is not None:
+            extra["n_above_healthy"] = res.n_above_healthy
         if res.residual_ratio is not None:
             extra["residual_ratio"] = res.residual_ratio
         if res.warnings:

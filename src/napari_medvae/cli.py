@@ -219,7 +219,7 @@ def cmd_anomaly(args) -> int:
             "warnings": res.warnings,
             "max_score": float(res.heatmap.max()),
             "n_candidates": len(res.candidates),
-            "n_above_healthy": _n_above(res),
+            "n_above_healthy": res.n_above_healthy,
             "candidates": [_report_row(c) for c in res.candidates],
         }
         _atomic_write_bytes(report_out, (json.dumps(report, indent=2) + "\n").encode())
@@ -230,13 +230,8 @@ def cmd_anomaly(args) -> int:
     return 0
 
 
-def _n_above(res) -> int | None:
-    """How many candidates peak above the model's healthy maximum (None: the model has none)."""
-    return None if res.healthy_peak is None else sum(bool(c["above_healthy"]) for c in res.candidates)
-
-
 def _above_text(res) -> str:
-    n = _n_above(res)
+    n = res.n_above_healthy
     return "" if n is None else f" ({n} peaking above {res.healthy_peak:.2f}, the highest in healthy brains)"
 
 

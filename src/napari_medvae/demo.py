@@ -123,8 +123,8 @@ def run_demo(out: Path, model_path: str | None = None, device: str = "auto", qui
     m["anomaly_candidates"] = len(an.candidates)
     if an.residual_ratio is not None:
         m["anomaly_residual_ratio"] = an.residual_ratio
-    if an.healthy_peak is not None:
-        m["anomaly_candidates_above_healthy_peak"] = sum(bool(c["above_healthy"]) for c in an.candidates)
+    if an.n_above_healthy is not None:
+        m["anomaly_candidates_above_healthy_peak"] = an.n_above_healthy
 
     # montage: one axial slice per result (through the lesion / a missing slice / the hole)
     zl = int(np.argmax((lmask > 0).sum(axis=(1, 2))))

@@ -57,8 +57,15 @@ class AnomalyResult:
     candidates: list[dict] = field(default_factory=list)
     threshold: float = 1.0
     healthy_peak: float | None = None  # the model's highest healthy candidate peak (None: not calibrated)
-    residual_ratio: float | None = None  # median residual / the healthy calibration's (None: not calibrated)
+    residual_ratio: float | None = None  # median smoothed residual / the healthy calibration's (None: not calibrated)
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_above_healthy(self) -> int | None:
+        """How many candidates peak above the model's healthy maximum (None: the model has none)."""
+        if self.healthy_peak is None:
+            return None
+        return sum(bool(c["above_healthy"]) for c in self.candidates)
 
 
 def auto_brain_mask(x: np.ndarray) -> np.ndarray:

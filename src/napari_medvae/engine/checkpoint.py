@@ -31,8 +31,8 @@ class ModelConfig:
     "median_size": voxels of the median filter, "score": "residual", "combined" or "healed" (engine.anomaly), and for
     "combined" and "healed" "skip_scale" / "latent_scale": the two VAE residuals' healthy 99th percentiles, for
     "healed" "heal_scale": the healing head's residual's; optional "healthy_peak": the highest candidate peak found in
-    the healthy calibration volumes, and "residual_median": the healthy median of the first residual inside the
-    brain (engine.train.calibrate)}.
+    the healthy calibration volumes, and "residual_median": the healthy median of the smoothed reconstruction
+    residual inside the brain (engine.train.calibrate, engine.anomaly.smooth_residual)}.
     intensity_profile: normalised histogram of healthy held-out volumes for the out-of-distribution check.
     """
 
