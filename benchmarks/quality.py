@@ -428,6 +428,7 @@ def main(argv=None) -> int:
     g = "T2-like (generalisation): "
     task_denoise(table, model, t2, [0.05], baselines, g)
     task_missing(table, model, t2, g)
+    task_regions(table, model, t2, g)
     if not a.quick:
         task_anomaly(table, model, t2, g)
     total = time.perf_counter() - t0

@@ -377,6 +377,16 @@ def cmd_train_heal_head(args) -> int:
                                            calibration_quantile=args.quantile, contrast_prob=args.contrast_prob))
 
 
+def cmd_fit_region_prior(args) -> int:
+    from .engine.train_region_prior import fit_region_prior
+
+    src, _ = _head_base(args)
+    path = fit_region_prior(_gather(args.data), args.output, src, patch=args.patch, per_volume=args.per_volume,
+                            seed=args.seed)
+    _say(args, f"wrote {path} and {Path(path).with_suffix('.json')}")
+    return 0
+
+
 def cmd_train_denoiser(args) -> int:
     from .engine.train_denoiser import DenoiserTrainConfig, train_denoiser
 
@@ -591,6 +601,19 @@ def build_parser() -> argparse.ArgumentParser:
                          "so that the head also heals contrasts the training volumes lack; 0 = their own contrast "
                          "only (default: %(default)s, as for the shipped head)")
     th.set_defaults(fn=cmd_train_heal_head)
+    fr = sub.add_parser("fit-region-prior", parents=[common], help="add a region prior (painted-region inpainting) to a model",
+                        description="Fit the region prior of a model on healthy volumes: the mean and covariance of "
+                                    "PATCH^3 cubes of the model grid inside the brain. Inpainting fills painted regions "
+                                    "that fit in such a cube with their conditional mean under it. Writes a new model; "
+                                    "every other weight is copied.")
+    fr.add_argument("model_path", nargs="?", help="model to add the prior to (default: --model or the shipped model)")
+    fr.add_argument("--data", nargs="+", required=True, help="healthy training volumes or folders of them")
+    fr.add_argument("-o", "--output", required=True, help="new model path stem")
+    fr.add_argument("--patch", type=int, default=15, help="cube side in voxels of the model grid, odd, 5-21 (default: "
+                                                           "%(default)s; regions up to PATCH - 4 voxels across are filled)")
+    fr.add_argument("--per-volume", type=int, default=3000, help="cubes drawn per training volume (default: %(default)s)")
+    fr.add_argument("--seed", type=int, default=0)
+    fr.set_defaults(fn=cmd_fit_region_prior)
     ba = sub.add_parser("batch", parents=[common], help="run an operation on every volume of a folder (resumable)",
                         description="Apply OPERATION to every volume under INPUT_DIR (recursively); outputs keep their "
                                     "relative paths under OUTPUT_DIR, each file's status goes to OUTPUT_DIR/manifest.jsonl, "

@@ -25,6 +25,10 @@ Optional ``heal_head`` (``architecture.heal_head``): the same kind of 3D UNet, t
 and coarse intensity changes from healthy volumes (a denoising autoencoder, after Kascenas et al., MIDL 2022). Its
 input is B x 1 x D x H x W (the volume), its output a correction to it (``medvae train-heal-head``). Anomaly scoring
 uses its residual next to the VAE's (see anomaly).
+
+Optional ``region_prior`` (``architecture.region_prior``): no network, two buffers: the mean and the octant rows of
+the covariance of ``patch``-sided cubes of healthy volumes (``medvae fit-region-prior``, see region_prior).
+Inpainting fills painted regions that fit in such a cube with their conditional mean under it.
 """
 
 from __future__ import annotations
@@ -51,12 +55,13 @@ class SliceVAEConfig:
     denoiser: dict | None = None
     slice_head: dict | None = None
     heal_head: dict | None = None
+    region_prior: dict | None = None
     type: str = field(default="SliceVAE")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
-        for k in ("denoiser", "slice_head", "heal_head"):
+        for k in ("denoiser", "slice_head", "heal_head", "region_prior"):
             if d[k] is None:
                 d.pop(k)
         return d
@@ -78,6 +83,8 @@ class SliceVAEConfig:
             d["slice_head"] = SliceHeadConfig.from_dict(d["slice_head"]).to_dict()
         if d.get("heal_head") is not None:
             d["heal_head"] = HealHeadConfig.from_dict(d["heal_head"]).to_dict()
+        if d.get("region_prior") is not None:
+            d["region_prior"] = RegionPriorConfig.from_dict(d["region_prior"]).to_dict()
         return cls(**d)
 
     @property
@@ -141,6 +148,51 @@ class HealHeadConfig(DenoiserConfig):
 
     inputs: int = 1  # the volume
     KEY, INPUTS, WHAT = "heal_head", 1, "the volume"
+
+
+@dataclass
+class RegionPriorConfig:
+    """The region prior (inpainting of painted regions): cube side in voxels of the model grid (odd, 5-21)."""
+
+    patch: int = 15
+
+    def to_dict(self) -> dict:
+        return {"patch": self.patch}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RegionPriorConfig:
+        from .region_prior import check_patch
+
+        if not isinstance(d, dict):
+            raise ValueError(f"architecture.region_prior must be an object, not {type(d).__name__}")
+        unknown = sorted(set(d) - {"patch"})
+        if unknown:
+            raise ValueError(f"unknown architecture.region_prior fields {unknown}")
+        return cls(check_patch(d.get("patch", 15)))
+
+
+class RegionPrior(nn.Module):
+    """Buffers of the region prior: ``mean`` (patch**3) and ``rows`` (the covariance's octant rows)."""
+
+    def __init__(self, cfg: RegionPriorConfig):
+        super().__init__()
+        p = cfg.patch
+        self.patch = p
+        self.register_buffer("mean", torch.zeros(p ** 3))
+        self.register_buffer("rows", torch.zeros((p // 2 + 1) ** 3, p ** 3))
+        self._cov: np.ndarray | None = None
+
+    def _load_from_state_dict(self, *args, **kwargs):  # new buffers: the cached full covariance is stale
+        self._cov = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """(full covariance, mean) as float64 arrays (the covariance is built once and cached)."""
+        from .region_prior import covariance
+
+        if self._cov is None:
+            self._cov = covariance(self.rows.detach().float().cpu().numpy(), self.patch)
+        return self._cov, self.mean.detach().double().cpu().numpy()
 
 
 def build_denoiser(cfg: DenoiserConfig) -> nn.Module:
@@ -262,6 +314,7 @@ class SliceVAE(nn.Module):
         self.denoiser = build_denoiser(DenoiserConfig.from_dict(cfg.denoiser)) if cfg.denoiser else None
         self.slice_head = build_denoiser(SliceHeadConfig.from_dict(cfg.slice_head)) if cfg.slice_head else None
         self.heal_head = build_denoiser(HealHeadConfig.from_dict(cfg.heal_head)) if cfg.heal_head else None
+        self.region_prior = RegionPrior(RegionPriorConfig.from_dict(cfg.region_prior)) if cfg.region_prior else None
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Return (mu, logvar, skips) for input B x 2K x H x W."""

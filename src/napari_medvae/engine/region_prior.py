@@ -1,0 +1,149 @@
+"""Region prior: a Gaussian model of 3D patches that fills painted regions by conditioning on the known voxels.
+
+The prior is the mean and covariance of ``patch``-sided cubes (voxels of the model grid) sampled inside the brain
+of healthy training volumes, averaged over the 8 mirror images of the cube (so only the rows of one octant are
+stored: ((patch + 1) / 2)**3 x patch**3 values). A painted region that fits in the cube with ``MARGIN`` known voxels
+on every side is filled with the conditional mean of its voxels given every known voxel of the cube around it:
+the least-squares-optimal linear prediction under the prior (Gaussian-process regression, or kriging, with a
+covariance learned from data instead of assumed). Biharmonic inpainting assumes a fixed smoothness; the learned
+covariance also knows how tissue edges continue. Regions that do not fit are left to the caller's classical fill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+MARGIN = 2  # known voxels required between a region and the cube's faces
+# known voxels used: those within REACH steps (6-neighbourhood) of the region; on the tuning subjects (painted regions,
+# 2 mm T1) 3 steps gave 30.05 dB, 2: 29.48, 4: 29.88, 5: 29.98, the whole cube: 29.94, at a third of its time
+REACH = 3
+NUGGET = 1e-6  # relative diagonal loading (round-off guard of the Cholesky factorisation)
+
+
+def _flip_perms(patch: int) -> list[tuple[tuple[int, int, int], np.ndarray]]:
+    """(flip signs, index permutation) for the 8 mirror images of a cube: perm[p] = index of the mirrored p."""
+    idx = np.arange(patch ** 3).reshape(patch, patch, patch)
+    out = []
+    for fz in (1, -1):
+        for fy in (1, -1):
+            for fx in (1, -1):
+                out.append(((fz, fy, fx), idx[::fz, ::fy, ::fx].ravel()))
+    return out
+
+
+def octant_index(patch: int) -> np.ndarray:
+    """Flat cube indices of the octant whose rows are stored (coordinates <= patch // 2 on every axis)."""
+    h = patch // 2
+    return np.arange(patch ** 3).reshape(patch, patch, patch)[:h + 1, :h + 1, :h + 1].ravel()
+
+
+def check_patch(patch: int) -> int:
+    """The cube side: an odd integer 5-21."""
+    p = int(patch)
+    if p != patch or p % 2 == 0 or not 5 <= p <= 21:
+        raise ValueError(f"region prior patch must be an odd integer 5-21, not {patch!r}")
+    return p
+
+
+def fit(volumes: Sequence[np.ndarray], patch: int = 15, per_volume: int = 3000, seed: int = 0,
+        brains: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Estimate the prior from normalised volumes on the model grid; returns (octant rows, mean, patches used).
+
+    Cube centres are drawn uniformly inside each volume's brain (``brains``, else the signal region) eroded by 3
+    voxels, so that cubes cover the brain's interior and its edge alike.
+    """
+    from .anomaly import auto_brain_mask
+
+    p = check_patch(patch)
+    h = p // 2
+    rng = np.random.default_rng(seed)
+    s = np.zeros((p ** 3, p ** 3))
+    total = np.zeros(p ** 3)
+    n = 0
+    for i, v in enumerate(volumes):
+        br = auto_brain_mask(v) if brains is None else brains[i]
+        br = ndi.binary_erosion(br, iterations=3)
+        pts = np.argwhere(br)
+        pts = pts[(pts >= h).all(1) & (pts < np.array(v.shape) - h).all(1)]
+        if len(pts) == 0:
+            continue
+        pts = pts[rng.choice(len(pts), min(per_volume, len(pts)), replace=False)]
+        x = np.stack([v[z - h:z + h + 1, y - h:y + h + 1, c - h:c + h + 1].ravel() for z, y, c in pts]).astype(np.float64)
+        s += x.T @ x
+        total += x.sum(0)
+        n += len(x)
+    if n <= p ** 3:
+        raise ValueError(f"the region prior needs more than {p ** 3} cubes of {p}^3 voxels inside brains; the "
+                         f"volumes gave {n} (more or larger volumes, or a smaller patch)")
+    mean = total / n
+    cov = s / n - np.outer(mean, mean)
+    perms = _flip_perms(p)
+    sym = sum(cov[np.ix_(q, q)] for _, q in perms) / len(perms)
+    msym = sum(mean[q] for _, q in perms) / len(perms)
+    return sym[octant_index(p)].astype(np.float32), msym.astype(np.float32), n
+
+
+def covariance(rows: np.ndarray, patch: int) -> np.ndarray:
+    """The full (patch**3)^2 covariance (float64) from its stored octant rows (mirror symmetry)."""
+    p = check_patch(patch)
+    h = p // 2
+    rows = np.asarray(rows, dtype=np.float64)
+    oct_of = np.full(p ** 3, -1)
+    oct_of[octant_index(p)] = np.arange((h + 1) ** 3)
+    coords = np.indices((p, p, p)).reshape(3, -1).T
+    cov = np.empty((p ** 3, p ** 3))
+    for signs, perm in _flip_perms(p):
+        # the cube positions this mirror image maps into the octant
+        sel = np.all([(coords[:, a] > h) == (signs[a] < 0) for a in range(3)], axis=0)
+        src = oct_of[perm[sel]]
+        cov[sel] = rows[src][:, perm]
+    return cov
+
+
+def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, patch: int,
+         only: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fill each connected region of ``mask`` that fits in a cube; returns (volume, bool map of filled voxels).
+
+    The known voxels of the cube are every voxel of it outside ``mask``; a region is placed at the cube's centre
+    (shifted inwards at the volume's faces) and needs ``MARGIN`` known voxels towards each face. ``only``
+    (bool map): fill only regions touching it. Voxels not filled keep their value in ``data``.
+    """
+    p = check_patch(patch)
+    out = np.array(data, dtype=np.float32, copy=True)
+    done = np.zeros(mask.shape, bool)
+    if any(s < p for s in mask.shape):
+        return out, done
+    lab, _ = ndi.label(mask)
+    for i, sl in enumerate(ndi.find_objects(lab), 1):
+        if sl is None:
+            continue
+        ext = [s.stop - s.start for s in sl]
+        if max(ext) > p - 2 * MARGIN:
+            continue
+        region = lab[sl] == i
+        if only is not None and not (only[sl] & region).any():
+            continue
+        lo = [min(max((s.start + s.stop - p) // 2, 0), n - p) for s, n in zip(sl, mask.shape, strict=True)]
+        box = tuple(slice(a, a + p) for a in lo)
+        hole = (lab[box] == i).ravel()
+        known = ~mask[box].ravel()
+        if REACH:
+            known &= ndi.binary_dilation(lab[box] == i, iterations=REACH).ravel()
+        vals = out[box].ravel().astype(np.float64)
+        ckk = cov[np.ix_(known, known)]
+        ckk[np.diag_indices_from(ckk)] += NUGGET * float(np.mean(np.diag(cov)))
+        try:
+            from scipy.linalg import cho_factor, cho_solve
+
+            w = cho_solve(cho_factor(ckk, check_finite=False), vals[known] - mean[known], check_finite=False)
+        except np.linalg.LinAlgError:  # not positive definite after all: least squares
+            w = np.linalg.lstsq(ckk, vals[known] - mean[known], rcond=None)[0]
+        pred = mean[hole] + cov[np.ix_(hole, known)] @ w
+        cube = out[box].ravel()
+        cube[hole] = np.clip(pred, 0, None)
+        out[box] = cube.reshape((p, p, p))
+        done[box] |= lab[box] == i
+    return out, done
