@@ -3,7 +3,7 @@
 Seeds: training uses 1-999, validation 5001-5999, sample data 9001-9999. Benchmarks use >= 20000 only:
 
     20000-20099  quality, T1 subjects          20500-20599  quality, T2-like subjects
-    20100-20199  speed                          20999        parameter tuning of baselines (never scored)
+    20100-20199  speed                          20997-20999  tuning of baselines and engine settings (never scored)
 
 Every random choice (noise, lesions, masks) is seeded from the subject seed, so tables are reproducible.
 """

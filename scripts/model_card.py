@@ -92,6 +92,12 @@ def main() -> None:
             rows.append(("healing head, validation", f"PSNR inside synthetic blobs {last['val_psnr_input']:.2f} dB "
                                                      f"(input) → {last['val_psnr_head']:.2f} dB (healed), mean over "
                                                      f"{th['n_val']} held-out volumes"))
+    rp, tr = arch.get("region_prior"), t.get("region_prior")
+    if rp and tr:
+        rows.append(("region prior (painted regions)", f"mean and covariance of {rp['patch']}³-voxel cubes inside the brain, "
+                                                      f"{tr['n_patches']} cubes ({tr['per_volume']} per volume) from "
+                                                      f"{tr['n_train']} training volumes, mirror-averaged, seed {tr['seed']}, "
+                                                      f"{tr['seconds']:.0f} s; regions up to {rp['patch'] - 4} voxels across"))
     print("| | |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v} |")

@@ -121,6 +121,8 @@ def test_demo_writes_every_output(tmp_path):
     m = json.loads((out / "summary.json").read_text())["metrics"]
     # the sample's two lesions peak above every healthy calibration brain; its weaker candidates do not
     assert m["anomaly_candidates_above_healthy_peak"] == 2 <= m["anomaly_candidates"]
+    # the painted hole (9 voxels across) is filled by the region prior, better than biharmonic inpainting
+    assert m["painted_region_psnr_db"] > m["painted_region_psnr_biharmonic_db"] + 1.0
 
 
 # ---- bad input: one line, exit 2, nothing written -------------------------------------------
