@@ -41,16 +41,21 @@ def prior():
 
 def test_fit_stores_one_octant_of_a_mirror_symmetric_covariance(prior):
     rows, mean, n = prior
-    assert rows.shape == (5 ** 3, 9 ** 3) and mean.shape == (9 ** 3,) and n == 6 * 800
+    sup = region_prior.support(9)
+    assert len(sup) == 389 and 4 ** 3 < len(sup) < 9 ** 3  # the ball inside the cube
+    assert rows.shape == (len(region_prior.octant_index(9)), len(sup)) and mean.shape == (len(sup),) and n == 6 * 800
     cov = region_prior.covariance(rows, 9)
     np.testing.assert_allclose(cov, cov.T, atol=1e-6)
-    cube = cov.reshape((9,) * 6)
+    full = np.zeros((9 ** 3, 9 ** 3))
+    full[np.ix_(sup, sup)] = cov
+    cube = full.reshape((9,) * 6)
     np.testing.assert_allclose(cube, cube[::-1, :, :, ::-1, :, :], atol=1e-6)  # mirrored along z
     np.testing.assert_allclose(cube, cube[:, :, ::-1, :, :, ::-1], atol=1e-6)  # mirrored along x
     assert np.linalg.eigvalsh(cov).min() > -1e-6 * np.trace(cov)
     # the fields are smoother along x than along z: neighbours along x correlate more
     c = cube[4, 4, 4]
     assert c[4, 4, 5] > c[5, 4, 4] > 0
+    assert cube[0, 0, 0].sum() == 0  # corners are not modelled
 
 
 def test_fill_beats_biharmonic_and_keeps_known_voxels(prior):
@@ -87,7 +92,7 @@ def test_bad_patch_sizes_are_refused(patch):
 
 def test_fit_needs_more_cubes_than_dimensions():
     vols = _fields(1, 3, shape=(16, 16, 16))
-    with pytest.raises(ValueError, match="needs more than 729 cubes"):
+    with pytest.raises(ValueError, match="needs more than 389 cubes"):
         region_prior.fit(vols, patch=9, per_volume=100, brains=[np.ones(vols[0].shape, bool)])
 
 
@@ -142,7 +147,7 @@ def test_model_json_with_a_bad_region_prior_is_refused(tmp_path, model):
     path.with_suffix(".json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="odd integer 5-21"):
         load_checkpoint(path)
-    cfg["architecture"]["region_prior"] = {"patch": 13}  # weights hold a 15^3 prior
+    cfg["architecture"]["region_prior"] = {"patch": 13}  # weights hold a prior of patch 15
     path.with_suffix(".json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="region_prior"):
         load_checkpoint(path)
@@ -158,7 +163,8 @@ def test_cli_fits_a_region_prior(tmp_path, head_data, capsys):
     assert m.config.architecture["region_prior"] == {"patch": 7}
     assert m.config.training["region_prior"]["n_patches"] == 1000
     cov, mean = m.net.region_prior.numpy()
-    assert cov.shape == (343, 343) and np.trace(cov) > 0 and 0 < mean.mean() < 2
+    n = len(region_prior.support(7))
+    assert cov.shape == (n, n) and np.trace(cov) > 0 and 0 < mean.mean() < 2
     assert main(["fit-region-prior", "--data", str(head_data), "-o", str(tmp_path / "x"), "--patch", "8"]) == 2
     assert "odd integer 5-21" in capsys.readouterr().err
     assert main(["fit-region-prior", "--data", str(tmp_path / "none"), "-o", str(tmp_path / "y")]) == 2

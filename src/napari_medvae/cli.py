@@ -603,14 +603,16 @@ def build_parser() -> argparse.ArgumentParser:
     th.set_defaults(fn=cmd_train_heal_head)
     fr = sub.add_parser("fit-region-prior", parents=[common], help="add a region prior (painted-region inpainting) to a model",
                         description="Fit the region prior of a model on healthy volumes: the mean and covariance of "
-                                    "PATCH^3 cubes of the model grid inside the brain. Inpainting fills painted regions "
-                                    "that fit in such a cube with their conditional mean under it. Writes a new model; "
+                                    "the voxels of a ball PATCH voxels across (in PATCH^3 cubes of the model grid) inside the "
+                                    "brain. Inpainting fills painted regions that fit in such a ball with their conditional "
+                                    "mean under it. Writes a new model; "
                                     "every other weight is copied.")
     fr.add_argument("model_path", nargs="?", help="model to add the prior to (default: --model or the shipped model)")
     fr.add_argument("--data", nargs="+", required=True, help="healthy training volumes or folders of them")
     fr.add_argument("-o", "--output", required=True, help="new model path stem")
-    fr.add_argument("--patch", type=int, default=15, help="cube side in voxels of the model grid, odd, 5-21 (default: "
-                                                           "%(default)s; regions up to PATCH - 4 voxels across are filled)")
+    fr.add_argument("--patch", type=int, default=15, help="ball diameter (cube side) in voxels of the model grid, odd, 5-21 "
+                                                           "(default: %(default)s; regions up to PATCH - 4 voxels across "
+                                                           "that fit in the ball are filled)")
     fr.add_argument("--per-volume", type=int, default=3000, help="cubes drawn per training volume (default: %(default)s)")
     fr.add_argument("--seed", type=int, default=0)
     fr.set_defaults(fn=cmd_fit_region_prior)

@@ -27,7 +27,7 @@ input is B x 1 x D x H x W (the volume), its output a correction to it (``medvae
 uses its residual next to the VAE's (see anomaly).
 
 Optional ``region_prior`` (``architecture.region_prior``): no network, two buffers: the mean and the octant rows of
-the covariance of ``patch``-sided cubes of healthy volumes (``medvae fit-region-prior``, see region_prior).
+the covariance of balls in ``patch``-sided cubes of healthy volumes (``medvae fit-region-prior``, see region_prior).
 Inpainting fills painted regions that fit in such a cube with their conditional mean under it.
 """
 
@@ -152,7 +152,7 @@ class HealHeadConfig(DenoiserConfig):
 
 @dataclass
 class RegionPriorConfig:
-    """The region prior (inpainting of painted regions): cube side in voxels of the model grid (odd, 5-21)."""
+    """The region prior (inpainting of painted regions): ball diameter (cube side) in voxels of the model grid (odd, 5-21)."""
 
     patch: int = 15
 
@@ -172,14 +172,16 @@ class RegionPriorConfig:
 
 
 class RegionPrior(nn.Module):
-    """Buffers of the region prior: ``mean`` (patch**3) and ``rows`` (the covariance's octant rows)."""
+    """Buffers of the region prior: ``mean`` (the ball's voxels) and ``rows`` (the covariance's octant rows)."""
 
     def __init__(self, cfg: RegionPriorConfig):
         super().__init__()
+        from .region_prior import octant_index, support
+
         p = cfg.patch
         self.patch = p
-        self.register_buffer("mean", torch.zeros(p ** 3))
-        self.register_buffer("rows", torch.zeros((p // 2 + 1) ** 3, p ** 3))
+        self.register_buffer("mean", torch.zeros(len(support(p))))
+        self.register_buffer("rows", torch.zeros(len(octant_index(p)), len(support(p))))
         self._cov: np.ndarray | None = None
 
     def _load_from_state_dict(self, *args, **kwargs):  # new buffers: the cached full covariance is stale

@@ -1,8 +1,8 @@
 """Region prior: a Gaussian model of 3D patches that fills painted regions by conditioning on the known voxels.
 
-The prior is the mean and covariance of ``patch``-sided cubes (voxels of the model grid) sampled inside the brain
-of healthy training volumes, averaged over the 8 mirror images of the cube (so only the rows of one octant are
-stored: ((patch + 1) / 2)**3 x patch**3 values). A painted region that fits in the cube with ``MARGIN`` known voxels
+The prior is the mean and covariance of the voxels of a ball (radius patch / 2) in ``patch``-sided cubes (voxels of
+the model grid) sampled inside the brain of healthy training volumes, averaged over the 8 mirror images of the cube
+(so only the rows of one octant are stored: 296 x 1791 values for patch 15). A painted region that fits in the cube with ``MARGIN`` known voxels
 on every side is filled with the conditional mean of its voxels given every known voxel of the cube around it:
 the least-squares-optimal linear prediction under the prior (Gaussian-process regression, or kriging, with a
 covariance learned from data instead of assumed). Biharmonic inpainting assumes a fixed smoothness; the learned
@@ -23,21 +23,34 @@ REACH = 3
 NUGGET = 1e-6  # relative diagonal loading (round-off guard of the Cholesky factorisation)
 
 
+def support(patch: int) -> np.ndarray:
+    """Flat cube indices of the prior's voxels: the ball of radius patch / 2 inside the cube (its corners, far from any
+    region the cube can hold, are left out: half the voxels, a quarter of the stored covariance)."""
+    h = patch // 2
+    g = np.indices((patch,) * 3).reshape(3, -1) - h
+    return np.flatnonzero((g * g).sum(0) <= (h + 0.5) ** 2)
+
+
 def _flip_perms(patch: int) -> list[tuple[tuple[int, int, int], np.ndarray]]:
-    """(flip signs, index permutation) for the 8 mirror images of a cube: perm[p] = index of the mirrored p."""
+    """(flip signs, permutation) of the ball's voxels (support order) for the 8 mirror images of the cube:
+    perm[i] = position of the mirror image of voxel i."""
     idx = np.arange(patch ** 3).reshape(patch, patch, patch)
+    sup = support(patch)
+    pos = np.full(patch ** 3, -1)
+    pos[sup] = np.arange(len(sup))
     out = []
     for fz in (1, -1):
         for fy in (1, -1):
             for fx in (1, -1):
-                out.append(((fz, fy, fx), idx[::fz, ::fy, ::fx].ravel()))
+                out.append(((fz, fy, fx), pos[idx[::fz, ::fy, ::fx].ravel()[sup]]))
     return out
 
 
 def octant_index(patch: int) -> np.ndarray:
-    """Flat cube indices of the octant whose rows are stored (coordinates <= patch // 2 on every axis)."""
+    """Positions (support order) of the ball's voxels whose rows are stored: coordinates <= patch // 2 on every axis."""
     h = patch // 2
-    return np.arange(patch ** 3).reshape(patch, patch, patch)[:h + 1, :h + 1, :h + 1].ravel()
+    coords = np.stack(np.unravel_index(support(patch), (patch,) * 3), axis=1)
+    return np.flatnonzero((coords <= h).all(axis=1))
 
 
 def check_patch(patch: int) -> int:
@@ -59,9 +72,10 @@ def fit(volumes: Sequence[np.ndarray], patch: int = 15, per_volume: int = 3000, 
 
     p = check_patch(patch)
     h = p // 2
+    sup = support(p)
     rng = np.random.default_rng(seed)
-    s = np.zeros((p ** 3, p ** 3))
-    total = np.zeros(p ** 3)
+    s = np.zeros((len(sup), len(sup)))
+    total = np.zeros(len(sup))
     n = 0
     for i, v in enumerate(volumes):
         br = auto_brain_mask(v) if brains is None else brains[i]
@@ -71,12 +85,12 @@ def fit(volumes: Sequence[np.ndarray], patch: int = 15, per_volume: int = 3000, 
         if len(pts) == 0:
             continue
         pts = pts[rng.choice(len(pts), min(per_volume, len(pts)), replace=False)]
-        x = np.stack([v[z - h:z + h + 1, y - h:y + h + 1, c - h:c + h + 1].ravel() for z, y, c in pts]).astype(np.float64)
+        x = np.stack([v[z - h:z + h + 1, y - h:y + h + 1, c - h:c + h + 1].ravel()[sup] for z, y, c in pts]).astype(np.float64)
         s += x.T @ x
         total += x.sum(0)
         n += len(x)
-    if n <= p ** 3:
-        raise ValueError(f"the region prior needs more than {p ** 3} cubes of {p}^3 voxels inside brains; the "
+    if n <= len(sup):
+        raise ValueError(f"the region prior needs more than {len(sup)} cubes of {p}^3 voxels inside brains; the "
                          f"volumes gave {n} (more or larger volumes, or a smaller patch)")
     mean = total / n
     cov = s / n - np.outer(mean, mean)
@@ -87,19 +101,20 @@ def fit(volumes: Sequence[np.ndarray], patch: int = 15, per_volume: int = 3000, 
 
 
 def covariance(rows: np.ndarray, patch: int) -> np.ndarray:
-    """The full (patch**3)^2 covariance (float64) from its stored octant rows (mirror symmetry)."""
+    """The full covariance (float64, support order) from its stored octant rows (mirror symmetry)."""
     p = check_patch(patch)
     h = p // 2
     rows = np.asarray(rows, dtype=np.float64)
-    oct_of = np.full(p ** 3, -1)
-    oct_of[octant_index(p)] = np.arange((h + 1) ** 3)
-    coords = np.indices((p, p, p)).reshape(3, -1).T
-    cov = np.empty((p ** 3, p ** 3))
+    sup = support(p)
+    octant = octant_index(p)
+    oct_of = np.full(len(sup), -1)
+    oct_of[octant] = np.arange(len(octant))
+    coords = np.stack(np.unravel_index(sup, (p,) * 3), axis=1)
+    cov = np.empty((len(sup), len(sup)))
     for signs, perm in _flip_perms(p):
-        # the cube positions this mirror image maps into the octant
+        # the voxels this mirror image maps into the octant
         sel = np.all([(coords[:, a] > h) == (signs[a] < 0) for a in range(3)], axis=0)
-        src = oct_of[perm[sel]]
-        cov[sel] = rows[src][:, perm]
+        cov[sel] = rows[oct_of[perm[sel]]][:, perm]
     return cov
 
 
@@ -107,11 +122,15 @@ def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, 
          only: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fill each connected region of ``mask`` that fits in a cube; returns (volume, bool map of filled voxels).
 
-    The known voxels of the cube are every voxel of it outside ``mask``; a region is placed at the cube's centre
-    (shifted inwards at the volume's faces) and needs ``MARGIN`` known voxels towards each face. ``only``
+    The known voxels are the cube's ball voxels outside ``mask`` within REACH steps of the region; a region is placed
+    at the cube's centre (shifted inwards at the volume's faces), needs ``MARGIN`` known voxels towards each face and
+    must lie inside the ball. ``only``
     (bool map): fill only regions touching it. Voxels not filled keep their value in ``data``.
     """
     p = check_patch(patch)
+    sup = support(p)
+    in_ball = np.zeros(p ** 3, bool)
+    in_ball[sup] = True
     out = np.array(data, dtype=np.float32, copy=True)
     done = np.zeros(mask.shape, bool)
     if any(s < p for s in mask.shape):
@@ -129,10 +148,13 @@ def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, 
         lo = [min(max((s.start + s.stop - p) // 2, 0), n - p) for s, n in zip(sl, mask.shape, strict=True)]
         box = tuple(slice(a, a + p) for a in lo)
         hole = (lab[box] == i).ravel()
-        known = ~mask[box].ravel()
+        if (hole & ~in_ball).any():
+            continue
+        known = ~mask[box].ravel() & in_ball
         if REACH:
             known &= ndi.binary_dilation(lab[box] == i, iterations=REACH).ravel()
-        vals = out[box].ravel().astype(np.float64)
+        hole, known = hole[sup], known[sup]
+        vals = out[box].ravel()[sup].astype(np.float64)
         ckk = cov[np.ix_(known, known)]
         ckk[np.diag_indices_from(ckk)] += NUGGET * float(np.mean(np.diag(cov)))
         try:
@@ -143,7 +165,7 @@ def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, 
             w = np.linalg.lstsq(ckk, vals[known] - mean[known], rcond=None)[0]
         pred = mean[hole] + cov[np.ix_(hole, known)] @ w
         cube = out[box].ravel()
-        cube[hole] = np.clip(pred, 0, None)
+        cube[sup[hole]] = np.clip(pred, 0, None)
         out[box] = cube.reshape((p, p, p))
         done[box] |= lab[box] == i
     return out, done
