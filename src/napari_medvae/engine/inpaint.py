@@ -147,7 +147,7 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
     p0.check()
     init = classical = first_guess(prep.data, mm)
     # the region prior's fill of painted regions (None: no prior, whole missing slices, or another slice spacing)
-    pfill = prior_fill(model, prep, mm) if missing_slices is None else None
+    pfill = prior_fill(model, prep, mm, classical) if missing_slices is None else None
     # the prior's weight is measured on 3 moved copies of the mask (no network runs then); the network's on one
     vmask = validation_masks(prep.data, mm, copies=3 if pfill is not None else 1) if cross_validate else None
     n_val = 0 if vmask is None else int(vmask.any(axis=(1, 2)).sum())
@@ -166,7 +166,7 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
         union = mm | vmask
         vinit = first_guess(prep.data, union)
         if pfill is not None:  # how much of the region prior's fill helps, on the moved mask (no network then)
-            vprior = prior_fill(model, prep, union, only=vmask)
+            vprior = prior_fill(model, prep, union, vinit, only=vmask)
             pweight = blend_weight(prep.data[vmask], vinit[vmask], vprior[vmask])
         else:
             vnet = refine(model, vinit, union, prep.stride, p, flips, centres=vmask.any(axis=(1, 2)))
@@ -213,8 +213,10 @@ def small_regions(mask: np.ndarray, max_voxels: int) -> np.ndarray:
     return keep[lab]
 
 
-def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, only: np.ndarray | None = None) -> np.ndarray | None:
-    """The region prior's fill of ``mask`` on the model grid (regions too large for its cube: the classical fill).
+def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.ndarray,
+               only: np.ndarray | None = None) -> np.ndarray | None:
+    """The region prior's fill of ``mask`` on the model grid; regions it cannot fill keep ``classical`` (the caller's
+    first_guess of ``mask``).
 
     None when the model has no region prior or the volume's slices are not at the model's slice spacing (the grid
     the prior was fitted on; filling the interleaved 2 mm grids of a 1 mm volume one by one ignores the slices in
@@ -228,7 +230,7 @@ def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, only: np.ndarray 
     if prep.stride != 1 or abs(prep.spacing[prep.axis] / model.config.slice_spacing_mm - 1) > 0.1:
         return None
     cov, mean = rp.numpy()
-    out = first_guess(prep.data, mask)
+    out = classical.copy()
     filled, done = region_prior.fill(prep.data, mask, cov, mean, rp.patch, only)
     out[done] = filled[done]
     return out

@@ -28,7 +28,7 @@ uses its residual next to the VAE's (see anomaly).
 
 Optional ``region_prior`` (``architecture.region_prior``): no network, two buffers: the mean and the octant rows of
 the covariance of balls in ``patch``-sided cubes of healthy volumes (``medvae fit-region-prior``, see region_prior).
-Inpainting fills painted regions that fit in such a cube with their conditional mean under it.
+Inpainting fills painted regions that fit in such a ball with their conditional mean under it.
 """
 
 from __future__ import annotations
