@@ -66,6 +66,29 @@ def test_inpaint_missing_slices_beats_linear_interpolation(model, read):
     assert psnr(out, truth, m, peak) > psnr(lin, truth, m, peak)
 
 
+def test_1mm_missing_slices_keep_the_cubic_fill_on_the_volume_grid(model):
+    """The model grid is 2 mm in-plane: missing slices of a 1 mm volume get the cubic fill on its own grid plus the
+    model's correction. The whole fill from the 2 mm grid was 3-8 dB below cubic interpolation on 1 mm tuning subjects
+    (single slices 30.2 vs 38.0 dB); on this crop 27.6 vs 29.1 dB."""
+    from napari_medvae.engine import synth
+
+    tpl = synth.load_templates(1.0)
+    truth = tpl.t1[60:110].astype(np.float32)
+    missing = [15, 28, 29, 30, 40]
+    holed = truth.copy()
+    holed[missing] = 0
+    out = inpaint(model, holed, (1.0, 1.0, 1.0), missing_slices=missing, axis=0)
+    np.testing.assert_array_equal(np.delete(out, missing, axis=0), np.delete(holed, missing, axis=0))
+    m = np.zeros(truth.shape, bool)
+    m[missing] = True
+    m &= tpl.brain[60:110]
+    from napari_medvae.engine.inpaint import first_guess
+
+    cubic = first_guess(holed, np.broadcast_to(np.isin(np.arange(50), missing)[:, None, None], truth.shape))
+    peak = float(truth.max())
+    assert psnr(out, truth, m, peak) > psnr(cubic, truth, m, peak) - 0.1
+
+
 def test_inpaint_leaves_known_voxels_unchanged(model, read):
     vol, geo = read("mni_t1_healthy.nii.gz")
     mask = np.zeros(vol.shape, dtype=np.uint8)
