@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import stat
 
 import pytest
 
@@ -31,6 +33,20 @@ def test_save_load_round_trip(tmp_path, model_copy):
     out = save_checkpoint(tmp_path / "copy", cfg, state)
     cfg2, state2 = load_checkpoint(out)
     assert cfg2 == cfg and all((state[k] == state2[k]).all() for k in state)
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions")
+def test_saved_model_files_get_the_umask_permissions_not_private_ones(tmp_path, model_copy):
+    """Atomic writes go through mkstemp (mode 0600); the final files must be readable like any new file."""
+    cfg, state = load_checkpoint(model_copy)
+    old = os.umask(0o022)
+    try:
+        out = save_checkpoint(tmp_path / "shared", cfg, state)
+    finally:
+        os.umask(old)
+    for f in (out, out.with_suffix(".json")):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, oct(f.stat().st_mode)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
 
 
 def test_refuses_pickle_files(tmp_path):

@@ -178,9 +178,21 @@ def check_state(cfg: ModelConfig, state: dict, source: str) -> None:
         raise ModelError(f"{source}: tensor '{k}' has shape {g}, the config's architecture needs {e} ({len(wrong)} differ)")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path`` (never a partial file).
+
+    The file gets the permissions of a plain new file (0666 minus the umask), not mkstemp's private 0600, so a
+    model written on a shared cluster is readable by the group like any other output."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # POSIX
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
