@@ -138,6 +138,39 @@ def test_1mm_inpainting_keeps_the_classical_fill_on_the_volume_grid(model):
     assert psnr(out, truth, mask, peak) > psnr(classical, truth, mask, peak) - 0.1
 
 
+def test_biharmonic_fill_matches_skimage_and_handles_faces():
+    """The conjugate-gradient biharmonic fill is skimage's biharmonic fill (on the region's box), also at the faces."""
+    from skimage.restoration import inpaint_biharmonic
+
+    vol = _fields(1, 3, shape=(30, 30, 30))[0]
+    mask = _ball(vol.shape, (15, 14, 16), 6.0) | _ball(vol.shape, (2, 27, 3), 3.0)  # one touches three faces
+    holed = np.where(mask, 0, vol).astype(np.float32)
+    out = inp.biharmonic_fill(holed, mask, np.zeros_like(holed))
+    np.testing.assert_array_equal(out[~mask], holed[~mask])
+    ref = inpaint_biharmonic(holed.astype(np.float64), mask)
+    assert np.abs(out[mask] - ref[mask]).max() < 0.02 * float(np.ptp(vol))
+    assert psnr(out, vol, mask, 1.0) > psnr(np.full_like(vol, vol[~mask].mean()), vol, mask, 1.0) + 6
+    whole = inp.biharmonic_fill(holed, np.ones(vol.shape, bool), np.full_like(holed, 0.5))  # nothing known: init kept
+    np.testing.assert_array_equal(whole, np.full_like(holed, 0.5))
+
+
+def test_1mm_large_painted_regions_keep_the_biharmonic_fill_on_the_volume_grid(model):
+    """Large painted regions of a 1 mm volume: filling them on the 2 mm grid lost 3.2 dB against biharmonic on the
+    1 mm grid (30 mm ball in a tuning subject; on this crop the 2 mm grid's biharmonic fill is 14.1 dB, the 1 mm grid's
+    20.1 dB); skimage took 5.2 s there, the conjugate-gradient fill 0.17 s."""
+    from napari_medvae.engine import synth
+
+    tpl = synth.load_templates(1.0)
+    truth = tpl.t1[60:110].astype(np.float32)
+    mask = _ball(truth.shape, (25, 90, 110), 13.0) & tpl.brain[60:110]
+    holed = np.where(mask, 0, truth).astype(np.float32)
+    out = inpaint(model, holed, (1.0, 1.0, 1.0), mask=mask)
+    np.testing.assert_array_equal(out[~mask], holed[~mask])
+    ref = inp.first_guess(holed, mask)  # skimage's biharmonic on the 1 mm grid
+    peak = float(truth.max())
+    assert psnr(out, truth, mask, peak) > psnr(ref, truth, mask, peak) - 0.2
+
+
 def test_model_json_with_a_bad_region_prior_is_refused(tmp_path, model):
     from napari_medvae.engine.checkpoint import load_checkpoint, save_checkpoint
 
