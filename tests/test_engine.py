@@ -67,9 +67,9 @@ def test_inpaint_missing_slices_beats_linear_interpolation(model, read):
 
 
 def test_1mm_missing_slices_keep_the_cubic_fill_on_the_volume_grid(model):
-    """The model grid is 2 mm in-plane: missing slices of a 1 mm volume get the cubic fill on its own grid plus the
-    model's correction. The whole fill from the 2 mm grid was 3-8 dB below cubic interpolation on 1 mm tuning subjects
-    (single slices 30.2 vs 38.0 dB); on this crop 27.6 vs 29.1 dB."""
+    """The model grid is 2 mm in-plane: missing slices of a 1 mm volume get the cubic fill on its own grid. The whole
+    fill from the 2 mm grid was 3-8 dB below cubic interpolation on 1 mm tuning subjects (single slices 30.2 vs
+    38.0 dB); on this crop 27.6 vs 29.1 dB."""
     from napari_medvae.engine import synth
 
     tpl = synth.load_templates(1.0)

@@ -124,8 +124,8 @@ def test_shipped_model_fills_painted_regions_better_than_biharmonic(model, read)
 
 
 def test_1mm_inpainting_keeps_the_classical_fill_on_the_volume_grid(model):
-    """The model grid is 2 mm in-plane: the fill of a 1 mm volume is the classical fill on its own grid plus the model's
-    correction (the whole fill from the 2 mm grid was 3.2 dB worse than the classical fill on a 1 mm tuning subject)."""
+    """The model grid is 2 mm in-plane: the fill of a 1 mm volume is the classical fill on its own grid (the whole fill
+    from the 2 mm grid was 3.2 dB worse than it on a 1 mm tuning subject)."""
     from napari_medvae.engine import synth
 
     tpl = synth.load_templates(1.0)
