@@ -94,7 +94,8 @@ def main() -> None:
                                                      f"{th['n_val']} held-out volumes"))
     rp, tr = arch.get("region_prior"), t.get("region_prior")
     if rp and tr:
-        rows.append(("region prior (painted regions)", f"mean and covariance of a ball {rp['patch']} voxels across, in cubes inside the brain, "
+        rows.append(("region prior (painted regions)", f"mean and covariance of a ball {rp['patch']} voxels across, in cubes inside the brain, of the intensities "
+                                                      f"to the power {rp.get('power', 1.0):g}, "
                                                       f"{tr['n_patches']} cubes ({tr['per_volume']} per volume) from "
                                                       f"{tr['n_train']} training volumes, mirror-averaged, seed {tr['seed']}, "
                                                       f"{tr['seconds']:.0f} s; regions up to {rp['patch'] - 4} voxels across"))

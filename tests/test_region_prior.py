@@ -90,6 +90,35 @@ def test_bad_patch_sizes_are_refused(patch):
         region_prior.check_patch(patch)
 
 
+def test_power_prior_is_fitted_and_applied_in_the_power_domain():
+    """A prior of the squared intensities: fitting squares the cubes, filling squares the known voxels and takes the
+    square root of the prediction (so a constant volume is filled with that constant; known voxels stay bit for bit)."""
+    vols = _fields(6, 0)
+    brains = [np.ones(v.shape, bool) for v in vols]
+    rows1, mean1, _ = region_prior.fit(vols, patch=9, per_volume=800, seed=0, brains=brains)
+    rows2, mean2, _ = region_prior.fit(vols, patch=9, per_volume=800, seed=0, brains=brains, power=2.0)
+    sq = [v ** 2 for v in vols]
+    rows_sq, mean_sq, _ = region_prior.fit(sq, patch=9, per_volume=800, seed=0, brains=brains)
+    np.testing.assert_allclose(mean2, mean_sq, rtol=1e-5)
+    np.testing.assert_allclose(rows2, rows_sq, rtol=1e-4, atol=1e-7)
+    assert not np.allclose(mean2, mean1)
+    cov2 = region_prior.covariance(rows2, 9)
+    truth = _fields(1, 1)[0]
+    mask = _ball(truth.shape, (10, 12, 14), 2.5)
+    data = np.where(mask, 0, truth).astype(np.float32)
+    out, done = region_prior.fill(data, mask, cov2, mean2.astype(np.float64), 9, power=2.0)
+    ref, _ = region_prior.fill(data ** 2, mask, cov2, mean2.astype(np.float64), 9)
+    np.testing.assert_array_equal(out[~mask], data[~mask])
+    np.testing.assert_allclose(out[mask], np.sqrt(ref[mask]), rtol=1e-5)
+    assert psnr(out, truth, mask, 1.0) > psnr(inp.first_guess(data, mask), truth, mask, 1.0)
+
+
+@pytest.mark.parametrize("power", [0.1, 5, float("nan"), "two", None])
+def test_bad_powers_are_refused(power):
+    with pytest.raises(ValueError, match="power must be a number 0.25-4"):
+        region_prior.check_power(power)
+
+
 def test_fit_needs_more_cubes_than_dimensions():
     vols = _fields(1, 3, shape=(16, 16, 16))
     with pytest.raises(ValueError, match="needs more than 389 cubes"):
@@ -184,6 +213,15 @@ def test_model_json_with_a_bad_region_prior_is_refused(tmp_path, model):
     path.with_suffix(".json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="region_prior"):
         load_checkpoint(path)
+    cfg["architecture"]["region_prior"] = {"patch": 15, "power": -1}
+    path.with_suffix(".json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="power must be a number 0.25-4"):
+        load_checkpoint(path)
+    cfg["architecture"]["region_prior"] = {"patch": 15}  # models written before the power: 1
+    path.with_suffix(".json").write_text(json.dumps(cfg))
+    from napari_medvae.engine.networks import RegionPriorConfig
+
+    assert RegionPriorConfig.from_dict(load_checkpoint(path)[0].architecture["region_prior"]).power == 1.0
 
 
 def test_cli_fits_a_region_prior(tmp_path, head_data, capsys):
@@ -193,13 +231,16 @@ def test_cli_fits_a_region_prior(tmp_path, head_data, capsys):
     out = tmp_path / "with_prior"
     assert main(["fit-region-prior", "--data", str(head_data), "-o", str(out), "--patch", "7", "--per-volume", "500"]) == 0
     m = load_model(out.with_suffix(".safetensors"), device="cpu")
-    assert m.config.architecture["region_prior"] == {"patch": 7}
+    assert m.config.architecture["region_prior"] == {"patch": 7, "power": 2.0}  # the default power
+    assert m.net.region_prior.power == 2.0
     assert m.config.training["region_prior"]["n_patches"] == 1000
     cov, mean = m.net.region_prior.numpy()
     n = len(region_prior.support(7))
     assert cov.shape == (n, n) and np.trace(cov) > 0 and 0 < mean.mean() < 2
     assert main(["fit-region-prior", "--data", str(head_data), "-o", str(tmp_path / "x"), "--patch", "8"]) == 2
     assert "odd integer 5-21" in capsys.readouterr().err
+    assert main(["fit-region-prior", "--data", str(head_data), "-o", str(tmp_path / "x"), "--power", "9"]) == 2
+    assert "power must be a number 0.25-4" in capsys.readouterr().err
     assert main(["fit-region-prior", "--data", str(tmp_path / "none"), "-o", str(tmp_path / "y")]) == 2
     assert main(["fit-region-prior", "--data", str(head_data), "-o", str(tmp_path / "no" / "dir")]) == 2
     assert not list(tmp_path.glob("x.*")) and not list(tmp_path.glob("y.*"))

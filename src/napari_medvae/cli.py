@@ -382,7 +382,7 @@ def cmd_fit_region_prior(args) -> int:
 
     src, _ = _head_base(args)
     path = fit_region_prior(_gather(args.data), args.output, src, patch=args.patch, per_volume=args.per_volume,
-                            seed=args.seed)
+                            seed=args.seed, power=args.power)
     _say(args, f"wrote {path} and {Path(path).with_suffix('.json')}")
     return 0
 
@@ -614,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "(default: %(default)s; regions up to PATCH - 4 voxels across "
                                                            "that fit in the ball are filled)")
     fr.add_argument("--per-volume", type=int, default=3000, help="cubes drawn per training volume (default: %(default)s)")
+    fr.add_argument("--power", type=float, default=2.0, help="model the intensities raised to this power, 0.25-4 "
+                                                             "(default: %(default)s; 1 = the intensities themselves)")
     fr.add_argument("--seed", type=int, default=0)
     fr.set_defaults(fn=cmd_fit_region_prior)
     ba = sub.add_parser("batch", parents=[common], help="run an operation on every volume of a folder (resumable)",

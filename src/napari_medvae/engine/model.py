@@ -78,7 +78,7 @@ class Model:
             f"denoising head: {'3D UNet, channels ' + str(c.architecture['denoiser']['channels']) if c.architecture.get('denoiser') else 'none (Wiener and block-matching stages only)'}",
             f"missing-slice head: {'3D UNet, channels ' + str(c.architecture['slice_head']['channels']) if c.architecture.get('slice_head') else 'none'}",
             f"healing head (anomaly): {'3D UNet, channels ' + str(c.architecture['heal_head']['channels']) if c.architecture.get('heal_head') else 'none'}",
-            f"region prior (painted regions): {'balls ' + str(c.architecture['region_prior']['patch']) + ' voxels across' if c.architecture.get('region_prior') else 'none (biharmonic fill)'}",
+            f"region prior (painted regions): {'balls ' + str(c.architecture['region_prior']['patch']) + ' voxels across, intensities to the power ' + str(c.architecture['region_prior'].get('power', 1.0)) if c.architecture.get('region_prior') else 'none (biharmonic fill)'}",
             f"anomaly score: {c.anomaly.get('score', 'residual')}",
             f"trained at: {c.spacing_mm} mm in-plane, {c.slice_spacing_mm} mm between slices",
             f"anomaly threshold (score 1.0): {c.anomaly.get('threshold')} "

@@ -152,23 +152,25 @@ class HealHeadConfig(DenoiserConfig):
 
 @dataclass
 class RegionPriorConfig:
-    """The region prior (inpainting of painted regions): ball diameter (cube side) in voxels of the model grid (odd, 5-21)."""
+    """The region prior (inpainting of painted regions): ball diameter (cube side) in voxels of the model grid (odd, 5-21)
+    and the power the intensities are raised to before the Gaussian model (1: none; models without it: 1)."""
 
     patch: int = 15
+    power: float = 1.0
 
     def to_dict(self) -> dict:
-        return {"patch": self.patch}
+        return {"patch": self.patch, "power": self.power}
 
     @classmethod
     def from_dict(cls, d: dict) -> RegionPriorConfig:
-        from .region_prior import check_patch
+        from .region_prior import check_patch, check_power
 
         if not isinstance(d, dict):
             raise ValueError(f"architecture.region_prior must be an object, not {type(d).__name__}")
-        unknown = sorted(set(d) - {"patch"})
+        unknown = sorted(set(d) - {"patch", "power"})
         if unknown:
             raise ValueError(f"unknown architecture.region_prior fields {unknown}")
-        return cls(check_patch(d.get("patch", 15)))
+        return cls(check_patch(d.get("patch", 15)), check_power(d.get("power", 1.0)))
 
 
 class RegionPrior(nn.Module):
@@ -180,6 +182,7 @@ class RegionPrior(nn.Module):
 
         p = cfg.patch
         self.patch = p
+        self.power = cfg.power
         self.register_buffer("mean", torch.zeros(len(support(p))))
         self.register_buffer("rows", torch.zeros(len(octant_index(p)), len(support(p))))
         self._cov: np.ndarray | None = None

@@ -61,16 +61,29 @@ def check_patch(patch: int) -> int:
     return p
 
 
+def check_power(power: float) -> float:
+    """The intensity power of the prior: a number 0.25-4."""
+    try:
+        g = float(power)
+    except (TypeError, ValueError):
+        raise ValueError(f"region prior power must be a number 0.25-4, not {power!r}") from None
+    if not 0.25 <= g <= 4:  # also refuses NaN
+        raise ValueError(f"region prior power must be a number 0.25-4, not {power!r}")
+    return g
+
+
 def fit(volumes: Sequence[np.ndarray], patch: int = 15, per_volume: int = 3000, seed: int = 0,
-        brains: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        brains: Sequence[np.ndarray] | None = None, power: float = 1.0) -> tuple[np.ndarray, np.ndarray, int]:
     """Estimate the prior from normalised volumes on the model grid; returns (octant rows, mean, patches used).
 
     Cube centres are drawn uniformly inside each volume's brain (``brains``, else the signal region) eroded by 3
-    voxels, so that cubes cover the brain's interior and its edge alike.
+    voxels, so that cubes cover the brain's interior and its edge alike. The model is of the intensities raised to
+    ``power`` (negative values count as 0).
     """
     from .anomaly import auto_brain_mask
 
     p = check_patch(patch)
+    g = check_power(power)
     h = p // 2
     sup = support(p)
     rng = np.random.default_rng(seed)
@@ -85,6 +98,8 @@ def fit(volumes: Sequence[np.ndarray], patch: int = 15, per_volume: int = 3000, 
         if len(pts) == 0:
             continue
         pts = pts[rng.choice(len(pts), min(per_volume, len(pts)), replace=False)]
+        if g != 1:
+            v = np.clip(v, 0, None) ** np.float32(g)
         x = np.stack([v[z - h:z + h + 1, y - h:y + h + 1, c - h:c + h + 1].ravel()[sup] for z, y, c in pts]).astype(np.float64)
         s += x.T @ x
         total += x.sum(0)
@@ -119,15 +134,17 @@ def covariance(rows: np.ndarray, patch: int) -> np.ndarray:
 
 
 def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, patch: int,
-         only: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+         only: np.ndarray | None = None, power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Fill each connected region of ``mask`` that fits in a cube; returns (volume, bool map of filled voxels).
 
     The known voxels are the cube's ball voxels outside ``mask`` within REACH steps of the region; a region is placed
     at the cube's centre (shifted inwards at the volume's faces), needs ``MARGIN`` known voxels towards each face and
     must lie inside the ball. ``only``
-    (bool map): fill only regions touching it. Voxels not filled keep their value in ``data``.
+    (bool map): fill only regions touching it. ``power``: the prior's (conditioning on intensities raised to it, the
+    prediction taken back by the inverse power). Voxels not filled keep their value in ``data``.
     """
     p = check_patch(patch)
+    g = check_power(power)
     sup = support(p)
     in_ball = np.zeros(p ** 3, bool)
     in_ball[sup] = True
@@ -155,6 +172,8 @@ def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, 
             known &= ndi.binary_dilation(lab[box] == i, iterations=REACH).ravel()
         hole, known = hole[sup], known[sup]
         vals = out[box].ravel()[sup].astype(np.float64)
+        if g != 1:
+            vals = np.clip(vals, 0, None) ** g
         ckk = cov[np.ix_(known, known)]
         ckk[np.diag_indices_from(ckk)] += NUGGET * float(np.mean(np.diag(cov)))
         try:
@@ -165,7 +184,7 @@ def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, 
             w = np.linalg.lstsq(ckk, vals[known] - mean[known], rcond=None)[0]
         pred = mean[hole] + cov[np.ix_(hole, known)] @ w
         cube = out[box].ravel()
-        cube[sup[hole]] = np.clip(pred, 0, None)
+        cube[sup[hole]] = np.clip(pred, 0, None) if g == 1 else np.clip(pred, 0, None) ** (1 / g)
         out[box] = cube.reshape((p, p, p))
         done[box] |= lab[box] == i
     return out, done

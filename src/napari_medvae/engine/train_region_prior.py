@@ -18,8 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def fit_region_prior(train: Sequence[str], out: str, model: str | None = None, *, patch: int = 15,
-                     per_volume: int = 3000, seed: int = 0) -> Path:
+                     per_volume: int = 3000, seed: int = 0, power: float = 2.0) -> Path:
     """Add a region prior fitted on the volumes ``train`` to ``model`` (default: the shipped one); write ``out``.
+
+    ``power``: the prior models the intensities raised to it (2, the default: +0.35 dB over 1 on 10 tuning subjects'
+    painted regions, better or equal on 10 of 13 T1 and T2-like subjects; 0.5: -0.48 dB, 3: -0.85 dB, 4: -3.2 dB).
 
     Every other weight is copied unchanged. Returns the new weights path.
     """
@@ -31,7 +34,7 @@ def fit_region_prior(train: Sequence[str], out: str, model: str | None = None, *
     if per_volume < 1:
         raise InputError(f"patches per volume must be at least 1, not {per_volume}")
     try:
-        cfg = RegionPriorConfig.from_dict({"patch": patch})
+        cfg = RegionPriorConfig.from_dict({"patch": patch, "power": power})
     except ValueError as exc:
         raise InputError(str(exc)) from None
     t0 = time.perf_counter()
@@ -39,14 +42,14 @@ def fit_region_prior(train: Sequence[str], out: str, model: str | None = None, *
     new, _ = attach_head(base, "region_prior", cfg.to_dict(), RegionPriorConfig)
     vols = grid_volumes(new, train)
     try:
-        rows, mean, n = region_prior.fit(vols, cfg.patch, per_volume, seed)
+        rows, mean, n = region_prior.fit(vols, cfg.patch, per_volume, seed, power=cfg.power)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     rp = new.net.region_prior
     rp.load_state_dict({"rows": torch.from_numpy(rows), "mean": torch.from_numpy(mean)})
     seconds = round(time.perf_counter() - t0, 1)
     new.config.training = {**(new.config.training or {}), "region_prior": {
-        "patch": cfg.patch, "per_volume": per_volume, "seed": seed, "n_train": len(train), "n_patches": n,
+        "patch": cfg.patch, "power": cfg.power, "per_volume": per_volume, "seed": seed, "n_train": len(train), "n_patches": n,
         "seconds": seconds, "base_model": str(base.path.name) if base.path else None}}
     path = save_checkpoint(out, new.config, new.net.state_dict())
     log.info("region prior fitted on %d cubes in %.0f s; wrote %s", n, seconds, path)
