@@ -170,7 +170,7 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
     # the network's weight is measured on a moved copy of the mask; the region prior's fill is used as is (weighing it
     # against the biharmonic fill on 3 moved copies lost on the tuning subjects, painted regions, pooled: T1 27.75 vs
     # 27.79 dB, T2-like 30.23 vs 32.24 dB; a copy's verdict was as much as 12 dB off the real mask's: -6.1 vs +6.3 dB)
-    vmask = validation_masks(prep.data, mm, copies=1) if cross_validate and pfill is None else None
+    vmask = validation_mask(prep.data, mm) if cross_validate and pfill is None else None
     n_val = 0 if vmask is None else int(vmask.any(axis=(1, 2)).sum())
     p = Progress((int(mm.any(axis=(1, 2)).sum()) + n_val) * len(flips), progress, cancel)
     p.check()
@@ -261,14 +261,13 @@ def biharmonic_fill(data: np.ndarray, mask: np.ndarray, init: np.ndarray | None 
     return out
 
 
-def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.ndarray,
-               only: np.ndarray | None = None) -> np.ndarray | None:
+def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.ndarray) -> np.ndarray | None:
     """The region prior's fill of ``mask`` on the model grid; regions it cannot fill keep ``classical`` (the caller's
     first_guess of ``mask``).
 
     None when the model has no region prior or the volume's slices are not at the model's slice spacing (the grid
     the prior was fitted on; filling the interleaved 2 mm grids of a 1 mm volume one by one ignores the slices in
-    between and was worse than the classical fill). ``only``: fill only the regions touching it (the rest: classical).
+    between and was worse than the classical fill).
     """
     from . import region_prior
 
@@ -279,7 +278,7 @@ def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.nda
         return None
     cov, mean = rp.numpy()
     out = classical.copy()
-    filled, done = region_prior.fill(prep.data, mask, cov, mean, rp.patch, only, rp.power)
+    filled, done = region_prior.fill(prep.data, mask, cov, mean, rp.patch, power=rp.power)
     out[done] = filled[done]
     return out
 
@@ -311,38 +310,17 @@ def _shift(mask: np.ndarray, axis: int, d: int) -> np.ndarray:
     return out
 
 
-def validation_masks(data: np.ndarray, mask: np.ndarray, copies: int = 3, gap: int = 2) -> np.ndarray | None:
-    """Up to ``copies`` moved copies of a painted-region mask (see validation_mask), ``gap`` voxels apart, as one mask.
-
-    One copy gives a noisy weight: on the tuning subjects the region prior's weight from one copy ranged 0.2-1.0
-    where the prior was better by 0.3-7.8 dB. Whole missing slices keep a single copy.
-    """
-    first = validation_mask(data, mask, gap=gap)
-    if first is None or bool(mask.reshape(mask.shape[0], -1).all(axis=1).any()):
-        return first
-    out = first
-    for _ in range(copies - 1):
-        more = validation_mask(data, mask, gap=gap, avoid=out)
-        if more is None:
-            break
-        out = out | more
-    return out
-
-
-def validation_mask(data: np.ndarray, mask: np.ndarray, max_slices: int = 16, gap: int = 2,
-                    avoid: np.ndarray | None = None) -> np.ndarray | None:
+def validation_mask(data: np.ndarray, mask: np.ndarray, max_slices: int = 16, gap: int = 2) -> np.ndarray | None:
     """The mask moved onto known voxels with signal, to measure fills against known truth.
 
     Shifts along the slice axis are tried first (same kind of gap), then in-plane; the smallest shift
     whose mask keeps ``gap`` voxels away from the real mask and covers at least half as much signal is
-    used, with at most ``max_slices`` of its slices. None if no shift fits. ``avoid``: voxels (e.g. earlier copies)
-    the moved mask must also keep ``gap`` voxels away from.
+    used, with at most ``max_slices`` of its slices. None if no shift fits.
     """
     signal = data > 0.05
     need = max(1, int((mask & signal).sum()) // 2)
     whole_slices = bool(mask.reshape(mask.shape[0], -1).all(axis=1).any())
-    block = mask if avoid is None else mask | avoid
-    near = ndi.binary_dilation(block, iterations=gap) if gap else block
+    near = ndi.binary_dilation(mask, iterations=gap) if gap else mask
     if whole_slices:  # a missing slice must stay a whole slice: only shift along the slice axis
         near = np.broadcast_to(near.any(axis=(1, 2))[:, None, None], mask.shape)
     for axis in ((0,) if whole_slices else (0, 1, 2)):

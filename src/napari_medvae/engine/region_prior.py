@@ -134,13 +134,12 @@ def covariance(rows: np.ndarray, patch: int) -> np.ndarray:
 
 
 def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, patch: int,
-         only: np.ndarray | None = None, power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+         power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Fill each connected region of ``mask`` that fits in a cube; returns (volume, bool map of filled voxels).
 
     The known voxels are the cube's ball voxels outside ``mask`` within REACH steps of the region; a region is placed
     at the cube's centre (shifted inwards at the volume's faces), needs ``MARGIN`` known voxels towards each face and
-    must lie inside the ball. ``only``
-    (bool map): fill only regions touching it. ``power``: the prior's (conditioning on intensities raised to it, the
+    must lie inside the ball. ``power``: the prior's (conditioning on intensities raised to it, the
     prediction taken back by the inverse power). Voxels not filled keep their value in ``data``.
     """
     p = check_patch(patch)
@@ -158,9 +157,6 @@ def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, 
             continue
         ext = [s.stop - s.start for s in sl]
         if max(ext) > p - 2 * MARGIN:
-            continue
-        region = lab[sl] == i
-        if only is not None and not (only[sl] & region).any():
             continue
         lo = [min(max((s.start + s.stop - p) // 2, 0), n - p) for s, n in zip(sl, mask.shape, strict=True)]
         box = tuple(slice(a, a + p) for a in lo)
