@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,21 +178,20 @@ def check_state(cfg: ModelConfig, state: dict, source: str) -> None:
         raise ModelError(f"{source}: tensor '{k}' has shape {g}, the config's architecture needs {e} ({len(wrong)} differ)")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file next to ``path``, then rename it over ``path`` (never a partial file).
 
-    The file gets the permissions of a plain new file (0666 minus the umask), not mkstemp's private 0600, so a
-    model written on a shared cluster is readable by the group like any other output."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    The temporary file is created with mode 0666 so that the kernel applies the umask, as for any new file (mkstemp's
+    private 0600 kept models written on a shared cluster from the group); the umask is never changed, which would
+    race with other threads creating files."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
-        if hasattr(os, "fchmod"):  # POSIX
-            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
