@@ -43,6 +43,8 @@ def main() -> None:
                                    if c['anomaly'].get('score') in ('combined', 'healed') else "")
                                 + (f", {c['anomaly']['heal_scale']:.4f} from the healing head"
                                    if c['anomaly'].get('score') == 'healed' else "")
+                                + (f"; healing residual's scale (healthy 99th percentile) {c['anomaly']['heal_scale']:.4f}"
+                                   if c['anomaly'].get('score') == 'heal' else "")
                                 + (f"; highest candidate peak in those healthy volumes {c['anomaly']['healthy_peak']:.2f}"
                                    if c['anomaly'].get('healthy_peak') else "")
                                 + (f"; their median smoothed residual {c['anomaly']['residual_median']:.4f} (volumes above 2 × "

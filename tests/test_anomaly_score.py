@@ -1,4 +1,4 @@
-"""The combined and healed anomaly scores: calibrated scales, older residual-only models, bad settings refused."""
+"""The heal, combined and healed anomaly scores: calibrated scales, older models, bad settings refused."""
 
 from __future__ import annotations
 
@@ -27,10 +27,40 @@ def _copy_model(tmp_path, edit) -> str:
     return str(dst)
 
 
-def test_shipped_model_uses_the_calibrated_healed_score(model):
+def test_shipped_model_uses_the_calibrated_heal_score(model):
     a = model.config.anomaly
-    assert a["score"] == "healed" and model.net.heal_head is not None
-    assert a["skip_scale"] > 0 and a["latent_scale"] > 0 and a["heal_scale"] > 0 and a["threshold"] > 0
+    assert a["score"] == "heal" and model.net.heal_head is not None
+    assert a["heal_scale"] > 0 and a["threshold"] > 0
+    assert "skip_scale" not in a and "latent_scale" not in a  # scales the score does not use are not kept
+
+
+def test_models_calibrated_with_the_healed_score_still_work(tmp_path, read, model):
+    """Models of the previous release (the VAE's residuals and the healing residual joined) keep their score."""
+    vol, geo = read("mni_t1_lesion.nii.gz")
+    lesion, _ = read("mni_t1_lesion_mask.nii.gz")
+    v = prepare(vol, geo.spacing, model.config, None).data
+    m = load_model(None, device="cpu")
+    thr = calibrate(m, [(v, 1)], 0.999, score="healed")
+    assert m.config.anomaly["skip_scale"] > 0 and m.config.anomaly["latent_scale"] > 0
+    m.config.anomaly["threshold"] = thr
+    heal_only = anomaly(model, vol, geo.spacing).heatmap
+    both = anomaly(m, vol, geo.spacing).heatmap
+    assert both.shape == vol.shape and both[lesion > 0].max() > 1.0
+    assert not np.allclose(both, heal_only)  # another score, not the shipped one relabelled
+
+
+def test_heal_score_is_the_healing_residual_over_its_scale(model, read, monkeypatch):
+    import napari_medvae.engine.anomaly as anom
+
+    vol, geo = read("mni_t1_lesion.nii.gz")
+    prep = prepare(vol, geo.spacing, model.config, None)
+    brain = anom.auto_brain_mask(prep.data)
+    skip, lat, h, _ = anom.raw_scores(model, prep.data, brain, anom.Progress(1), "heal")
+    assert skip is None and lat is None and h.shape == prep.data.shape
+    expect = anom.residual_score(prep.data, anom.heal(model, prep.data), brain, model.config.anomaly["median_size"])
+    np.testing.assert_allclose(h, expect)
+    out = anom.final_score(None, None, h, model.config.anomaly)
+    np.testing.assert_allclose(out, h / model.config.anomaly["heal_scale"], rtol=1e-6)
 
 
 def test_combined_score_needs_both_residuals():
@@ -45,8 +75,8 @@ def test_combined_score_needs_both_residuals():
 def test_models_calibrated_with_the_residual_score_still_work(tmp_path, read):
     def old(a):
         a["score"] = "residual"
-        a.pop("skip_scale")
-        a.pop("latent_scale")
+        a.pop("skip_scale", None)
+        a.pop("latent_scale", None)
         a["threshold"] = 0.14
 
     m = load_model(_copy_model(tmp_path, old), device="cpu")
@@ -58,8 +88,10 @@ def test_models_calibrated_with_the_residual_score_still_work(tmp_path, read):
 
 @pytest.mark.parametrize("edit, msg", [
     (lambda a: a.update(score="fancy"), "anomaly.score"),
-    (lambda a: a.pop("latent_scale"), "anomaly.latent_scale"),
-    (lambda a: a.update(skip_scale=-1.0), "anomaly.skip_scale"),
+    (lambda a: a.pop("heal_scale"), "anomaly.heal_scale"),
+    (lambda a: a.update(score="combined"), "anomaly.skip_scale"),
+    (lambda a: a.update(score="healed", skip_scale=-1.0, latent_scale=0.1), "anomaly.skip_scale"),
+    (lambda a: a.update(score="healed", skip_scale=0.1), "anomaly.latent_scale"),
     (lambda a: a.update(healthy_peak=0), "anomaly.healthy_peak"),
     (lambda a: a.update(healthy_peak="high"), "anomaly.healthy_peak"),
     (lambda a: a.update(residual_median=-0.01), "anomaly.residual_median"),
@@ -73,13 +105,12 @@ def test_calibration_sets_the_scales_and_refuses_unknown_scores(read):
     m = load_model(None, device="cpu")
     vol, geo = read("mni_t1_healthy.nii.gz")
     v = prepare(vol, geo.spacing, m.config, None).data  # as the engine sees it (2 mm: the model's grid)
-    m.config.anomaly.pop("skip_scale")
     thr = calibrate(m, [(v, 1)], 0.999)
     assert thr > 0 and m.config.anomaly["skip_scale"] > 0 and m.config.anomaly["score"] == "combined"
-    m.config.anomaly.pop("heal_scale")
+    assert "heal_scale" not in m.config.anomaly  # the combined score does not use it
     m.config.anomaly.pop("healthy_peak")
-    thr = calibrate(m, [(v, 1)], 0.999, score="healed")
-    assert thr > 0 and m.config.anomaly["heal_scale"] > 0
+    thr = calibrate(m, [(v, 1)], 0.999, score="heal")
+    assert thr > 0 and m.config.anomaly["heal_scale"] > 0 and "skip_scale" not in m.config.anomaly
     # the healthy peak: the highest candidate peak of the calibration volume itself (at least 1)
     m.config.anomaly["threshold"] = thr
     res = anomaly(m, vol, geo.spacing)
@@ -152,3 +183,11 @@ def test_ratio_warning_limits_and_models_without_a_residual_median(tmp_path, rea
     vol, spacing = _t2_like()
     res = anomaly(m, vol, spacing, force=True)
     assert res.residual_ratio is None and res.warnings == []  # older calibrations: no ratio, no warning
+
+
+def test_recalibrate_refuses_an_unknown_score_before_reading_anything(tmp_path):
+    from napari_medvae.engine.train import recalibrate
+
+    with pytest.raises(InputError, match="anomaly score must be one of"):
+        recalibrate(str(default_model_path()), [str(tmp_path / "missing.nii.gz")], str(tmp_path / "out"), score="fancy")
+    assert not (tmp_path / "out.safetensors").exists()

@@ -208,3 +208,17 @@ def test_calibrate_writes_a_new_model(tmp_path, sample_dir, capsys):
     assert main(["calibrate", str(out.with_suffix(".json")), "--healthy", str(sample_dir / "mni_t1_healthy.nii.gz"),
                  "-o", str(out)]) == 2
     assert "overwrite" in _err(capsys)
+
+
+def test_calibrate_score_option(tmp_path, sample_dir, capsys):
+    from napari_medvae.engine import load_model
+
+    healthy = str(sample_dir / "mni_t1_healthy.nii.gz")
+    assert main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "a"), "--score", "healed", "-q"]) == 0
+    a = load_model(tmp_path / "a.safetensors", device="cpu").config.anomaly
+    assert a["score"] == "healed" and a["skip_scale"] > 0 and a["heal_scale"] > 0
+    assert main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "b"), "-q"]) == 0
+    assert load_model(tmp_path / "b.safetensors", device="cpu").config.anomaly["score"] == "heal"  # the default
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "c"), "--score", "fancy"])
+    assert "invalid choice" in _err(capsys) and not (tmp_path / "c.safetensors").exists()

@@ -50,7 +50,7 @@ def test_training_adds_a_heal_head_calibrates_and_keeps_the_rest(hh_model, model
     rec = m.config.training["heal_head"]
     assert rec["steps"] == 3 and rec["history"] and "val_psnr_head" in rec["history"][-1]
     a = m.config.anomaly
-    assert a["score"] == "healed" and a["heal_scale"] > 0 and a["skip_scale"] > 0 and a["threshold"] > 0
+    assert a["score"] == "heal" and a["heal_scale"] > 0 and a["threshold"] > 0
     base = model.net.state_dict()
     for k, v in m.net.state_dict().items():
         if not k.startswith("heal_head."):
@@ -81,6 +81,8 @@ def test_heal_keeps_the_shape_and_needs_a_head(hh_model):
         heal(plain, x)
     with pytest.raises(InputError, match="healing head"):
         calibrate(plain, [(x, 1)], 0.999, score="healed")
+    with pytest.raises(InputError, match="healing head"):
+        calibrate(plain, [(x, 1)], 0.999, score="heal")
 
 
 def test_anomaly_uses_the_heal_head(hh_model, read, monkeypatch):
@@ -184,7 +186,7 @@ def test_cli_train_heal_head_writes_a_model_and_refuses_to_overwrite(tmp_path, h
                "--contrast-prob", "0"])
     assert rc == 0
     new = load_model(tmp_path / "new.safetensors", device="cpu").config
-    assert new.anomaly["score"] == "healed" and new.training["heal_head"]["contrast_prob"] == 0.0
+    assert new.anomaly["score"] == "heal" and new.training["heal_head"]["contrast_prob"] == 0.0
     rc = main(["train-heal-head", str(hh_model), "--data", files[0], "--val", files[1], "-o", str(hh_model.with_suffix(""))])
     assert rc != 0
     assert "refusing to overwrite" in capsys.readouterr().err

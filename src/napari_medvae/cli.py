@@ -477,7 +477,7 @@ def cmd_calibrate(args) -> int:
         raise InputError("refusing to overwrite the model being calibrated; choose another -o")
     if not out.resolve().parent.is_dir():
         raise InputError(f"output directory {out.resolve().parent} does not exist")
-    path = recalibrate(str(src), _gather(args.healthy), str(out), args.quantile)
+    path = recalibrate(str(src), _gather(args.healthy), str(out), args.quantile, args.score)
     _say(args, f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
@@ -640,6 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--healthy", nargs="+", required=True, help="healthy held-out volumes or folders")
     ca.add_argument("-o", "--output", required=True, help="new model path stem")
     ca.add_argument("--quantile", type=float, default=0.999)
+    ca.add_argument("--score", choices=("heal", "healed", "combined", "residual"),
+                    help="anomaly score to calibrate (default: heal for models with a healing head, else combined)")
     ca.set_defaults(fn=cmd_calibrate)
     inf = sub.add_parser("info", parents=[common], help="print a model card")
     inf.add_argument("model_path", nargs="?")

@@ -28,9 +28,9 @@ class ModelConfig:
     normalization: {"method": "percentile", "percentile": p}: intensities divided by the p-th
     percentile of the volume (zero stays zero), outputs multiplied back.
     anomaly: {"threshold": score that maps to 1.0, "quantile": healthy quantile used,
-    "median_size": voxels of the median filter, "score": "residual", "combined" or "healed" (engine.anomaly), and for
-    "combined" and "healed" "skip_scale" / "latent_scale": the two VAE residuals' healthy 99th percentiles, for
-    "healed" "heal_scale": the healing head's residual's; optional "healthy_peak": the highest candidate peak found in
+    "median_size": voxels of the median filter, "score": "residual", "combined", "healed" or "heal" (engine.anomaly),
+    and for "combined" and "healed" "skip_scale" / "latent_scale": the two VAE residuals' healthy 99th percentiles,
+    for "healed" and "heal" "heal_scale": the healing head's residual's; optional "healthy_peak": the highest candidate peak found in
     the healthy calibration volumes, and "residual_median": the healthy median of the smoothed reconstruction
     residual inside the brain (engine.train.calibrate, engine.anomaly.smooth_residual)}.
     intensity_profile: normalised histogram of healthy held-out volumes for the out-of-distribution check.
@@ -83,9 +83,10 @@ class ModelConfig:
         if thr is not None and not (isinstance(thr, (int, float)) and thr > 0):
             raise ModelError(f"{source}: anomaly.threshold must be a positive number or null, not {thr!r}")
         score = cfg.anomaly.get("score", "residual")
-        if score not in ("residual", "combined", "healed"):
-            raise ModelError(f"{source}: anomaly.score must be 'residual', 'combined' or 'healed', not {score!r}")
-        scales = {"residual": (), "combined": ("skip_scale", "latent_scale")}.get(score, ("skip_scale", "latent_scale", "heal_scale"))
+        if score not in ("residual", "combined", "healed", "heal"):
+            raise ModelError(f"{source}: anomaly.score must be 'residual', 'combined', 'healed' or 'heal', not {score!r}")
+        scales = {"residual": (), "combined": ("skip_scale", "latent_scale"), "heal": ("heal_scale",)}.get(
+            score, ("skip_scale", "latent_scale", "heal_scale"))
         for k in scales:
             v = cfg.anomaly.get(k)
             if not (isinstance(v, (int, float)) and v > 0):
@@ -94,8 +95,8 @@ class ModelConfig:
             v = cfg.anomaly.get(k)
             if v is not None and not (isinstance(v, (int, float)) and v > 0):
                 raise ModelError(f"{source}: anomaly.{k} must be a positive number or absent, not {v!r}")
-        if score == "healed" and not cfg.architecture.get("heal_head"):
-            raise ModelError(f"{source}: anomaly.score 'healed' needs architecture.heal_head (a healing head)")
+        if score in ("healed", "heal") and not cfg.architecture.get("heal_head"):
+            raise ModelError(f"{source}: anomaly.score '{score}' needs architecture.heal_head (a healing head)")
         try:
             from .networks import SliceVAEConfig
 

@@ -286,15 +286,15 @@ def _load_state(out: str, net, opt) -> tuple[int, list]:
 # ---------------------------------------------------------------------------------------------
 
 
-SCORES = ("residual", "combined", "healed")
+SCORES = ("residual", "combined", "healed", "heal")
 
 
 def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float, score: str = "combined") -> float:
     """Anomaly threshold: ``quantile`` of healthy voxel scores inside the brain (model grid).
 
     ``score`` "combined" (see engine.anomaly) also sets the two VAE residuals' healthy scales (99th percentiles)
-    in the model's anomaly settings, "healed" the healing head's residual's scale as well; "residual" uses the
-    normal reconstruction's residual alone. It also sets ``healthy_peak``: the highest peak of the candidates
+    in the model's anomaly settings, "healed" the healing head's residual's scale as well, "heal" that scale alone;
+    "residual" uses the normal reconstruction's residual alone. It also sets ``healthy_peak``: the highest peak of the candidates
     (engine.anomaly.threshold_candidates at 1.0) that these healthy volumes produce, at least 1, and
     ``residual_median``: the median of their smoothed reconstruction residual inside the brain
     (engine.anomaly.smooth_residual).
@@ -304,8 +304,8 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
 
     if score not in SCORES:
         raise InputError(f"anomaly score must be one of {', '.join(SCORES)}, not {score!r}")
-    if score == "healed" and model.net.heal_head is None:
-        raise InputError("the 'healed' anomaly score needs a model with a healing head (medvae train-heal-head)")
+    if score in ("healed", "heal") and model.net.heal_head is None:
+        raise InputError(f"the '{score}' anomaly score needs a model with a healing head (medvae train-heal-head)")
     settings = model.config.anomaly
     raw: list[list[np.ndarray]] = [[], [], []]
     smooth: list[np.ndarray] = []
@@ -323,11 +323,12 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     skip, latent, heal = (np.concatenate(a) if a else None for a in raw)
     settings["score"] = score
     settings["residual_median"] = float(np.median(np.concatenate(smooth)))
-    if latent is not None:
-        settings["skip_scale"] = float(np.quantile(skip, 0.99))
-        settings["latent_scale"] = float(np.quantile(latent, 0.99))
-    if heal is not None:
-        settings["heal_scale"] = float(np.quantile(heal, 0.99))
+    used = {"skip_scale": skip if latent is not None else None, "latent_scale": latent, "heal_scale": heal}
+    for key, part in used.items():
+        if part is None:  # a scale this score does not use: none is left from an earlier calibration
+            settings.pop(key, None)
+        else:
+            settings[key] = float(np.quantile(part, 0.99))
     scores = final_score(skip, latent, heal, settings)
     threshold = float(np.quantile(scores, quantile))
     grid = (model.config.slice_spacing_mm, model.config.spacing_mm, model.config.spacing_mm)
@@ -344,22 +345,27 @@ def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantil
                     score: str | None = None) -> None:
     """Set the model's anomaly threshold and out-of-distribution intensity profile from healthy volumes.
 
-    ``score``: the anomaly score to calibrate (default: "healed" for models with a healing head, else "combined").
+    ``score``: the anomaly score to calibrate (default: "heal" for models with a healing head, else "combined").
     """
     from .ood import intensity_profile
 
     if score is None:
-        score = "healed" if model.net.heal_head is not None else "combined"
+        score = "heal" if model.net.heal_head is not None else "combined"
     model.config.anomaly["quantile"] = quantile
     model.config.anomaly["threshold"] = calibrate(model, volumes, quantile, score)
     model.config.intensity_profile = intensity_profile([v for v, _ in volumes])
 
 
-def recalibrate(model_path: str, healthy: Sequence[str], out: str, quantile: float = 0.999) -> Path:
-    """``medvae calibrate``: re-calibrate a model on (local) healthy held-out volumes; writes a new model."""
+def recalibrate(model_path: str, healthy: Sequence[str], out: str, quantile: float = 0.999,
+                score: str | None = None) -> Path:
+    """``medvae calibrate``: re-calibrate a model on (local) healthy held-out volumes; writes a new model.
+
+    ``score``: the anomaly score to calibrate (engine.anomaly; default: calibrate_model's)."""
     model = load_model(model_path, device="cpu")
+    if score is not None and score not in SCORES:
+        raise InputError(f"anomaly score must be one of {', '.join(SCORES)}, not {score!r}")
     vols = load_volumes(healthy, model.config)
-    calibrate_model(model, vols, quantile)
+    calibrate_model(model, vols, quantile, score)
     model.config.training = {**(model.config.training or {}), "calibrated_on": f"{len(vols)} volumes",
                              "calibration_files": [Path(p).name for p in healthy]}
     return save_checkpoint(out, model.config, model.net.state_dict())

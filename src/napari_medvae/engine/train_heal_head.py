@@ -19,7 +19,7 @@ whose pull towards the identity on the healthy majority of voxels does not fade,
 all). The VAE and the other heads are frozen.
 
 Validation: PSNR inside a fixed set of blobs on held-out volumes, of the corrupted input and of the healed
-output. The anomaly score is then calibrated on the same held-out volumes (score "healed", see engine.anomaly).
+output. The anomaly score is then calibrated on the same held-out volumes (score "heal", see engine.anomaly).
 """
 
 from __future__ import annotations
@@ -177,6 +177,6 @@ def train_heal_head(tc: HealHeadTrainConfig, callback: Callable[[dict], None] | 
 
     history = train_head_loop(head, model.net, steps=tc.steps, lr=tc.lr, fine_tune=r.fine_tune, loss_fn=loss_fn,
                               validate=validate, t0=r.t0, callback=callback, cancel=cancel, ema=0.98)
-    calibrate_model(model, load_volumes(tc.val, model.config), tc.calibration_quantile, score="healed")
+    calibrate_model(model, load_volumes(tc.val, model.config), tc.calibration_quantile, score="heal")
     return save_with_record(tc, model, r.base, "heal_head", r.t0, r.device, history, data_seconds=r.data_seconds,
                             fine_tuned=r.fine_tune)
