@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 
@@ -50,7 +51,7 @@ def test_models_calibrated_with_the_healed_score_still_work(tmp_path, read, mode
 
 
 def test_heal_score_is_the_healing_residual_over_its_scale(model, read, monkeypatch):
-    import napari_medvae.engine.anomaly as anom
+    anom = importlib.import_module("napari_medvae.engine.anomaly")
 
     vol, geo = read("mni_t1_lesion.nii.gz")
     prep = prepare(vol, geo.spacing, model.config, None)

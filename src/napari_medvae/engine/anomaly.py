@@ -250,7 +250,9 @@ def threshold_candidates(heatmap: np.ndarray, spacing: Sequence[float], threshol
             "voxels": count,
             "volume_mm3": round(count * voxel_mm3, 2),
             "peak": round(peak, 4),
-            **({} if healthy_peak is None else {"above_healthy": bool(peak > healthy_peak)}),
+            # the reported (rounded) peak is compared: calibration stores the rounded peaks of its healthy volumes,
+            # and a healthy volume's own top candidate must not read as above them
+            **({} if healthy_peak is None else {"above_healthy": bool(round(peak, 4) > healthy_peak)}),
             "centroid_voxel_zyx": [round(float(c), 2) for c in cen_old],
         }
         if geometry is not None:
