@@ -221,4 +221,4 @@ def test_calibrate_score_option(tmp_path, sample_dir, capsys):
     assert load_model(tmp_path / "b.safetensors", device="cpu").config.anomaly["score"] == "heal"  # the default
     with pytest.raises(SystemExit):
         main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "c"), "--score", "fancy"])
-    assert "invalid choice" in _err(capsys) and not (tmp_path / "c.safetensors").exists()
+    assert "invalid choice: 'fancy'" in capsys.readouterr().err and not (tmp_path / "c.safetensors").exists()
