@@ -221,4 +221,9 @@ def test_calibrate_score_option(tmp_path, sample_dir, capsys):
     assert load_model(tmp_path / "b.safetensors", device="cpu").config.anomaly["score"] == "heal"  # the default
     with pytest.raises(SystemExit):
         main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "c"), "--score", "fancy"])
-    assert "invalid choice: 'fancy'" in capsys.readouterr().err and not (tmp_path / "c.safetensors").exists()
+    err = capsys.readouterr().err
+    assert "invalid choice: 'fancy'" in err and not (tmp_path / "c.safetensors").exists()
+    from napari_medvae.engine.checkpoint import ANOMALY_SCORES
+
+    listed = err.split("choose from ")[1].split(")")[0].replace("'", "").split(", ")
+    assert sorted(listed) == sorted(ANOMALY_SCORES)  # the CLI offers exactly the scores the engine knows

@@ -19,6 +19,9 @@ FORMAT_VERSION = 1
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, zip (torch.save since 1.6)
 
 
+ANOMALY_SCORES = ("residual", "combined", "healed", "heal")  # the anomaly scores a model can be calibrated with (engine.anomaly)
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to use a model besides its weights (saved as JSON next to them).
@@ -83,8 +86,8 @@ class ModelConfig:
         if thr is not None and not (isinstance(thr, (int, float)) and thr > 0):
             raise ModelError(f"{source}: anomaly.threshold must be a positive number or null, not {thr!r}")
         score = cfg.anomaly.get("score", "residual")
-        if score not in ("residual", "combined", "healed", "heal"):
-            raise ModelError(f"{source}: anomaly.score must be 'residual', 'combined', 'healed' or 'heal', not {score!r}")
+        if score not in ANOMALY_SCORES:
+            raise ModelError(f"{source}: anomaly.score must be one of {', '.join(ANOMALY_SCORES)}, not {score!r}")
         scales = {"residual": (), "combined": ("skip_scale", "latent_scale"), "heal": ("heal_scale",)}.get(
             score, ("skip_scale", "latent_scale", "heal_scale"))
         for k in scales:

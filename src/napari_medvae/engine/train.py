@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..errors import Cancelled, InputError
-from .checkpoint import ModelConfig, save_checkpoint
+from .checkpoint import ANOMALY_SCORES, ModelConfig, save_checkpoint
 from .model import Model, from_config, load_model, resolve_device
 from .networks import SliceVAEConfig
 from .preprocess import prepare
@@ -286,7 +286,7 @@ def _load_state(out: str, net, opt) -> tuple[int, list]:
 # ---------------------------------------------------------------------------------------------
 
 
-SCORES = ("residual", "combined", "healed", "heal")
+SCORES = ANOMALY_SCORES
 
 
 def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float, score: str = "combined") -> float:
