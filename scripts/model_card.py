@@ -8,9 +8,10 @@ from pathlib import Path
 
 
 def _contrast(run: dict) -> str:
-    """The random-contrast share of a healing-head training run, if it had one."""
-    p = run.get("contrast_prob") or 0
-    return f", {100 * p:.0f} % of patches with a random contrast" if p else ""
+    """The random-contrast and tissue-mimicking shares of a healing-head training run, if it had them."""
+    p, m = run.get("contrast_prob") or 0, run.get("mimic_prob") or 0
+    return ((f", {100 * p:.0f} % of patches with a random contrast" if p else "")
+            + (f", {100 * m:.0f} % of blobs at another tissue's intensity" if m else ""))
 
 
 def main() -> None:

@@ -227,3 +227,19 @@ def test_calibrate_score_option(tmp_path, sample_dir, capsys):
 
     listed = err.split("choose from ")[1].split(")")[0].replace("'", "").split(", ")
     assert sorted(listed) == sorted(ANOMALY_SCORES)  # the CLI offers exactly the scores the engine knows
+
+
+def test_calibrate_heal_flip_option(tmp_path, sample_dir, capsys):
+    from napari_medvae.engine import load_model
+
+    healthy = str(sample_dir / "mni_t1_healthy.nii.gz")
+    assert main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "on"), "--heal-flip", "-q"]) == 0
+    on = tmp_path / "on.safetensors"
+    assert load_model(on, device="cpu").config.anomaly["heal_flip"] is True
+    assert main(["calibrate", str(on), "--healthy", healthy, "-o", str(tmp_path / "kept"), "-q"]) == 0
+    assert load_model(tmp_path / "kept.safetensors", device="cpu").config.anomaly["heal_flip"] is True
+    assert main(["calibrate", str(on), "--healthy", healthy, "-o", str(tmp_path / "off"), "--no-heal-flip", "-q"]) == 0
+    assert load_model(tmp_path / "off.safetensors", device="cpu").config.anomaly["heal_flip"] is False
+    assert main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "x"), "--score", "combined",
+                 "--heal-flip"]) == 2
+    assert "heal-flip applies" in _err(capsys) and not (tmp_path / "x.safetensors").exists()

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 
 from napari_medvae.cli import main
 from napari_medvae.engine import anomaly, load_model
@@ -21,6 +22,7 @@ from napari_medvae.engine.train_heal_head import (
     HealHeadTrainConfig,
     blob_weights,
     corrupt,
+    mimic_factor,
     random_contrast,
     train_heal_head,
 )
@@ -155,7 +157,43 @@ def test_contrast_augmentation_trains(tmp_path, head_data):
     assert load_model(out, device="cpu").config.training["heal_head"]["contrast_prob"] == 1.0
 
 
+def test_mimic_factor_brings_a_blob_to_another_tissue_level():
+    clean = np.zeros((4, 4, 4), np.float32)
+    clean[0] = 0.4  # "white matter"
+    clean[1] = 0.7  # "grey matter"
+    clean[2] = 0.45  # nearly the same as white matter: no blob
+    tissue = np.argwhere(clean > 0.2)
+    factors = {}
+    for s in range(60):
+        t = tissue[np.random.default_rng(s).integers(len(tissue))]
+        factors[int(t[0])] = mimic_factor(clean, np.array([0, 0, 0]), tissue, np.random.default_rng(s))
+    assert factors[1] == pytest.approx(0.7 / 0.4) and factors[0] is None and factors[2] is None
+
+
+def test_mimic_blobs_reach_other_tissue_levels():
+    clean = np.full((24, 24, 24), 0.4, np.float32)
+    clean[:, :, 12:] = 0.8
+
+    def at_bright_level(mimic_prob: float) -> int:
+        n = 0
+        for s in range(40):
+            x, blobs = corrupt(clean, np.random.default_rng(s), blob_prob=1.0, coarse_prob=0.0, mimic_prob=mimic_prob)
+            core = ndi.binary_erosion(blobs, iterations=2) & (clean == 0.4)
+            n += bool(core.any()) and abs(float(np.median(x[core])) - 0.8) < 0.01
+        return n
+
+    # blobs in the darker tissue took the brighter one's intensity; random factors (1.2-2.0x) rarely land there
+    assert at_bright_level(1.0) >= 4 > at_bright_level(0.0)
+
+
+def test_mimic_augmentation_trains_and_is_recorded(tmp_path, head_data):
+    out = train_heal_head(HealHeadTrainConfig(**_opts(head_data, tmp_path / "mi", steps=2, mimic_prob=1.0)))
+    assert load_model(out, device="cpu").config.training["heal_head"]["mimic_prob"] == 1.0
+
+
 @pytest.mark.parametrize("kw,msg", [
+    ({"mimic_prob": 1.5}, "mimic probability"),
+    ({"mimic_prob": -0.5}, "mimic probability"),
     ({"contrast_prob": 1.5}, "contrast probability"),
     ({"contrast_prob": -0.1}, "contrast probability"),
     ({"patch": (17, 16, 16)}, "patch"),
@@ -183,10 +221,11 @@ def test_cli_train_heal_head_writes_a_model_and_refuses_to_overwrite(tmp_path, h
     files = sorted(str(p) for p in head_data.iterdir())
     rc = main(["train-heal-head", "--data", files[0], "--val", files[1], "-o", str(tmp_path / "new"), "--steps", "2",
                "--batch-size", "1", "--patch", "16", "16", "16", "--channels", "4", "8", "--res-units", "1",
-               "--contrast-prob", "0"])
+               "--contrast-prob", "0", "--mimic-prob", "0.25"])
     assert rc == 0
     new = load_model(tmp_path / "new.safetensors", device="cpu").config
     assert new.anomaly["score"] == "heal" and new.training["heal_head"]["contrast_prob"] == 0.0
+    assert new.training["heal_head"]["mimic_prob"] == 0.25
     rc = main(["train-heal-head", str(hh_model), "--data", files[0], "--val", files[1], "-o", str(hh_model.with_suffix(""))])
     assert rc != 0
     assert "refusing to overwrite" in capsys.readouterr().err
@@ -213,3 +252,45 @@ def test_heal_head_config_round_trips():
     assert d["inputs"] == 1
     assert HealHeadConfig.from_dict(d).to_dict() == d
     assert "heal_head" not in SliceVAEConfig().to_dict()
+
+
+def test_heal_flip_averages_the_head_over_a_mirror(hh_model):
+    m = load_model(hh_model, device="cpu")
+    x = np.random.default_rng(1).random((16, 24, 20)).astype(np.float32)
+    plain, flipped = heal(m, x, flip=False), heal(m, x, flip=True)
+    mirror = heal(m, np.ascontiguousarray(x[..., ::-1]), flip=False)[..., ::-1]
+    np.testing.assert_allclose(flipped, (plain + mirror) / 2, atol=1e-6)
+    assert not np.allclose(plain, flipped)
+    m.config.anomaly["heal_flip"] = True  # the model's setting is the default
+    np.testing.assert_array_equal(heal(m, x), flipped)
+
+
+def test_calibrating_with_heal_flip_keeps_the_setting(hh_model):
+    m = load_model(hh_model, device="cpu")
+    x = np.random.default_rng(2).random((16, 24, 20)).astype(np.float32)
+    calibrate(m, [(x, 1)], 0.999, score="heal")
+    assert "heal_flip" not in m.config.anomaly
+    off = m.config.anomaly["heal_scale"]
+    calibrate(m, [(x, 1)], 0.999, score="heal", heal_flip=True)
+    assert m.config.anomaly["heal_flip"] is True and m.config.anomaly["heal_scale"] != off
+    calibrate(m, [(x, 1)], 0.999, score="heal")  # None keeps it
+    assert m.config.anomaly["heal_flip"] is True
+    with pytest.raises(InputError, match="heal_flip applies"):
+        calibrate(m, [(x, 1)], 0.999, score="combined", heal_flip=True)
+    calibrate(m, [(x, 1)], 0.999, score="combined")  # a score without the head drops it
+    assert "heal_flip" not in m.config.anomaly
+
+
+@pytest.mark.parametrize("edit", [
+    lambda a: a.__setitem__("heal_flip", "yes"),
+    lambda a: a.__setitem__("heal_flip", 1),
+    lambda a: a.update({"heal_flip": True, "score": "combined", "skip_scale": 1.0, "latent_scale": 1.0}),
+])
+def test_bad_heal_flip_setting_is_refused(tmp_path, hh_model, edit):
+    cfg = json.loads(hh_model.with_suffix(".json").read_text())
+    edit(cfg["anomaly"])
+    stem = tmp_path / "bad"
+    stem.with_suffix(".json").write_text(json.dumps(cfg))
+    stem.with_suffix(".safetensors").write_bytes(hh_model.read_bytes())
+    with pytest.raises(ModelError, match="heal_flip"):
+        load_checkpoint(stem)

@@ -374,7 +374,8 @@ def cmd_train_heal_head(args) -> int:
     src, _ = _head_base(args)
     return _train_head(args, "train-heal-head", train_heal_head,
                        HealHeadTrainConfig(**_head_options(args, src), patch=tuple(args.patch),
-                                           calibration_quantile=args.quantile, contrast_prob=args.contrast_prob))
+                                           calibration_quantile=args.quantile, contrast_prob=args.contrast_prob,
+                                           mimic_prob=args.mimic_prob))
 
 
 def cmd_fit_region_prior(args) -> int:
@@ -477,7 +478,7 @@ def cmd_calibrate(args) -> int:
         raise InputError("refusing to overwrite the model being calibrated; choose another -o")
     if not out.resolve().parent.is_dir():
         raise InputError(f"output directory {out.resolve().parent} does not exist")
-    path = recalibrate(str(src), _gather(args.healthy), str(out), args.quantile, args.score)
+    path = recalibrate(str(src), _gather(args.healthy), str(out), args.quantile, args.score, args.heal_flip)
     _say(args, f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
@@ -600,6 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of training patches given a random contrast (tissue order can change, as in T2), "
                          "so that the head also heals contrasts the training volumes lack; 0 = their own contrast "
                          "only (default: %(default)s, as for the shipped head)")
+    th.add_argument("--mimic-prob", type=float, default=0.0,
+                    help="share of the synthetic blobs given the intensity of another tissue voxel of the patch "
+                         "(lesions that look like grey matter or fluid); 0 = random factors only (default: %(default)s)")
     th.set_defaults(fn=cmd_train_heal_head)
     fr = sub.add_parser("fit-region-prior", parents=[common], help="add a region prior (painted-region inpainting) to a model",
                         description="Fit the region prior of a model on healthy volumes: the mean and covariance of "
@@ -642,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--quantile", type=float, default=0.999)
     ca.add_argument("--score", choices=("heal", "healed", "combined", "residual"),
                     help="anomaly score to calibrate (default: heal for models with a healing head, else combined)")
+    ca.add_argument("--heal-flip", action=argparse.BooleanOptionalAction, default=None,
+                    help="average the healing head's output over a left-right mirror (heal and healed scores; "
+                         "default: keep the model's setting)")
     ca.set_defaults(fn=cmd_calibrate)
     inf = sub.add_parser("info", parents=[common], help="print a model card")
     inf.add_argument("model_path", nargs="?")

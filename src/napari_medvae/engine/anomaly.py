@@ -13,7 +13,8 @@ to the brain. Up to three healthy versions are used, as the model's calibration 
 "heal" (the shipped model): the healing residual alone, divided by its healthy 99th percentile; the VAE still
 reconstructs the volume, for the residual ratio below. On tuning subjects (never scored) the VAE's two residuals
 added nothing to it on T1 (AUROC 0.999, AUPRC 0.934 and best Dice 0.858 with or without them, 18 volumes) and
-noise on the T2-like contrast the VAE never learned (AUROC 0.916 alone, 0.889 with them, 30 volumes).
+noise on the T2-like contrast the VAE never learned (AUROC 0.916 alone, 0.889 with them, 30 volumes). Models
+calibrated with ``heal_flip`` average the head's output over a left-right mirror (see ``heal``).
 "combined": the two VAE residuals, each divided by its healthy 99th percentile, joined by their geometric mean
 (a voxel must be unusual for both). "healed" (models with a healing head): that combined score and the healing
 residual (divided by its healthy 99th percentile) joined by their root sum of squares (unusual for either is
@@ -115,15 +116,25 @@ def healed_score(vae: np.ndarray, heal: np.ndarray, settings: dict) -> np.ndarra
     return np.sqrt(vae * vae + h * h).astype(np.float32)
 
 
-def heal(model: Model, data: np.ndarray) -> np.ndarray:
-    """The healing head's healthy version of ``data`` (D, H, W, normalised, model grid at its slice spacing)."""
+def heal(model: Model, data: np.ndarray, flip: bool | None = None) -> np.ndarray:
+    """The healing head's healthy version of ``data`` (D, H, W, normalised, model grid at its slice spacing).
+
+    With ``flip`` (default: the model's ``anomaly.heal_flip``) it is the mean of the head's output for ``data`` and
+    for ``data`` mirrored along its last axis (mirrored back): the head was trained with that mirroring, so both are
+    estimates of the same healthy volume, and their mean is less noisy (test-time augmentation).
+    """
     from .networks import HealHeadConfig
     from .runner import run_head3d
 
     if model.net.heal_head is None:
         raise InputError("this model has no healing head (add one with medvae train-heal-head)")
     mult = HealHeadConfig.from_dict(model.config.architecture["heal_head"]).multiple
-    return run_head3d(model, model.net.heal_head, data[None].astype(np.float32), mult, base=0)
+    x = data[None].astype(np.float32)
+    out = run_head3d(model, model.net.heal_head, x, mult, base=0)
+    if model.config.anomaly.get("heal_flip", False) if flip is None else flip:
+        mirrored = run_head3d(model, model.net.heal_head, np.ascontiguousarray(x[..., ::-1]), mult, base=0)
+        out = (out + mirrored[..., ::-1]) / np.float32(2)
+    return out
 
 
 def score_kind(model: Model) -> str:

@@ -35,7 +35,8 @@ class ModelConfig:
     and for "combined" and "healed" "skip_scale" / "latent_scale": the two VAE residuals' healthy 99th percentiles,
     for "healed" and "heal" "heal_scale": the healing head's residual's; optional "healthy_peak": the highest candidate peak found in
     the healthy calibration volumes, and "residual_median": the healthy median of the smoothed reconstruction
-    residual inside the brain (engine.train.calibrate, engine.anomaly.smooth_residual)}.
+    residual inside the brain (engine.train.calibrate, engine.anomaly.smooth_residual), "heal_flip": whether
+    the healing head's output is averaged over a left-right mirror (engine.anomaly.heal; absent: no)}.
     intensity_profile: normalised histogram of healthy held-out volumes for the out-of-distribution check.
     """
 
@@ -98,6 +99,10 @@ class ModelConfig:
             v = cfg.anomaly.get(k)
             if v is not None and not (isinstance(v, (int, float)) and v > 0):
                 raise ModelError(f"{source}: anomaly.{k} must be a positive number or absent, not {v!r}")
+        flip = cfg.anomaly.get("heal_flip")
+        if flip is not None and (not isinstance(flip, bool) or score not in ("healed", "heal")):
+            raise ModelError(f"{source}: anomaly.heal_flip must be true or false and only set for the heal and healed "
+                             f"scores, not {flip!r} with the {score} score")
         if score in ("healed", "heal") and not cfg.architecture.get("heal_head"):
             raise ModelError(f"{source}: anomaly.score '{score}' needs architecture.heal_head (a healing head)")
         try:

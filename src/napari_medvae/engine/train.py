@@ -289,7 +289,8 @@ def _load_state(out: str, net, opt) -> tuple[int, list]:
 SCORES = ANOMALY_SCORES
 
 
-def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float, score: str = "combined") -> float:
+def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float, score: str = "combined",
+              heal_flip: bool | None = None) -> float:
     """Anomaly threshold: ``quantile`` of healthy voxel scores inside the brain (model grid).
 
     ``score`` "combined" (see engine.anomaly) also sets the two VAE residuals' healthy scales (99th percentiles)
@@ -297,7 +298,8 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     "residual" uses the normal reconstruction's residual alone. It also sets ``healthy_peak``: the highest peak of the candidates
     (engine.anomaly.threshold_candidates at 1.0) that these healthy volumes produce, at least 1, and
     ``residual_median``: the median of their smoothed reconstruction residual inside the brain
-    (engine.anomaly.smooth_residual).
+    (engine.anomaly.smooth_residual). ``heal_flip`` (None: keep the model's setting) turns the healing head's
+    mirror averaging (engine.anomaly.heal) on or off for the scores calibrated here and for the model's later maps.
     """
     from .anomaly import auto_brain_mask, final_score, raw_scores, threshold_candidates
     from .runner import Progress
@@ -306,7 +308,13 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
         raise InputError(f"anomaly score must be one of {', '.join(SCORES)}, not {score!r}")
     if score in ("healed", "heal") and model.net.heal_head is None:
         raise InputError(f"the '{score}' anomaly score needs a model with a healing head (medvae train-heal-head)")
+    if heal_flip is not None and score not in ("healed", "heal"):
+        raise InputError(f"heal_flip applies to the healing head's scores (heal, healed), not to '{score}'")
     settings = model.config.anomaly
+    if score not in ("healed", "heal"):
+        settings.pop("heal_flip", None)
+    elif heal_flip is not None:
+        settings["heal_flip"] = bool(heal_flip)
     raw: list[list[np.ndarray]] = [[], [], []]
     smooth: list[np.ndarray] = []
     brains = []
@@ -342,30 +350,35 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
 
 
 def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float = 0.999,
-                    score: str | None = None) -> None:
+                    score: str | None = None, heal_flip: bool | None = None) -> None:
     """Set the model's anomaly threshold and out-of-distribution intensity profile from healthy volumes.
 
-    ``score``: the anomaly score to calibrate (default: "heal" for models with a healing head, else "combined").
+    ``score``: the anomaly score to calibrate (default: "heal" for models with a healing head, else "combined");
+    ``heal_flip``: see ``calibrate``.
     """
     from .ood import intensity_profile
 
     if score is None:
         score = "heal" if model.net.heal_head is not None else "combined"
     model.config.anomaly["quantile"] = quantile
-    model.config.anomaly["threshold"] = calibrate(model, volumes, quantile, score)
+    model.config.anomaly["threshold"] = calibrate(model, volumes, quantile, score, heal_flip)
     model.config.intensity_profile = intensity_profile([v for v, _ in volumes])
 
 
 def recalibrate(model_path: str, healthy: Sequence[str], out: str, quantile: float = 0.999,
-                score: str | None = None) -> Path:
+                score: str | None = None, heal_flip: bool | None = None) -> Path:
     """``medvae calibrate``: re-calibrate a model on (local) healthy held-out volumes; writes a new model.
 
-    ``score``: the anomaly score to calibrate (engine.anomaly; default: calibrate_model's)."""
+    ``score``: the anomaly score to calibrate (engine.anomaly; default: calibrate_model's); ``heal_flip``: the
+    healing head's mirror averaging (None: keep the model's setting; see ``calibrate``)."""
     model = load_model(model_path, device="cpu")
     if score is not None and score not in SCORES:
         raise InputError(f"anomaly score must be one of {', '.join(SCORES)}, not {score!r}")
+    if heal_flip is not None and (score or ("heal" if model.net.heal_head is not None else "combined")) not in (
+            "healed", "heal"):
+        raise InputError("--heal-flip applies to the healing head's scores (heal, healed) only")
     vols = load_volumes(healthy, model.config)
-    calibrate_model(model, vols, quantile, score)
+    calibrate_model(model, vols, quantile, score, heal_flip)
     model.config.training = {**(model.config.training or {}), "calibrated_on": f"{len(vols)} volumes",
                              "calibration_files": [Path(p).name for p in healthy]}
     return save_checkpoint(out, model.config, model.net.state_dict())

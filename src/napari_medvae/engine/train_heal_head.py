@@ -13,7 +13,9 @@ low-frequency "coarse noise" in 20 %; random gamma and scale of the intensities,
 ``--contrast-prob`` a share of the patches first get a random contrast (``random_contrast``: a random piecewise-linear
 remap of the intensities, which can swap the order of tissues, e.g. bright fluid and dark white matter as in T2), so
 that the head learns to heal volumes of contrasts it has no training volumes of (default: half the patches, as
-for the shipped head; 0 trains on the volumes' own contrast only).
+for the shipped head; 0 trains on the volumes' own contrast only). With ``--mimic-prob`` a share of the blobs
+take the intensity of another tissue voxel of the same patch (``mimic_factor``) instead of a random factor: lesions
+that look like grey matter or fluid (as hyper-intense white-matter lesions do in T2) are the hardest to heal.
 Loss: squared error where there is signal, 4x inside the blobs and up to 12x inside small ones (an L1 loss,
 whose pull towards the identity on the healthy majority of voxels does not fade, kept the head from learning at
 all). The VAE and the other heads are frozen.
@@ -54,6 +56,7 @@ class HealHeadTrainConfig(HeadTrainConfig):
     patch: tuple[int, int, int] = (32, 64, 64)  # slices, rows, columns
     calibration_quantile: float = 0.999
     contrast_prob: float = 0.5  # share of training patches given a random contrast (random_contrast); 0 = own contrast only
+    mimic_prob: float = 0.0  # share of blobs given another tissue's intensity (mimic_factor); 0 = random factors only
 
     def check(self) -> None:
         mult = self.check_common(HealHeadConfig)
@@ -63,6 +66,8 @@ class HealHeadTrainConfig(HeadTrainConfig):
             raise InputError("train-heal-head needs held-out healthy volumes (--val): the anomaly score is calibrated on them")
         if not 0.0 <= self.contrast_prob <= 1.0:
             raise InputError(f"contrast probability must be between 0 and 1, not {self.contrast_prob}")
+        if not 0.0 <= self.mimic_prob <= 1.0:
+            raise InputError(f"mimic probability must be between 0 and 1, not {self.mimic_prob}")
         if not 0.5 < self.calibration_quantile < 1:
             raise InputError(f"calibration quantile must be between 0.5 and 1, not {self.calibration_quantile}")
 
@@ -87,9 +92,20 @@ def random_contrast(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.interp(clean, CONTRAST_KNOTS, ys).astype(np.float32)
 
 
+def mimic_factor(clean: np.ndarray, centre: np.ndarray, tissue: np.ndarray, rng: np.random.Generator) -> float | None:
+    """A blob factor that brings the blob to the intensity of another tissue voxel of the patch (a lesion that looks
+    like grey matter or fluid, as hyper-intense lesions do in T2), or None when that changes the intensity by less
+    than 25 % (or more than 2.5x)."""
+    local = float(clean[tuple(centre)])
+    target = float(clean[tuple(tissue[rng.integers(len(tissue))])])
+    factor = target / max(local, 1e-3)
+    return factor if (abs(factor - 1.0) >= 0.25 and 0.1 <= factor <= 2.5) else None
+
+
 def corrupt(clean: np.ndarray, rng: np.random.Generator, blob_prob: float = 0.8,
-            coarse_prob: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
-    """(corrupted copy of ``clean`` (D, H, W), mask of the blobs) — see the module docstring."""
+            coarse_prob: float = 0.2, mimic_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(corrupted copy of ``clean`` (D, H, W), mask of the blobs) — see the module docstring. With ``mimic_prob``
+    a share of the blobs take another tissue's intensity (``mimic_factor``) instead of a random factor."""
     shape = clean.shape
     x = clean.copy()
     blobs = np.zeros(shape, bool)
@@ -105,6 +121,8 @@ def corrupt(clean: np.ndarray, rng: np.random.Generator, blob_prob: float = 0.8,
             inside = (d + wobble * 3.0 * rng.uniform(0, 0.3)) < 1.0
             soft = ndi.gaussian_filter(inside.astype(np.float32), rng.uniform(0.4, 1.0))
             factor = rng.uniform(1.2, 2.0) if rng.random() < 0.5 else rng.uniform(0.1, 0.75)
+            if mimic_prob and rng.random() < mimic_prob:
+                factor = mimic_factor(clean, centre, tissue, rng) or factor
             x = np.where(signal, x * (1.0 + soft * np.float32(factor - 1.0)), x)
             blobs |= (soft > 0.1) & signal
     if rng.random() < coarse_prob:
@@ -125,7 +143,8 @@ def blob_weights(blobs: np.ndarray, ref_voxels: float = 500.0) -> np.ndarray:
     return per_label.astype(np.float32)[lab]
 
 
-def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generator, contrast_prob: float = 0.0):
+def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generator, contrast_prob: float = 0.0,
+            mimic_prob: float = 0.0):
     """One training example: (corrupted (1, D, H, W), clean (1, D, H, W), loss weight (1, D, H, W))."""
     clean = tissue_patch(vols, patch, rng)
     if contrast_prob and rng.random() < contrast_prob:
@@ -133,7 +152,7 @@ def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generat
     if rng.random() < 0.5:
         clean = np.clip(clean, 0, None) ** np.float32(rng.uniform(0.7, 1.4))
     clean = clean * np.float32(rng.uniform(0.8, 1.2))
-    x, blobs = corrupt(clean, rng)
+    x, blobs = corrupt(clean, rng, mimic_prob=mimic_prob)
     w = (clean > SIGNAL).astype(np.float32) * blob_weights(blobs)
     if rng.random() < 0.5:  # left-right mirror
         x, clean, w = x[..., ::-1], clean[..., ::-1], w[..., ::-1]
@@ -168,7 +187,7 @@ def train_heal_head(tc: HealHeadTrainConfig, callback: Callable[[dict], None] | 
     model, head = r.model, r.head
 
     def loss_fn() -> torch.Tensor:
-        x, y, w = r.batch(partial(_sample, contrast_prob=tc.contrast_prob), tc.patch, tc.batch_size)
+        x, y, w = r.batch(partial(_sample, contrast_prob=tc.contrast_prob, mimic_prob=tc.mimic_prob), tc.patch, tc.batch_size)
         return (w * (x + head(x) - y) ** 2).sum() / w.sum().clamp_min(1.0)
 
     def validate() -> dict:
