@@ -36,7 +36,9 @@ def main() -> None:
                      f"(warm-up + cosine), KL weight {t['kl_weight']}, skip drop {t['skip_drop']}, seed {t['seed']}, "
                      f"{t['world_size']} process(es) on {t['device']}, {t['seconds'] / 60:.1f} min"),
         ("validation loss", f"{t['val_loss']} (weighted L1 + KL on corrupted held-out slices)"),
-        ("anomaly calibration", f"{c['anomaly'].get('score', 'residual')} score; threshold "
+        ("anomaly calibration", f"{c['anomaly'].get('score', 'residual')} score"
+                                + (" (healing head averaged over a left-right mirror)" if c['anomaly'].get('heal_flip') else "")
+                                + "; threshold "
                                 f"{c['anomaly']['threshold']:.4f} = {c['anomaly']['quantile']} quantile of healthy held-out "
                                 f"voxel scores (median filter {c['anomaly']['median_size']})"
                                 + (f"; residual scales (healthy 99th percentiles) {c['anomaly']['skip_scale']:.4f} "
