@@ -31,7 +31,7 @@ def _copy_model(tmp_path, edit) -> str:
 def test_shipped_model_uses_the_calibrated_heal_score(model):
     a = model.config.anomaly
     assert a["score"] == "heal" and model.net.heal_head is not None
-    assert a["heal_scale"] > 0 and a["threshold"] > 0
+    assert a["heal_scale"] > 0 and a["threshold"] > 0 and a["heal_flip"] is True  # calibrated mirror-averaged
     assert "skip_scale" not in a and "latent_scale" not in a  # scales the score does not use are not kept
 
 
@@ -76,8 +76,8 @@ def test_combined_score_needs_both_residuals():
 def test_models_calibrated_with_the_residual_score_still_work(tmp_path, read):
     def old(a):
         a["score"] = "residual"
-        a.pop("skip_scale", None)
-        a.pop("latent_scale", None)
+        for k in ("skip_scale", "latent_scale", "heal_flip"):  # settings of later models
+            a.pop(k, None)
         a["threshold"] = 0.14
 
     m = load_model(_copy_model(tmp_path, old), device="cpu")

@@ -261,15 +261,16 @@ def test_heal_flip_averages_the_head_over_a_mirror(hh_model):
     mirror = heal(m, np.ascontiguousarray(x[..., ::-1]), flip=False)[..., ::-1]
     np.testing.assert_allclose(flipped, (plain + mirror) / 2, atol=1e-6)
     assert not np.allclose(plain, flipped)
-    m.config.anomaly["heal_flip"] = True  # the model's setting is the default
-    np.testing.assert_array_equal(heal(m, x), flipped)
+    for setting, expected in ((False, plain), (True, flipped)):  # the model's setting is the default
+        m.config.anomaly["heal_flip"] = setting
+        np.testing.assert_array_equal(heal(m, x), expected)
 
 
 def test_calibrating_with_heal_flip_keeps_the_setting(hh_model):
     m = load_model(hh_model, device="cpu")
     x = np.random.default_rng(2).random((16, 24, 20)).astype(np.float32)
-    calibrate(m, [(x, 1)], 0.999, score="heal")
-    assert "heal_flip" not in m.config.anomaly
+    calibrate(m, [(x, 1)], 0.999, score="heal", heal_flip=False)
+    assert m.config.anomaly["heal_flip"] is False
     off = m.config.anomaly["heal_scale"]
     calibrate(m, [(x, 1)], 0.999, score="heal", heal_flip=True)
     assert m.config.anomaly["heal_flip"] is True and m.config.anomaly["heal_scale"] != off
