@@ -20,6 +20,7 @@ _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, zip (torch.s
 
 
 ANOMALY_SCORES = ("residual", "combined", "healed", "heal")  # the anomaly scores a model can be calibrated with (engine.anomaly)
+HEAL_SCORES = ("healed", "heal")  # those that use the healing head
 
 
 @dataclass
@@ -100,10 +101,10 @@ class ModelConfig:
             if v is not None and not (isinstance(v, (int, float)) and v > 0):
                 raise ModelError(f"{source}: anomaly.{k} must be a positive number or absent, not {v!r}")
         flip = cfg.anomaly.get("heal_flip")
-        if flip is not None and (not isinstance(flip, bool) or score not in ("healed", "heal")):
+        if flip is not None and (not isinstance(flip, bool) or score not in HEAL_SCORES):
             raise ModelError(f"{source}: anomaly.heal_flip must be true or false and only set for the heal and healed "
                              f"scores, not {flip!r} with the {score} score")
-        if score in ("healed", "heal") and not cfg.architecture.get("heal_head"):
+        if score in HEAL_SCORES and not cfg.architecture.get("heal_head"):
             raise ModelError(f"{source}: anomaly.score '{score}' needs architecture.heal_head (a healing head)")
         try:
             from .networks import SliceVAEConfig

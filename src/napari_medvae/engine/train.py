@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..errors import Cancelled, InputError
-from .checkpoint import ANOMALY_SCORES, ModelConfig, save_checkpoint
+from .checkpoint import ANOMALY_SCORES, HEAL_SCORES, ModelConfig, save_checkpoint
 from .model import Model, from_config, load_model, resolve_device
 from .networks import SliceVAEConfig
 from .preprocess import prepare
@@ -306,12 +306,12 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
 
     if score not in SCORES:
         raise InputError(f"anomaly score must be one of {', '.join(SCORES)}, not {score!r}")
-    if score in ("healed", "heal") and model.net.heal_head is None:
+    if score in HEAL_SCORES and model.net.heal_head is None:
         raise InputError(f"the '{score}' anomaly score needs a model with a healing head (medvae train-heal-head)")
-    if heal_flip is not None and score not in ("healed", "heal"):
+    if heal_flip is not None and score not in HEAL_SCORES:
         raise InputError(f"heal_flip applies to the healing head's scores (heal, healed), not to '{score}'")
     settings = model.config.anomaly
-    if score not in ("healed", "heal"):
+    if score not in HEAL_SCORES:
         settings.pop("heal_flip", None)
     elif heal_flip is not None:
         settings["heal_flip"] = bool(heal_flip)
@@ -349,6 +349,11 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     return threshold
 
 
+def default_score(model: Model) -> str:
+    """The anomaly score calibrated when none is asked for: "heal" for models with a healing head, else "combined"."""
+    return "heal" if model.net.heal_head is not None else "combined"
+
+
 def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float = 0.999,
                     score: str | None = None, heal_flip: bool | None = None) -> None:
     """Set the model's anomaly threshold and out-of-distribution intensity profile from healthy volumes.
@@ -359,7 +364,7 @@ def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantil
     from .ood import intensity_profile
 
     if score is None:
-        score = "heal" if model.net.heal_head is not None else "combined"
+        score = default_score(model)
     model.config.anomaly["quantile"] = quantile
     model.config.anomaly["threshold"] = calibrate(model, volumes, quantile, score, heal_flip)
     model.config.intensity_profile = intensity_profile([v for v, _ in volumes])
@@ -374,8 +379,7 @@ def recalibrate(model_path: str, healthy: Sequence[str], out: str, quantile: flo
     model = load_model(model_path, device="cpu")
     if score is not None and score not in SCORES:
         raise InputError(f"anomaly score must be one of {', '.join(SCORES)}, not {score!r}")
-    if heal_flip is not None and (score or ("heal" if model.net.heal_head is not None else "combined")) not in (
-            "healed", "heal"):
+    if heal_flip is not None and (score or default_score(model)) not in HEAL_SCORES:
         raise InputError("--heal-flip applies to the healing head's scores (heal, healed) only")
     vols = load_volumes(healthy, model.config)
     calibrate_model(model, vols, quantile, score, heal_flip)
