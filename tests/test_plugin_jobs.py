@@ -33,6 +33,7 @@ def test_cancel_mid_job_leaves_no_layer(make_napari_viewer, qtbot, sample_dir):
     assert [layer.name for layer in viewer.layers] == ["mni_t1_healthy"]
     assert w.run_btn.isEnabled() and not w.job.cancel_btn.isEnabled()
     assert any("cancelled" in msg for msg in note.messages)
+    assert w.job.outcome == "cancelled" and w.job.bar.format() == "cancelled" and w.job.bar.value() == 0
 
 
 def test_bad_input_gives_a_notification_and_no_layer(make_napari_viewer, qtbot):
@@ -48,6 +49,7 @@ def test_bad_input_gives_a_notification_and_no_layer(make_napari_viewer, qtbot):
         note.close()
     assert note.messages[0].startswith("medvae: ") and "3D" in note.messages[0]
     assert [layer.name for layer in viewer.layers] == ["flat"]
+    assert w.job.outcome == "failed" and w.job.bar.format() == "failed"
 
 
 def test_no_image_layer_is_a_notification(make_napari_viewer):
@@ -106,6 +108,9 @@ def test_unusual_volume_is_refused_until_forced_in_model_widget(make_napari_view
         m.force.setChecked(True)
         w.reconstruct_btn.click()
         qtbot.waitUntil(lambda: "ct reconstruction" in viewer.layers and not w.job.running, timeout=TIMEOUT_MS)
+        # a finished job reads "done" on a full bar, not "0%"
+        assert w.job.outcome == "done" and w.job.bar.format() == "done"
+        assert w.job.bar.value() == w.job.bar.maximum() == 1
     finally:
         note.close()
         m.force.setChecked(False)

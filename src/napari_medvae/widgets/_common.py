@@ -218,7 +218,8 @@ class JobBar(QWidget):
     ``napari.utils.cancelable_progress`` bar (napari's activity dock, whose own Cancel button does
     the same as ours). Cancel sets a flag that the engine
     polls before every batch of slices; the engine then raises ``Cancelled`` and no layer is added.
-    A result that arrives after Cancel was pressed is dropped as well.
+    A result that arrives after Cancel was pressed is dropped as well. When the job ends the bar says how:
+    "done" (full), "cancelled" or "failed" (empty), and ``outcome`` holds the same word.
     """
 
     finished = Signal()
@@ -238,6 +239,7 @@ class JobBar(QWidget):
         lay.addWidget(self.cancel_btn)
         self.worker = None
         self.state = (0, 1)
+        self.outcome = ""  # "done", "cancelled" or "failed" once a job has ended
         self._flag = threading.Event()
         self._timer = QTimer(self)
         self._timer.setInterval(100)
@@ -271,13 +273,14 @@ class JobBar(QWidget):
             return
         self._flag.clear()
         self.state = (0, 1)
+        self.outcome = ""
 
         def call():
             return fn(self._report, self._flag.is_set)
 
         worker = create_worker(call, _ignore_errors=True)  # errors become notifications in _failed
         worker.returned.connect(lambda res: self._done(res, on_done, keep_on_cancel))
-        worker.errored.connect(notify_error)
+        worker.errored.connect(self._failed)
         # engine warnings (e.g. out of memory: smaller batches, CPU fallback) as notifications
         worker.warned.connect(lambda w: show_warning(f"medvae: {w[0]}"))
         worker.finished.connect(lambda: self._finish())  # not a bound slot: runs even if the widget was deleted
@@ -286,6 +289,7 @@ class JobBar(QWidget):
         for b in self._buttons:
             b.setEnabled(False)
         self.cancel_btn.setEnabled(True)
+        self.bar.setFormat("%p%")
         self.bar.setRange(0, 0)  # busy until the first progress report
         # the activity dock's bar has its own Cancel button (polled in _tick)
         self._napari_bar = cancelable_progress(total=0, desc=f"medvae: {desc}")
@@ -372,16 +376,23 @@ class JobBar(QWidget):
     def cancelled(self) -> bool:
         return self._flag.is_set()
 
+    def _failed(self, exc: BaseException) -> None:
+        from ..errors import Cancelled
+
+        self.outcome = "cancelled" if isinstance(exc, Cancelled) else "failed"
+        notify_error(exc)
+
     def _done(self, result, on_done, keep_on_cancel: bool) -> None:
         if self._flag.is_set() and not keep_on_cancel:
             from ..errors import Cancelled
 
-            notify_error(Cancelled("cancelled"))
+            self._failed(Cancelled("cancelled"))
             return
         try:
             on_done(result)
+            self.outcome = "done"
         except Exception as exc:  # noqa: BLE001 - shown to the user as a notification
-            notify_error(exc)
+            self._failed(exc)
 
     def _finish(self) -> None:
         self._unwatch()
@@ -395,8 +406,10 @@ class JobBar(QWidget):
             self._napari_bar.close()
             self._napari_bar = None
         try:
+            self.outcome = self.outcome or ("cancelled" if self._flag.is_set() else "failed")
             self.bar.setRange(0, 1)
-            self.bar.setValue(0)
+            self.bar.setValue(1 if self.outcome == "done" else 0)
+            self.bar.setFormat(self.outcome)
             self.cancel_btn.setEnabled(False)
             for b in self._buttons:
                 b.setEnabled(True)
