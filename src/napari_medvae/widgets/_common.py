@@ -280,7 +280,7 @@ class JobBar(QWidget):
 
         worker = create_worker(call, _ignore_errors=True)  # errors become notifications in _failed
         worker.returned.connect(lambda res: self._done(res, on_done, keep_on_cancel))
-        worker.errored.connect(self._failed)
+        worker.errored.connect(lambda exc: self._failed(exc))  # not a bound slot, as for finished below
         # engine warnings (e.g. out of memory: smaller batches, CPU fallback) as notifications
         worker.warned.connect(lambda w: show_warning(f"medvae: {w[0]}"))
         worker.finished.connect(lambda: self._finish())  # not a bound slot: runs even if the widget was deleted
