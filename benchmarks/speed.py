@@ -5,8 +5,9 @@
 Times are end to end from array in to array out (checks, normalisation, resampling, network,
 post-processing), in this process on the CPU after one warm-up call; GPU rows are added when
 torch sees a CUDA device. The CT-sized run and the start-up check run in child processes
-(peak resident memory; a clean ``sys.modules``). ``--quick`` (CI) runs 1 repeat, a 2 mm base for
-the size sweep, and skips BM4D and the CT-sized volume.
+(peak resident memory; a clean ``sys.modules``). The size sweep times its four sizes in interleaved
+rounds (at least 5) so that the machine's drift falls on all of them. ``--quick`` (CI) runs 1 repeat,
+a 2 mm base for the size sweep, and skips BM4D and the CT-sized volume.
 """
 
 from __future__ import annotations
@@ -39,6 +40,20 @@ def median_time(fn, repeats: int, warmup: bool = True) -> float:
         fn()
         ts.append(time.perf_counter() - t)
     return statistics.median(ts)
+
+
+def interleaved_times(fns: dict, repeats: int) -> dict:
+    """Median time of each of ``fns`` over ``repeats`` rounds that call every function once in turn (one
+    warm-up round first), so that the machine's drift is shared by all of them."""
+    for fn in fns.values():
+        fn()
+    ts: dict = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            ts[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in ts.items()}
 
 
 CT_CHILD = r"""
@@ -178,15 +193,17 @@ def main(argv=None) -> int:
     for f in (1.0, 2.0, 4.0):
         k = int(f)
         sizes[f] = (np.concatenate([base if i % 2 == 0 else base[::-1] for i in range(k)], axis=0), bsp)
-    per_voxel = {}
-    for f, (v, vsp) in sizes.items():
-        t = median_time(lambda v=v, vsp=vsp: reconstruct(model, v, vsp), reps, warmup=(f == 0.5))
-        per_voxel[f] = (t / v.size, t)
+    # Interleaved rounds (0.5x, 1x, 2x, 4x, then again) so that a slow spell of this shared machine lands on
+    # every size alike instead of on one size's whole median; at least 5 rounds, since 1x takes only ~1.5 s.
+    sweep_reps = reps if a.quick else max(5, reps)
+    sweep_ts = interleaved_times({f: (lambda v=v, vsp=vsp: reconstruct(model, v, vsp)) for f, (v, vsp) in sizes.items()},
+                                 sweep_reps)
+    per_voxel = {f: (sweep_ts[f] / sizes[f][0].size, sweep_ts[f]) for f in sizes}
     ratios = {f: pv / per_voxel[1.0][0] for f, (pv, _) in per_voxel.items()}
     worst = max(abs(r - 1) for r in ratios.values())
     row(f"CPU: cost vs size, reconstruct ({'2' if a.quick else '1'} mm base, 0.5×, 1×, 2×, 4× voxels): "
         "time per voxel ÷ 1×", ", ".join(f"{r:.2f}" for r in ratios.values()), "each within 1 ± 0.2", worst <= 0.2,
-        "seconds: " + ", ".join(f"{t:.2f}" for _, t in per_voxel.values())
+        f"seconds (median of {sweep_reps} interleaved rounds): " + ", ".join(f"{t:.2f}" for _, t in per_voxel.values())
         + "; 0.5×: every other slice; 2×, 4×: mirrored copies along z (same fraction of slices with brain)")
 
     # --- CT-sized volume, peak RSS in a child process --------------------------------------------
