@@ -31,17 +31,6 @@ import _data  # noqa: E402
 BM4D_REFERENCE_S = 56.0  # DESIGN.md: BM4D on the 2 mm MNI T1 (5 % Rician) on this project's 2-core CPU
 
 
-def median_time(fn, repeats: int, warmup: bool = True) -> float:
-    if warmup:
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def interleaved_times(fns: dict, repeats: int) -> dict:
     """Median time of each of ``fns`` over ``repeats`` rounds that call every function once in turn (one
     warm-up round first), so that the machine's drift is shared by all of them."""
@@ -54,6 +43,11 @@ def interleaved_times(fns: dict, repeats: int) -> dict:
             fn()
             ts[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in ts.items()}
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median time of ``fn`` over ``repeats`` calls after one warm-up call."""
+    return interleaved_times({0: fn}, repeats)[0]
 
 
 CT_CHILD = r"""
