@@ -188,7 +188,7 @@ def main(argv=None) -> int:
         k = int(f)
         sizes[f] = (np.concatenate([base if i % 2 == 0 else base[::-1] for i in range(k)], axis=0), bsp)
     # Interleaved rounds (0.5x, 1x, 2x, 4x, then again) so that a slow spell of this shared machine lands on
-    # every size alike instead of on one size's whole median; at least 5 rounds, since 1x takes only ~1.5 s.
+    # every size alike instead of on one size's whole median; at least 5 rounds, since 1x takes only about 1 s.
     sweep_reps = reps if a.quick else max(5, reps)
     sweep_ts = interleaved_times({f: (lambda v=v, vsp=vsp: reconstruct(model, v, vsp)) for f, (v, vsp) in sizes.items()},
                                  sweep_reps)
