@@ -25,6 +25,7 @@ from napari_medvae.engine.train_heal_head import (
     mimic_factor,
     random_contrast,
     train_heal_head,
+    white_matter_centres,
 )
 from napari_medvae.errors import Cancelled, InputError, ModelError
 
@@ -186,6 +187,36 @@ def test_mimic_blobs_reach_other_tissue_levels():
     assert at_bright_level(1.0) >= 4 > at_bright_level(0.0)
 
 
+def test_white_matter_centres_are_deep_in_the_brightest_tissue():
+    clean = np.full((20, 20, 20), 0.6, np.float32)  # "grey matter"
+    clean[4:16, 4:16, 4:16] = 0.85  # a "white matter" cube
+    c = white_matter_centres(clean)
+    assert len(c) == 8**3 and c.min() == 6 and c.max() == 13  # 2 voxels in from its faces
+    assert len(white_matter_centres(np.full((8, 8, 8), 0.6, np.float32))) == 0
+
+
+def test_wm_prob_centres_blobs_in_white_matter():
+    clean = np.full((24, 24, 24), 0.6, np.float32)
+    clean[:, :, 16:] = 0.85
+    wm = white_matter_centres(clean)
+
+    def share_centred_in_wm(wm_prob: float) -> float:
+        inside = total = 0
+        for s in range(30):
+            _, blobs = corrupt(clean, np.random.default_rng(s), blob_prob=1.0, coarse_prob=0.0, wm=wm, wm_prob=wm_prob)
+            lab, n = ndi.label(blobs)
+            for c in ndi.center_of_mass(blobs, lab, range(1, n + 1)):
+                inside += c[2] >= 15.5
+                total += 1
+        return inside / total
+
+    # a third of the patch is white matter; with wm_prob 1 every blob is centred there
+    assert share_centred_in_wm(1.0) > 0.9 and share_centred_in_wm(0.0) < 0.6
+    # no white matter in the patch: blobs fall back to any tissue
+    _, blobs = corrupt(clean, np.random.default_rng(0), blob_prob=1.0, coarse_prob=0.0, wm=wm[:0], wm_prob=1.0)
+    assert blobs.any()
+
+
 def test_mimic_augmentation_trains_and_is_recorded(tmp_path, head_data):
     out = train_heal_head(HealHeadTrainConfig(**_opts(head_data, tmp_path / "mi", steps=2, mimic_prob=1.0)))
     assert load_model(out, device="cpu").config.training["heal_head"]["mimic_prob"] == 1.0
@@ -194,6 +225,8 @@ def test_mimic_augmentation_trains_and_is_recorded(tmp_path, head_data):
 @pytest.mark.parametrize("kw,msg", [
     ({"mimic_prob": 1.5}, "mimic probability"),
     ({"mimic_prob": -0.5}, "mimic probability"),
+    ({"wm_prob": 1.5}, "white-matter probability"),
+    ({"wm_prob": -0.1}, "white-matter probability"),
     ({"contrast_prob": 1.5}, "contrast probability"),
     ({"contrast_prob": -0.1}, "contrast probability"),
     ({"patch": (17, 16, 16)}, "patch"),
@@ -221,11 +254,11 @@ def test_cli_train_heal_head_writes_a_model_and_refuses_to_overwrite(tmp_path, h
     files = sorted(str(p) for p in head_data.iterdir())
     rc = main(["train-heal-head", "--data", files[0], "--val", files[1], "-o", str(tmp_path / "new"), "--steps", "2",
                "--batch-size", "1", "--patch", "16", "16", "16", "--channels", "4", "8", "--res-units", "1",
-               "--contrast-prob", "0", "--mimic-prob", "0.25"])
+               "--contrast-prob", "0", "--mimic-prob", "0.25", "--wm-prob", "0.5"])
     assert rc == 0
     new = load_model(tmp_path / "new.safetensors", device="cpu").config
     assert new.anomaly["score"] == "heal" and new.training["heal_head"]["contrast_prob"] == 0.0
-    assert new.training["heal_head"]["mimic_prob"] == 0.25
+    assert new.training["heal_head"]["mimic_prob"] == 0.25 and new.training["heal_head"]["wm_prob"] == 0.5
     rc = main(["train-heal-head", str(hh_model), "--data", files[0], "--val", files[1], "-o", str(hh_model.with_suffix(""))])
     assert rc != 0
     assert "refusing to overwrite" in capsys.readouterr().err

@@ -375,7 +375,7 @@ def cmd_train_heal_head(args) -> int:
     return _train_head(args, "train-heal-head", train_heal_head,
                        HealHeadTrainConfig(**_head_options(args, src), patch=tuple(args.patch),
                                            calibration_quantile=args.quantile, contrast_prob=args.contrast_prob,
-                                           mimic_prob=args.mimic_prob))
+                                           mimic_prob=args.mimic_prob, wm_prob=args.wm_prob))
 
 
 def cmd_fit_region_prior(args) -> int:
@@ -604,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--mimic-prob", type=float, default=0.0,
                     help="share of the synthetic blobs given the intensity of another tissue voxel of the patch "
                          "(lesions that look like grey matter or fluid); 0 = random factors only (default: %(default)s)")
+    th.add_argument("--wm-prob", type=float, default=0.0,
+                    help="share of the synthetic blobs centred in white matter (the brightest tissue of T1-weighted "
+                         "training volumes), where most lesions lie; 0 = anywhere in tissue (default: %(default)s)")
     th.set_defaults(fn=cmd_train_heal_head)
     fr = sub.add_parser("fit-region-prior", parents=[common], help="add a region prior (painted-region inpainting) to a model",
                         description="Fit the region prior of a model on healthy volumes: the mean and covariance of "

@@ -15,7 +15,10 @@ remap of the intensities, which can swap the order of tissues, e.g. bright fluid
 that the head learns to heal volumes of contrasts it has no training volumes of (default: half the patches, as
 for the shipped head; 0 trains on the volumes' own contrast only). With ``--mimic-prob`` a share of the blobs
 take the intensity of another tissue voxel of the same patch (``mimic_factor``) instead of a random factor: lesions
-that look like grey matter or fluid (as hyper-intense white-matter lesions do in T2) are the hardest to heal.
+that look like grey matter or fluid (as hyper-intense white-matter lesions do in T2) are the hardest to heal. With
+``--wm-prob`` a share of the blobs is centred in white matter (``white_matter_centres``, found in the patch's own
+contrast before any remap), where most lesions of brain MRI lie; drawn from all tissue, few blobs sit deep in white
+matter, and the head left grey-matter-bright blobs there unhealed.
 Loss: squared error where there is signal, 4x inside the blobs and up to 12x inside small ones (an L1 loss,
 whose pull towards the identity on the healthy majority of voxels does not fade, kept the head from learning at
 all). The VAE and the other heads are frozen.
@@ -44,6 +47,7 @@ from .networks import HealHeadConfig
 
 SIGNAL = 0.02  # normalised intensity counted as signal (loss and validation)
 TISSUE = 0.2  # blobs are centred where the clean intensity is above this
+WM_LEVEL = 0.75  # normalised T1 intensity above which a voxel counts as white matter (white_matter_centres)
 
 
 @dataclass
@@ -57,6 +61,7 @@ class HealHeadTrainConfig(HeadTrainConfig):
     calibration_quantile: float = 0.999
     contrast_prob: float = 0.5  # share of training patches given a random contrast (random_contrast); 0 = own contrast only
     mimic_prob: float = 0.0  # share of blobs given another tissue's intensity (mimic_factor); 0 = random factors only
+    wm_prob: float = 0.0  # share of blobs centred in white matter (white_matter_centres); 0 = anywhere in tissue
 
     def check(self) -> None:
         mult = self.check_common(HealHeadConfig)
@@ -68,6 +73,8 @@ class HealHeadTrainConfig(HeadTrainConfig):
             raise InputError(f"contrast probability must be between 0 and 1, not {self.contrast_prob}")
         if not 0.0 <= self.mimic_prob <= 1.0:
             raise InputError(f"mimic probability must be between 0 and 1, not {self.mimic_prob}")
+        if not 0.0 <= self.wm_prob <= 1.0:
+            raise InputError(f"white-matter probability must be between 0 and 1, not {self.wm_prob}")
         if not 0.5 < self.calibration_quantile < 1:
             raise InputError(f"calibration quantile must be between 0.5 and 1, not {self.calibration_quantile}")
 
@@ -102,10 +109,18 @@ def mimic_factor(clean: np.ndarray, centre: np.ndarray, tissue: np.ndarray, rng:
     return factor if (abs(factor - 1.0) >= 0.25 and 0.1 <= factor <= 2.5) else None
 
 
+def white_matter_centres(clean: np.ndarray) -> np.ndarray:
+    """(N, 3) voxels of ``clean`` (a patch in its own, T1-weighted contrast) that lie in white matter: above
+    ``WM_LEVEL`` (white matter is the brightest tissue in T1) and at least 2 voxels from anything below it."""
+    return np.argwhere(ndi.binary_erosion(clean > WM_LEVEL, iterations=2))
+
+
 def corrupt(clean: np.ndarray, rng: np.random.Generator, blob_prob: float = 0.8,
-            coarse_prob: float = 0.2, mimic_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+            coarse_prob: float = 0.2, mimic_prob: float = 0.0, wm: np.ndarray | None = None,
+            wm_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(corrupted copy of ``clean`` (D, H, W), mask of the blobs) — see the module docstring. With ``mimic_prob``
-    a share of the blobs take another tissue's intensity (``mimic_factor``) instead of a random factor."""
+    a share of the blobs take another tissue's intensity (``mimic_factor``) instead of a random factor; with
+    ``wm_prob`` a share is centred on the voxels ``wm`` ((N, 3), white_matter_centres) where it has any."""
     shape = clean.shape
     x = clean.copy()
     blobs = np.zeros(shape, bool)
@@ -114,7 +129,10 @@ def corrupt(clean: np.ndarray, rng: np.random.Generator, blob_prob: float = 0.8,
     if rng.random() < blob_prob and len(tissue):
         grid = np.ogrid[tuple(slice(0, n) for n in shape)]
         for _ in range(int(rng.integers(1, 4))):
-            centre = tissue[rng.integers(len(tissue))]
+            if wm_prob and wm is not None and len(wm) and rng.random() < wm_prob:
+                centre = wm[rng.integers(len(wm))]
+            else:
+                centre = tissue[rng.integers(len(tissue))]
             radii = rng.uniform(1.5, 8.0) * rng.uniform(0.7, 1.3, 3)
             d = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True))
             wobble = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), max(1.5, radii.mean() / 2), mode="wrap")
@@ -144,15 +162,16 @@ def blob_weights(blobs: np.ndarray, ref_voxels: float = 500.0) -> np.ndarray:
 
 
 def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generator, contrast_prob: float = 0.0,
-            mimic_prob: float = 0.0):
+            mimic_prob: float = 0.0, wm_prob: float = 0.0):
     """One training example: (corrupted (1, D, H, W), clean (1, D, H, W), loss weight (1, D, H, W))."""
     clean = tissue_patch(vols, patch, rng)
+    wm = white_matter_centres(clean) if wm_prob else None  # in the volume's own contrast, before any remap
     if contrast_prob and rng.random() < contrast_prob:
         clean = random_contrast(clean, rng)
     if rng.random() < 0.5:
         clean = np.clip(clean, 0, None) ** np.float32(rng.uniform(0.7, 1.4))
     clean = clean * np.float32(rng.uniform(0.8, 1.2))
-    x, blobs = corrupt(clean, rng, mimic_prob=mimic_prob)
+    x, blobs = corrupt(clean, rng, mimic_prob=mimic_prob, wm=wm, wm_prob=wm_prob)
     w = (clean > SIGNAL).astype(np.float32) * blob_weights(blobs)
     if rng.random() < 0.5:  # left-right mirror
         x, clean, w = x[..., ::-1], clean[..., ::-1], w[..., ::-1]
@@ -187,7 +206,8 @@ def train_heal_head(tc: HealHeadTrainConfig, callback: Callable[[dict], None] | 
     model, head = r.model, r.head
 
     def loss_fn() -> torch.Tensor:
-        x, y, w = r.batch(partial(_sample, contrast_prob=tc.contrast_prob, mimic_prob=tc.mimic_prob), tc.patch, tc.batch_size)
+        sample = partial(_sample, contrast_prob=tc.contrast_prob, mimic_prob=tc.mimic_prob, wm_prob=tc.wm_prob)
+        x, y, w = r.batch(sample, tc.patch, tc.batch_size)
         return (w * (x + head(x) - y) ** 2).sum() / w.sum().clamp_min(1.0)
 
     def validate() -> dict:
