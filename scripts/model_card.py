@@ -8,10 +8,11 @@ from pathlib import Path
 
 
 def _contrast(run: dict) -> str:
-    """The random-contrast and tissue-mimicking shares of a healing-head training run, if it had them."""
-    p, m = run.get("contrast_prob") or 0, run.get("mimic_prob") or 0
+    """The random-contrast, tissue-mimicking and white-matter shares of a healing-head training run, if it had them."""
+    p, m, w = (run.get(k) or 0 for k in ("contrast_prob", "mimic_prob", "wm_prob"))
     return ((f", {100 * p:.0f} % of patches with a random contrast" if p else "")
-            + (f", {100 * m:.0f} % of blobs at another tissue's intensity" if m else ""))
+            + (f", {100 * m:.0f} % of blobs at another tissue's intensity" if m else "")
+            + (f", {100 * w:.0f} % of blobs centred in white matter" if w else ""))
 
 
 def main() -> None:
