@@ -110,6 +110,12 @@ def plural(n: int) -> str:
     return f"{n} volume" + ("" if n == 1 else "s")
 
 
+def detection_fails(auc: float, ap: float, dice: float, thresholding_ap: float) -> list[str]:
+    """Anomaly targets missed; a missed AUROC is given to 4 decimals, since 0.9697 prints as 0.970 in the table."""
+    checks = (("AUPRC", ap >= 2 * thresholding_ap), ("Dice", dice >= 0.6), (f"AUROC {auc:.4f} < 0.97", auc >= 0.97))
+    return [name for name, ok in checks if not ok]
+
+
 def verdict(ok: bool, detail: str = "") -> str:
     return "PASS" if ok else ("FAIL" + (f" ({detail})" if detail else ""))
 
@@ -349,8 +355,7 @@ def task_anomaly(table, model, subs, label):
             if k.startswith(MODEL):
                 extra = candidates_text(cands[case]) if model.config.anomaly.get("healthy_peak") else ""
                 tgt = f"AUPRC ≥ 2 × best thresholding ({2 * thr[0]:.3f}); best Dice ≥ 0.6; AUROC ≥ 0.97"
-                fails = [n for n, ok in (("AUPRC", ap >= 2 * thr[0]), ("Dice", dice >= 0.6), ("AUROC", auc >= 0.97))
-                         if not ok]
+                fails = detection_fails(auc, ap, dice, thr[0])
                 vd = verdict(not fails, ", ".join(fails) + ("; AUPRC target > 1 is unreachable" if 2 * thr[0] > 1 else ""))
             table.add(f"{label}anomaly, {case} lesions ({plural(len(v))})", k,
                       f"AUROC {auc:.3f}, AUPRC {ap:.3f}, best Dice {dice:.3f}{extra}", mean(v, 3), tgt, vd)
@@ -362,7 +367,7 @@ def task_anomaly(table, model, subs, label):
         best_thr += [max((v[i] for v in variants), key=lambda r: r[1]) for i in range(len(variants[0]))]
     auc, ap, dice = mean(mv, 0), mean(mv, 1), mean(mv, 2)
     tap = mean(best_thr, 1)
-    fails = [n for n, ok in (("AUPRC", ap >= 2 * tap), ("Dice", dice >= 0.6), ("AUROC", auc >= 0.97)) if not ok]
+    fails = detection_fails(auc, ap, dice, tap)
     extra = candidates_text([c for v in cands.values() for c in v]) if model.config.anomaly.get("healthy_peak") else ""
     table.add(f"{label}anomaly, all cases combined ({plural(len(mv))})", f"{MODEL} anomaly heatmap",
               f"AUROC {auc:.3f}, AUPRC {ap:.3f}, best Dice {dice:.3f}{extra}", mean(mv, 3),

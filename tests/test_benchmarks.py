@@ -34,3 +34,12 @@ def test_speed_quick_writes_table(tmp_path):
     text = out.read_text()
     assert "1 mm brain" in text and "start-up" in text and "cores" in text
     assert "default.json sha256" in text
+
+
+def test_detection_fails_names_each_missed_target():
+    import quality
+
+    assert quality.detection_fails(0.99, 0.8, 0.7, 0.3) == []
+    # an AUROC just under the target is shown to 4 decimals, not rounded up to the target
+    assert quality.detection_fails(0.96974, 0.8, 0.7, 0.3) == ["AUROC 0.9697 < 0.97"]
+    assert quality.detection_fails(0.99, 0.5, 0.5, 0.3) == ["AUPRC", "Dice"]
