@@ -8,11 +8,12 @@ from pathlib import Path
 
 
 def _contrast(run: dict) -> str:
-    """The random-contrast, tissue-mimicking and white-matter shares of a healing-head training run, if it had them."""
-    p, m, w = (run.get(k) or 0 for k in ("contrast_prob", "mimic_prob", "wm_prob"))
+    """The random-contrast, tissue-mimicking, white-matter and small-blob shares of a healing-head run, if it had them."""
+    p, m, w, s = (run.get(k) or 0 for k in ("contrast_prob", "mimic_prob", "wm_prob", "small_prob"))
     return ((f", {100 * p:.0f} % of patches with a random contrast" if p else "")
             + (f", {100 * m:.0f} % of blobs at another tissue's intensity" if m else "")
-            + (f", {100 * w:.0f} % of blobs centred in white matter" if w else ""))
+            + (f", {100 * w:.0f} % of blobs centred in white matter" if w else "")
+            + (f", {100 * s:.0f} % of blobs small (radius 1.5-3 voxels)" if s else ""))
 
 
 def main() -> None:

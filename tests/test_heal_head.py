@@ -217,6 +217,22 @@ def test_wm_prob_centres_blobs_in_white_matter():
     assert blobs.any()
 
 
+def test_small_prob_makes_blobs_small():
+    clean = np.full((32, 32, 32), 0.8, np.float32)
+
+    def mean_blob_voxels(small_prob: float) -> float:
+        sizes = []
+        for s in range(20):
+            _, blobs = corrupt(clean, np.random.default_rng(s), blob_prob=1.0, coarse_prob=0.0, small_prob=small_prob)
+            lab, n = ndi.label(blobs)
+            sizes += list(np.bincount(lab.ravel())[1:])
+        return float(np.mean(sizes))
+
+    small, usual = mean_blob_voxels(1.0), mean_blob_voxels(0.0)
+    # radius 1.5-3 (soft edges included) against 1.5-8: several times fewer voxels per blob
+    assert small < 150 and usual > 3 * small
+
+
 def test_mimic_augmentation_trains_and_is_recorded(tmp_path, head_data):
     out = train_heal_head(HealHeadTrainConfig(**_opts(head_data, tmp_path / "mi", steps=2, mimic_prob=1.0)))
     assert load_model(out, device="cpu").config.training["heal_head"]["mimic_prob"] == 1.0
@@ -227,6 +243,8 @@ def test_mimic_augmentation_trains_and_is_recorded(tmp_path, head_data):
     ({"mimic_prob": -0.5}, "mimic probability"),
     ({"wm_prob": 1.5}, "white-matter probability"),
     ({"wm_prob": -0.1}, "white-matter probability"),
+    ({"small_prob": 1.5}, "small-blob probability"),
+    ({"small_prob": -0.1}, "small-blob probability"),
     ({"contrast_prob": 1.5}, "contrast probability"),
     ({"contrast_prob": -0.1}, "contrast probability"),
     ({"patch": (17, 16, 16)}, "patch"),
@@ -254,11 +272,12 @@ def test_cli_train_heal_head_writes_a_model_and_refuses_to_overwrite(tmp_path, h
     files = sorted(str(p) for p in head_data.iterdir())
     rc = main(["train-heal-head", "--data", files[0], "--val", files[1], "-o", str(tmp_path / "new"), "--steps", "2",
                "--batch-size", "1", "--patch", "16", "16", "16", "--channels", "4", "8", "--res-units", "1",
-               "--contrast-prob", "0", "--mimic-prob", "0.25", "--wm-prob", "0.5"])
+               "--contrast-prob", "0", "--mimic-prob", "0.25", "--wm-prob", "0.5", "--small-prob", "0.3"])
     assert rc == 0
     new = load_model(tmp_path / "new.safetensors", device="cpu").config
     assert new.anomaly["score"] == "heal" and new.training["heal_head"]["contrast_prob"] == 0.0
     assert new.training["heal_head"]["mimic_prob"] == 0.25 and new.training["heal_head"]["wm_prob"] == 0.5
+    assert new.training["heal_head"]["small_prob"] == 0.3
     rc = main(["train-heal-head", str(hh_model), "--data", files[0], "--val", files[1], "-o", str(hh_model.with_suffix(""))])
     assert rc != 0
     assert "refusing to overwrite" in capsys.readouterr().err

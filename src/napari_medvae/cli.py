@@ -375,7 +375,8 @@ def cmd_train_heal_head(args) -> int:
     return _train_head(args, "train-heal-head", train_heal_head,
                        HealHeadTrainConfig(**_head_options(args, src), patch=tuple(args.patch),
                                            calibration_quantile=args.quantile, contrast_prob=args.contrast_prob,
-                                           mimic_prob=args.mimic_prob, wm_prob=args.wm_prob))
+                                           mimic_prob=args.mimic_prob, wm_prob=args.wm_prob,
+                                           small_prob=args.small_prob))
 
 
 def cmd_fit_region_prior(args) -> int:
@@ -607,6 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--wm-prob", type=float, default=0.0,
                     help="share of the synthetic blobs centred in white matter (the brightest tissue of T1-weighted "
                          "training volumes), where most lesions lie; 0 = anywhere in tissue (default: %(default)s)")
+    th.add_argument("--small-prob", type=float, default=0.0,
+                    help="share of the synthetic blobs that are small (mean radius 1.5-3 voxels instead of 1.5-8), "
+                         "as small lesions are the ones most often left unhealed (default: %(default)s)")
     th.set_defaults(fn=cmd_train_heal_head)
     fr = sub.add_parser("fit-region-prior", parents=[common], help="add a region prior (painted-region inpainting) to a model",
                         description="Fit the region prior of a model on healthy volumes: the mean and covariance of "

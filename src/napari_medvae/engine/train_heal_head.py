@@ -18,7 +18,8 @@ take the intensity of another tissue voxel of the same patch (``mimic_factor``) 
 that look like grey matter or fluid (as hyper-intense white-matter lesions do in T2) are the hardest to heal. With
 ``--wm-prob`` a share of the blobs is centred in white matter (``white_matter_centres``, found in the patch's own
 contrast before any remap), where most lesions of brain MRI lie; drawn from all tissue, few blobs sit deep in white
-matter, and the head left grey-matter-bright blobs there unhealed.
+matter, and the head left grey-matter-bright blobs there unhealed. With ``--small-prob`` a share of the blobs is
+small (mean radius 1.5-3 voxels instead of 1.5-8): the head left the smallest lesions unhealed most often.
 Loss: squared error where there is signal, 4x inside the blobs and up to 12x inside small ones (an L1 loss,
 whose pull towards the identity on the healthy majority of voxels does not fade, kept the head from learning at
 all). The VAE and the other heads are frozen.
@@ -48,6 +49,8 @@ from .networks import HealHeadConfig
 SIGNAL = 0.02  # normalised intensity counted as signal (loss and validation)
 TISSUE = 0.2  # blobs are centred where the clean intensity is above this
 WM_LEVEL = 0.75  # normalised T1 intensity above which a voxel counts as white matter (white_matter_centres)
+RADIUS = (1.5, 8.0)  # mean radius of a synthetic blob, voxels (uniform)
+SMALL_RADIUS = (1.5, 3.0)  # the same for the --small-prob share of blobs
 
 
 @dataclass
@@ -62,6 +65,7 @@ class HealHeadTrainConfig(HeadTrainConfig):
     contrast_prob: float = 0.5  # share of training patches given a random contrast (random_contrast); 0 = own contrast only
     mimic_prob: float = 0.0  # share of blobs given another tissue's intensity (mimic_factor); 0 = random factors only
     wm_prob: float = 0.0  # share of blobs centred in white matter (white_matter_centres); 0 = anywhere in tissue
+    small_prob: float = 0.0  # share of blobs with a mean radius of 1.5-3 voxels (SMALL_RADIUS) instead of 1.5-8
 
     def check(self) -> None:
         mult = self.check_common(HealHeadConfig)
@@ -75,6 +79,8 @@ class HealHeadTrainConfig(HeadTrainConfig):
             raise InputError(f"mimic probability must be between 0 and 1, not {self.mimic_prob}")
         if not 0.0 <= self.wm_prob <= 1.0:
             raise InputError(f"white-matter probability must be between 0 and 1, not {self.wm_prob}")
+        if not 0.0 <= self.small_prob <= 1.0:
+            raise InputError(f"small-blob probability must be between 0 and 1, not {self.small_prob}")
         if not 0.5 < self.calibration_quantile < 1:
             raise InputError(f"calibration quantile must be between 0.5 and 1, not {self.calibration_quantile}")
 
@@ -117,10 +123,11 @@ def white_matter_centres(clean: np.ndarray) -> np.ndarray:
 
 def corrupt(clean: np.ndarray, rng: np.random.Generator, blob_prob: float = 0.8,
             coarse_prob: float = 0.2, mimic_prob: float = 0.0, wm: np.ndarray | None = None,
-            wm_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+            wm_prob: float = 0.0, small_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(corrupted copy of ``clean`` (D, H, W), mask of the blobs) — see the module docstring. With ``mimic_prob``
     a share of the blobs take another tissue's intensity (``mimic_factor``) instead of a random factor; with
-    ``wm_prob`` a share is centred on the voxels ``wm`` ((N, 3), white_matter_centres) where it has any."""
+    ``wm_prob`` a share is centred on the voxels ``wm`` ((N, 3), white_matter_centres) where it has any; with
+    ``small_prob`` a share has a mean radius in ``SMALL_RADIUS`` instead of ``RADIUS``."""
     shape = clean.shape
     x = clean.copy()
     blobs = np.zeros(shape, bool)
@@ -133,7 +140,8 @@ def corrupt(clean: np.ndarray, rng: np.random.Generator, blob_prob: float = 0.8,
                 centre = wm[rng.integers(len(wm))]
             else:
                 centre = tissue[rng.integers(len(tissue))]
-            radii = rng.uniform(1.5, 8.0) * rng.uniform(0.7, 1.3, 3)
+            radii = rng.uniform(*(SMALL_RADIUS if small_prob and rng.random() < small_prob else RADIUS))
+            radii = radii * rng.uniform(0.7, 1.3, 3)
             d = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True))
             wobble = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), max(1.5, radii.mean() / 2), mode="wrap")
             inside = (d + wobble * 3.0 * rng.uniform(0, 0.3)) < 1.0
@@ -162,7 +170,7 @@ def blob_weights(blobs: np.ndarray, ref_voxels: float = 500.0) -> np.ndarray:
 
 
 def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generator, contrast_prob: float = 0.0,
-            mimic_prob: float = 0.0, wm_prob: float = 0.0):
+            mimic_prob: float = 0.0, wm_prob: float = 0.0, small_prob: float = 0.0):
     """One training example: (corrupted (1, D, H, W), clean (1, D, H, W), loss weight (1, D, H, W))."""
     clean = tissue_patch(vols, patch, rng)
     wm = white_matter_centres(clean) if wm_prob else None  # in the volume's own contrast, before any remap
@@ -171,7 +179,7 @@ def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generat
     if rng.random() < 0.5:
         clean = np.clip(clean, 0, None) ** np.float32(rng.uniform(0.7, 1.4))
     clean = clean * np.float32(rng.uniform(0.8, 1.2))
-    x, blobs = corrupt(clean, rng, mimic_prob=mimic_prob, wm=wm, wm_prob=wm_prob)
+    x, blobs = corrupt(clean, rng, mimic_prob=mimic_prob, wm=wm, wm_prob=wm_prob, small_prob=small_prob)
     w = (clean > SIGNAL).astype(np.float32) * blob_weights(blobs)
     if rng.random() < 0.5:  # left-right mirror
         x, clean, w = x[..., ::-1], clean[..., ::-1], w[..., ::-1]
@@ -206,7 +214,8 @@ def train_heal_head(tc: HealHeadTrainConfig, callback: Callable[[dict], None] | 
     model, head = r.model, r.head
 
     def loss_fn() -> torch.Tensor:
-        sample = partial(_sample, contrast_prob=tc.contrast_prob, mimic_prob=tc.mimic_prob, wm_prob=tc.wm_prob)
+        sample = partial(_sample, contrast_prob=tc.contrast_prob, mimic_prob=tc.mimic_prob, wm_prob=tc.wm_prob,
+                         small_prob=tc.small_prob)
         x, y, w = r.batch(sample, tc.patch, tc.batch_size)
         return (w * (x + head(x) - y) ** 2).sum() / w.sum().clamp_min(1.0)
 
