@@ -7,6 +7,7 @@ reported separately as generalisation. Every method is timed next to its score.
     python benchmarks/quality.py                  # full table (< 20 min on a 2-core CPU)
     python benchmarks/quality.py --quick          # CI mode (< 3 min): 1 subject, denoise at 5 % only, no BM4D/dipy
     python benchmarks/quality.py --model my.safetensors --out /tmp/q.md
+    python benchmarks/quality.py --subjects 3 --t2-subjects 3   # subjects per task (full mode's defaults)
 
 BM4D (`pip install bm4d`, non-commercial licence) and dipy are optional benchmark-only baselines:
 their rows are skipped with a note when not importable.
@@ -404,10 +405,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="CI mode: one subject per task, denoise at 5 %% only, no BM4D/dipy, < 3 min")
     ap.add_argument("--subjects", type=int, help="held-out T1 subjects per task (default: quick 1, full 3; "
                                                  "denoise uses at most 2 in full mode for BM4D's sake)")
+    ap.add_argument("--t2-subjects", type=int, help="held-out T2-like subjects per task (default: quick 1, full 3; "
+                                                    "denoise uses 1 in full mode for BM4D's sake)")
     ap.add_argument("--out", type=Path, help="markdown file (default benchmarks/results/quality[_quick].md)")
     a = ap.parse_args(argv)
-    n = a.subjects or (1 if a.quick else 3)
-    n_den = n if (a.quick or a.subjects) else min(n, 2)
+    n = a.subjects if a.subjects is not None else (1 if a.quick else 3)
+    n_den = n if (a.quick or a.subjects is not None) else min(n, 2)
+    n2 = a.t2_subjects if a.t2_subjects is not None else (1 if a.quick else 3)
+    n2_den = n2 if (a.quick or a.t2_subjects is not None) else 1
+    if n < 1 or n2 < 1:
+        ap.error("--subjects and --t2-subjects must be at least 1")
     out = a.out or Path(__file__).resolve().parent / "results" / ("quality_quick.md" if a.quick else "quality.md")
     notes = []
     baselines = set()
@@ -421,7 +428,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     model = load_model(a.model, device="cpu")
     t1 = [(_data.SEED_T1 + i, _data.subject(_data.SEED_T1 + i, "t1")) for i in range(n)]
-    t2 = [(_data.SEED_T2, _data.subject(_data.SEED_T2, "t2"))]
+    t2 = [(_data.SEED_T2 + i, _data.subject(_data.SEED_T2 + i, "t2")) for i in range(n2)]
     reconstruct(model, t1[0][1][0], t1[0][1][3])  # warm-up (thread pools, allocator), not timed
     table = Table()
     # quick (CI) mode: one noise level, since skimage NLM, its only denoise baseline there, costs about 35 s a level
@@ -431,7 +438,7 @@ def main(argv=None) -> int:
     task_anomaly(table, model, t1, "")
     task_reconstruct(table, model, t1, "")
     g = "T2-like (generalisation): "
-    task_denoise(table, model, t2, [0.05], baselines, g)
+    task_denoise(table, model, t2[:n2_den], [0.05], baselines, g)
     task_missing(table, model, t2, g)
     task_regions(table, model, t2, g)
     if not a.quick:
@@ -443,7 +450,7 @@ def main(argv=None) -> int:
         f"Command: `{cmd}`",
         "",
         f"Model {_data.model_id(model)} on CPU; {_data.machine()}. Held-out subjects (seeds ≥ 20000, never "
-        f"trained on): {n} T1 (denoise: {n_den}) and 1 T2-like, 2 mm, {shape} voxels (z, y, x). "
+        f"trained on): {n} T1 (denoise: {n_den}) and {n2} T2-like (denoise: {n2_den}), 2 mm, {shape} voxels (z, y, x). "
         f"Total {total:.0f} s." + (f" Notes: {'; '.join(notes)}." if notes else ""),
         "",
         "PSNR/SSIM inside the brain mask; missing slices: on the missing slices inside the brain; painted "

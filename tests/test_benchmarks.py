@@ -22,6 +22,7 @@ def test_quality_quick_writes_table(tmp_path):
         assert task in text, task
     assert "PASS" in text or "FAIL" in text
     assert "default.safetensors sha256" in text and "default.json sha256" in text  # weights and calibration named
+    assert "1 T2-like (denoise: 1)" in text
     assert "lesions with a candidate" in text and "other candidates" in text  # the candidate list, read per lesion
 
 
@@ -43,3 +44,13 @@ def test_detection_fails_names_each_missed_target():
     # an AUROC just under the target is shown to 4 decimals, not rounded up to the target
     assert quality.detection_fails(0.96974, 0.8, 0.7, 0.3) == ["AUROC 0.9697 < 0.97"]
     assert quality.detection_fails(0.99, 0.5, 0.5, 0.3) == ["AUPRC", "Dice"]
+
+
+@pytest.mark.parametrize("flag", ["--subjects", "--t2-subjects"])
+def test_quality_refuses_fewer_than_one_subject(flag, capsys):
+    import quality
+
+    with pytest.raises(SystemExit) as e:
+        quality.main([flag, "0", "--quick"])
+    assert e.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
