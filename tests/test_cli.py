@@ -243,3 +243,13 @@ def test_calibrate_heal_flip_option(tmp_path, sample_dir, capsys):
     assert main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "x"), "--score", "combined",
                  "--heal-flip"]) == 2
     assert "heal-flip applies" in _err(capsys) and not (tmp_path / "x.safetensors").exists()
+
+
+def test_calibrate_heal_invert_option(tmp_path, sample_dir, capsys):
+    from napari_medvae.engine import load_model
+
+    healthy = str(sample_dir / "mni_t1_healthy.nii.gz")
+    assert main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "inv"), "--heal-invert", "0.2", "-q"]) == 0
+    assert load_model(tmp_path / "inv.safetensors", device="cpu").config.anomaly["heal_invert"] == 0.2
+    assert main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "x"), "--heal-invert", "1.5"]) == 2
+    assert "at least 0 and below 1, not 1.5" in _err(capsys) and not (tmp_path / "x.safetensors").exists()

@@ -288,6 +288,10 @@ def test_cli_train_heal_head_writes_a_model_and_refuses_to_overwrite(tmp_path, h
     (lambda c: c["architecture"].__setitem__("heal_head", "unet"), "heal_head"),
     (lambda c: c["anomaly"].pop("heal_scale"), "heal_scale"),
     (lambda c: c["architecture"].pop("heal_head"), "heal_head"),
+    (lambda c: c["anomaly"].__setitem__("heal_invert", 1.0), "heal_invert"),
+    (lambda c: c["anomaly"].__setitem__("heal_invert", -0.1), "heal_invert"),
+    (lambda c: c["anomaly"].__setitem__("heal_invert", "0.2"), "heal_invert"),
+    (lambda c: c["anomaly"].__setitem__("heal_invert", True), "heal_invert"),
 ])
 def test_bad_heal_head_config_is_refused(tmp_path, hh_model, edit, msg):
     cfg = json.loads(hh_model.with_suffix(".json").read_text())
@@ -347,3 +351,46 @@ def test_bad_heal_flip_setting_is_refused(tmp_path, hh_model, edit):
     stem.with_suffix(".safetensors").write_bytes(hh_model.read_bytes())
     with pytest.raises(ModelError, match="heal_flip"):
         load_checkpoint(stem)
+
+
+def test_heal_blended_mixes_in_the_inverted_healing(hh_model):
+    m = load_model(hh_model, device="cpu")
+    rng = np.random.default_rng(3)
+    x = rng.random((16, 24, 20)).astype(np.float32)
+    brain = np.zeros(x.shape, bool)
+    brain[2:14, 4:20, 3:17] = True
+    plain = heal(m, x)
+    np.testing.assert_array_equal(anom.heal_blended(m, x, brain, 0.0), plain)
+    back = np.where(brain, 1 - heal(m, np.where(brain, 1 - x, 0).astype(np.float32)), 0)
+    np.testing.assert_allclose(anom.heal_blended(m, x, brain, 0.25), 0.75 * plain + 0.25 * back, atol=1e-6)
+
+
+def test_inverted_healing_only_for_volumes_flagged_by_the_residual_ratio(hh_model):
+    m = load_model(hh_model, device="cpu")
+    x = np.random.default_rng(4).random((16, 24, 20)).astype(np.float32)
+    brain = np.ones(x.shape, bool)
+    smooth = np.full(100, 0.5, np.float32)
+    a = m.config.anomaly
+    a["residual_median"] = 0.5 / (anom.RESIDUAL_RATIO_LIMIT * 2)  # this volume: ratio 2 x the limit
+    a.pop("heal_invert", None)
+    np.testing.assert_array_equal(anom._heal_for(m, x, brain, smooth), heal(m, x))  # no weight: as before
+    a["heal_invert"] = 0.2
+    np.testing.assert_array_equal(anom._heal_for(m, x, brain, smooth), anom.heal_blended(m, x, brain, 0.2))
+    a["residual_median"] = 0.5  # ratio 1: within the limit, healed as before
+    np.testing.assert_array_equal(anom._heal_for(m, x, brain, smooth), heal(m, x))
+
+
+def test_calibrating_with_heal_invert_sets_and_checks_the_weight(hh_model):
+    m = load_model(hh_model, device="cpu")
+    x = np.random.default_rng(5).random((16, 24, 20)).astype(np.float32)
+    calibrate(m, [(x, 1)], 0.999, score="heal", heal_invert=0.2)
+    assert m.config.anomaly["heal_invert"] == 0.2
+    calibrate(m, [(x, 1)], 0.999, score="heal")  # None keeps it
+    assert m.config.anomaly["heal_invert"] == 0.2
+    calibrate(m, [(x, 1)], 0.999, score="heal", heal_invert=0.0)  # 0 turns it off
+    assert "heal_invert" not in m.config.anomaly
+    for bad in (1.0, -0.5, float("nan")):
+        with pytest.raises(InputError, match="at least 0 and below 1"):
+            calibrate(m, [(x, 1)], 0.999, score="heal", heal_invert=bad)
+    with pytest.raises(InputError, match="healing head's scores"):
+        calibrate(m, [(x, 1)], 0.999, score="combined", heal_invert=0.2)

@@ -479,7 +479,8 @@ def cmd_calibrate(args) -> int:
         raise InputError("refusing to overwrite the model being calibrated; choose another -o")
     if not out.resolve().parent.is_dir():
         raise InputError(f"output directory {out.resolve().parent} does not exist")
-    path = recalibrate(str(src), _gather(args.healthy), str(out), args.quantile, args.score, args.heal_flip)
+    path = recalibrate(str(src), _gather(args.healthy), str(out), args.quantile, args.score, args.heal_flip,
+                       args.heal_invert)
     _say(args, f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
@@ -655,6 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="anomaly score to calibrate (default: heal for models with a healing head, else combined)")
     ca.add_argument("--heal-flip", action=argparse.BooleanOptionalAction, default=None,
                     help="average the healing head's output over a left-right mirror (heal and healed scores; "
+                         "default: keep the model's setting)")
+    ca.add_argument("--heal-invert", type=float, default=None, metavar="W",
+                    help="on volumes flagged as unlike the calibration volumes (residual ratio), blend in weight W "
+                         "of the healing of the intensity-inverted volume (0 <= W < 1; 0 turns it off; "
                          "default: keep the model's setting)")
     ca.set_defaults(fn=cmd_calibrate)
     inf = sub.add_parser("info", parents=[common], help="print a model card")

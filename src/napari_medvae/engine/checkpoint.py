@@ -37,7 +37,9 @@ class ModelConfig:
     for "healed" and "heal" "heal_scale": the healing head's residual's; optional "healthy_peak": the highest candidate peak found in
     the healthy calibration volumes, and "residual_median": the healthy median of the smoothed reconstruction
     residual inside the brain (engine.train.calibrate, engine.anomaly.smooth_residual), "heal_flip": whether
-    the healing head's output is averaged over a left-right mirror (engine.anomaly.heal; absent: no)}.
+    the healing head's output is averaged over a left-right mirror (engine.anomaly.heal; absent: no),
+    "heal_invert": the weight of the inverted-intensity healing in volumes flagged by the residual ratio
+    (engine.anomaly.heal_blended; absent: 0)}.
     intensity_profile: normalised histogram of healthy held-out volumes for the out-of-distribution check.
     """
 
@@ -104,6 +106,11 @@ class ModelConfig:
         if flip is not None and (not isinstance(flip, bool) or score not in HEAL_SCORES):
             raise ModelError(f"{source}: anomaly.heal_flip must be true or false and only set for the heal and healed "
                              f"scores, not {flip!r} with the {score} score")
+        inv = cfg.anomaly.get("heal_invert")
+        if inv is not None and (isinstance(inv, bool) or not isinstance(inv, (int, float)) or not 0 <= inv < 1
+                                or score not in HEAL_SCORES):
+            raise ModelError(f"{source}: anomaly.heal_invert must be a number from 0 to below 1 and only set for the "
+                             f"heal and healed scores, not {inv!r} with the {score} score")
         if score in HEAL_SCORES and not cfg.architecture.get("heal_head"):
             raise ModelError(f"{source}: anomaly.score '{score}' needs architecture.heal_head (a healing head)")
         try:

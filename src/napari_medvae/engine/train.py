@@ -290,7 +290,7 @@ SCORES = ANOMALY_SCORES
 
 
 def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float, score: str = "combined",
-              heal_flip: bool | None = None) -> float:
+              heal_flip: bool | None = None, heal_invert: float | None = None) -> float:
     """Anomaly threshold: ``quantile`` of healthy voxel scores inside the brain (model grid).
 
     ``score`` "combined" (see engine.anomaly) also sets the two VAE residuals' healthy scales (99th percentiles)
@@ -300,6 +300,8 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     ``residual_median``: the median of their smoothed reconstruction residual inside the brain
     (engine.anomaly.smooth_residual). ``heal_flip`` (None: keep the model's setting) turns the healing head's
     mirror averaging (engine.anomaly.heal) on or off for the scores calibrated here and for the model's later maps.
+    ``heal_invert`` (None: keep the model's setting; 0 turns it off) is the weight of the inverted-intensity healing
+    in volumes flagged by the residual ratio (engine.anomaly.heal_blended); healthy calibration volumes are not.
     """
     from .anomaly import auto_brain_mask, final_score, raw_scores, threshold_candidates
     from .runner import Progress
@@ -310,11 +312,19 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
         raise InputError(f"the '{score}' anomaly score needs a model with a healing head (medvae train-heal-head)")
     if heal_flip is not None and score not in HEAL_SCORES:
         raise InputError(f"heal_flip applies to the healing head's scores (heal, healed), not to '{score}'")
+    check_heal_invert(heal_invert, score)
     settings = model.config.anomaly
     if score not in HEAL_SCORES:
         settings.pop("heal_flip", None)
-    elif heal_flip is not None:
-        settings["heal_flip"] = bool(heal_flip)
+        settings.pop("heal_invert", None)
+    else:
+        if heal_flip is not None:
+            settings["heal_flip"] = bool(heal_flip)
+        if heal_invert is not None:
+            if heal_invert > 0:
+                settings["heal_invert"] = float(heal_invert)
+            else:
+                settings.pop("heal_invert", None)
     raw: list[list[np.ndarray]] = [[], [], []]
     smooth: list[np.ndarray] = []
     brains = []
@@ -349,40 +359,54 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     return threshold
 
 
+def check_heal_invert(weight: float | None, score: str) -> None:
+    """Refuse an inverted-healing weight outside [0, 1) or for a score without the healing head."""
+    if weight is None:
+        return
+    if not (isinstance(weight, (int, float)) and 0 <= weight < 1):
+        raise InputError(f"the inverted-healing weight must be at least 0 and below 1, not {weight}")
+    if weight > 0 and score not in HEAL_SCORES:
+        raise InputError(f"the inverted-healing weight applies to the healing head's scores (heal, healed), not to '{score}'")
+
+
 def default_score(model: Model) -> str:
     """The anomaly score calibrated when none is asked for: "heal" for models with a healing head, else "combined"."""
     return "heal" if model.net.heal_head is not None else "combined"
 
 
 def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float = 0.999,
-                    score: str | None = None, heal_flip: bool | None = None) -> None:
+                    score: str | None = None, heal_flip: bool | None = None,
+                    heal_invert: float | None = None) -> None:
     """Set the model's anomaly threshold and out-of-distribution intensity profile from healthy volumes.
 
     ``score``: the anomaly score to calibrate (default: "heal" for models with a healing head, else "combined");
-    ``heal_flip``: see ``calibrate``.
+    ``heal_flip``, ``heal_invert``: see ``calibrate``.
     """
     from .ood import intensity_profile
 
     if score is None:
         score = default_score(model)
     model.config.anomaly["quantile"] = quantile
-    model.config.anomaly["threshold"] = calibrate(model, volumes, quantile, score, heal_flip)
+    model.config.anomaly["threshold"] = calibrate(model, volumes, quantile, score, heal_flip, heal_invert)
     model.config.intensity_profile = intensity_profile([v for v, _ in volumes])
 
 
 def recalibrate(model_path: str, healthy: Sequence[str], out: str, quantile: float = 0.999,
-                score: str | None = None, heal_flip: bool | None = None) -> Path:
+                score: str | None = None, heal_flip: bool | None = None,
+                heal_invert: float | None = None) -> Path:
     """``medvae calibrate``: re-calibrate a model on (local) healthy held-out volumes; writes a new model.
 
     ``score``: the anomaly score to calibrate (engine.anomaly; default: calibrate_model's); ``heal_flip``: the
-    healing head's mirror averaging (None: keep the model's setting; see ``calibrate``)."""
+    healing head's mirror averaging (None: keep the model's setting; see ``calibrate``); ``heal_invert``: the
+    inverted-intensity healing's weight (None: keep; see ``calibrate``)."""
     model = load_model(model_path, device="cpu")
     if score is not None and score not in SCORES:
         raise InputError(f"anomaly score must be one of {', '.join(SCORES)}, not {score!r}")
     if heal_flip is not None and (score or default_score(model)) not in HEAL_SCORES:
         raise InputError("--heal-flip applies to the healing head's scores (heal, healed) only")
+    check_heal_invert(heal_invert, score or default_score(model))
     vols = load_volumes(healthy, model.config)
-    calibrate_model(model, vols, quantile, score, heal_flip)
+    calibrate_model(model, vols, quantile, score, heal_flip, heal_invert)
     model.config.training = {**(model.config.training or {}), "calibrated_on": f"{len(vols)} volumes",
                              "calibration_files": [Path(p).name for p in healthy]}
     return save_checkpoint(out, model.config, model.net.state_dict())
