@@ -40,6 +40,9 @@ def main() -> None:
         ("validation loss", f"{t['val_loss']} (weighted L1 + KL on corrupted held-out slices)"),
         ("anomaly calibration", f"{c['anomaly'].get('score', 'residual')} score"
                                 + (" (healing head averaged over a left-right mirror)" if c['anomaly'].get('heal_flip') else "")
+                                + (f" (on volumes flagged by the residual ratio, {c['anomaly']['heal_invert']:g} of the "
+                                   "healing of the intensity-inverted volume blended in)"
+                                   if c['anomaly'].get('heal_invert') else "")
                                 + "; threshold "
                                 f"{c['anomaly']['threshold']:.4f} = {c['anomaly']['quantile']} quantile of healthy held-out "
                                 f"voxel scores (median filter {c['anomaly']['median_size']})"
