@@ -161,12 +161,19 @@ def heal_blended(model: Model, data: np.ndarray, brain: np.ndarray, weight: floa
     return ((1 - np.float32(weight)) * out + np.float32(weight) * back).astype(np.float32)
 
 
+def residual_ratio(model: Model, smooth: np.ndarray) -> float | None:
+    """Median of ``smooth`` (smooth_residual at the brain's voxels) over the model's healthy ``residual_median``;
+    None for models calibrated without one or an empty brain."""
+    ref = model.config.anomaly.get("residual_median")
+    return float(np.median(smooth)) / float(ref) if ref and smooth.size else None
+
+
 def _heal_for(model: Model, data: np.ndarray, brain: np.ndarray, smooth: np.ndarray) -> np.ndarray:
     """The healthy version the heal scores use: ``heal_blended`` at the model's ``heal_invert`` weight when this
     volume's residual ratio is above RESIDUAL_RATIO_LIMIT, else ``heal``."""
     w = float(model.config.anomaly.get("heal_invert", 0.0) or 0.0)
-    ref = model.config.anomaly.get("residual_median")
-    flagged = bool(w > 0 and ref and smooth.size and float(np.median(smooth)) / float(ref) > RESIDUAL_RATIO_LIMIT)
+    ratio = residual_ratio(model, smooth) if w > 0 else None
+    flagged = ratio is not None and ratio > RESIDUAL_RATIO_LIMIT
     return heal_blended(model, data, brain, w) if flagged else heal(model, data)
 
 
@@ -233,8 +240,7 @@ def score_and_ratio(model: Model, prep: Prepared, progress: Progress,
     st = prep.stride
     *raws, smooth = raw_scores(model, prep.data[::st], brain[::st], progress, score_kind(model))
     score = final_score(*raws, model.config.anomaly)
-    ref = model.config.anomaly.get("residual_median")
-    ratio = float(np.median(smooth)) / float(ref) if ref and smooth.size else None
+    ratio = residual_ratio(model, smooth)
     if st > 1:
         score = slice_lerp(score, prep.data.shape[0], st)
         score[~brain] = 0.0
