@@ -84,6 +84,31 @@ def test_fill_leaves_regions_too_large_for_the_cube(prior):
     np.testing.assert_array_equal(out, truth)
 
 
+def test_fill_rescales_the_mean_only_when_the_known_voxels_reject_it(prior):
+    """Known voxels at the prior's brightness keep its mean (scale 1); a volume darker by half (another contrast) gets
+    the mean rescaled, so its fill is the half of the fill of the original (kriging with an unknown scale)."""
+    rows, mean, _ = prior
+    cov = region_prior.covariance(rows, 9)
+    mean = mean.astype(np.float64)
+    truth = _fields(1, 1)[0]
+    mask = _ball(truth.shape, (10, 12, 14), 2.5)
+    data = np.where(mask, 0, truth).astype(np.float32)
+    out, _ = region_prior.fill(data, mask, cov, mean, 9)
+    half, _ = region_prior.fill(data / 2, mask, cov, mean, 9)
+    np.testing.assert_allclose(half[mask], out[mask] / 2, rtol=1e-4, atol=1e-6)
+    # without the rescaling the half-bright volume is filled towards the prior's (too bright) mean
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(region_prior, "SCALE_TEST", float("inf"))
+        plain, _ = region_prior.fill(data / 2, mask, cov, mean, 9)
+    assert np.mean((half[mask] - truth[mask] / 2) ** 2) < np.mean((plain[mask] - truth[mask] / 2) ** 2)
+    # the test: scale 1 unless rejected; a negative fit is clipped to 0; no information: 1
+    m = np.full(5, 0.5)
+    assert region_prior.scale_of_mean(m, m, m * 1.01) == 1.0  # (0.01)^2 * 1.25: within the test
+    assert region_prior.scale_of_mean(m * 40, m, m * 0.5) == pytest.approx(0.5)  # q = 50: rejected
+    assert region_prior.scale_of_mean(m * 40, m, -m) == 0.0
+    assert region_prior.scale_of_mean(np.zeros(5), m, m) == 1.0
+
+
 @pytest.mark.parametrize("patch", [8, 3, 23, 7.5, "9"])
 def test_bad_patch_sizes_are_refused(patch):
     with pytest.raises(ValueError, match="odd integer 5-21"):

@@ -5,7 +5,8 @@ the model grid) sampled inside the brain of healthy training volumes, averaged o
 (so only the rows of one octant are stored: 296 x 1791 values for patch 15). A painted region that fits in the cube with ``MARGIN`` known voxels
 on every side is filled with the conditional mean of its voxels given every known voxel of the cube around it:
 the least-squares-optimal linear prediction under the prior (Gaussian-process regression, or kriging, with a
-covariance learned from data instead of assumed). Biharmonic inpainting assumes a fixed smoothness; the learned
+covariance learned from data instead of assumed; the prior's mean is rescaled where the known voxels reject it,
+e.g. in another contrast). Biharmonic inpainting assumes a fixed smoothness; the learned
 covariance also knows how tissue edges continue. Regions that do not fit are left to the caller's classical fill.
 """
 
@@ -21,6 +22,11 @@ MARGIN = 2  # known voxels required between a region and the cube's faces
 # 2 mm T1) 3 steps gave 30.05 dB, 2: 29.48, 4: 29.88, 5: 29.98, the whole cube: 29.94, at a third of its time
 REACH = 3
 NUGGET = 1e-6  # relative diagonal loading (round-off guard of the Cholesky factorisation)
+# the prior's mean is rescaled for a region when the known voxels around it reject scale 1: a likelihood-ratio test,
+# (a - 1)^2 m'C^-1 m > SCALE_TEST (chi-squared, 1 degree of freedom), with a the generalised-least-squares scale of
+# the mean. On the tuning subjects (10 each, painted regions, pooled): T2-like 30.34 -> 30.58 dB, T1 28.01 -> 28.01
+# (one region of 40 changed); always rescaling: T2-like 30.79, T1 27.92; test at 1: 30.78 / 27.95; at 4: 30.42 / 28.01
+SCALE_TEST = 2.0
 
 
 def support(patch: int) -> np.ndarray:
@@ -139,7 +145,8 @@ def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, 
 
     The known voxels are the cube's ball voxels outside ``mask`` within REACH steps of the region; a region is placed
     at the cube's centre (shifted inwards at the volume's faces), needs ``MARGIN`` known voxels towards each face and
-    must lie inside the ball. ``power``: the prior's (conditioning on intensities raised to it, the
+    must lie inside the ball. Where the known voxels are clearly brighter or darker than the prior's mean (another
+    contrast, a bias field; ``scale_of_mean``), the mean is rescaled first: ordinary kriging with an unknown scale. ``power``: the prior's (conditioning on intensities raised to it, the
     prediction taken back by the inverse power). Voxels not filled keep their value in ``data``.
     """
     p = check_patch(patch)
@@ -172,15 +179,28 @@ def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, 
             vals = np.clip(vals, 0, None) ** g
         ckk = cov[np.ix_(known, known)]
         ckk[np.diag_indices_from(ckk)] += NUGGET * float(np.mean(np.diag(cov)))
+        a = 1.0
         try:
             from scipy.linalg import cho_factor, cho_solve
 
-            w = cho_solve(cho_factor(ckk, check_finite=False), vals[known] - mean[known], check_finite=False)
-        except np.linalg.LinAlgError:  # not positive definite after all: least squares
+            cf = cho_factor(ckk, check_finite=False)
+            a = scale_of_mean(cho_solve(cf, mean[known], check_finite=False), mean[known], vals[known])
+            w = cho_solve(cf, vals[known] - a * mean[known], check_finite=False)
+        except np.linalg.LinAlgError:  # not positive definite after all: least squares, the prior's own mean
             w = np.linalg.lstsq(ckk, vals[known] - mean[known], rcond=None)[0]
-        pred = mean[hole] + cov[np.ix_(hole, known)] @ w
+        pred = a * mean[hole] + cov[np.ix_(hole, known)] @ w
         cube = out[box].ravel()
         cube[sup[hole]] = np.clip(pred, 0, None) if g == 1 else np.clip(pred, 0, None) ** (1 / g)
         out[box] = cube.reshape((p, p, p))
         done[box] |= lab[box] == i
     return out, done
+
+
+def scale_of_mean(cinv_mean: np.ndarray, mean: np.ndarray, vals: np.ndarray) -> float:
+    """The scale of the prior's mean for a region: the generalised-least-squares fit a of ``vals`` ~ a * ``mean`` (with
+    ``cinv_mean`` = C^-1 mean over the known voxels) when a likelihood-ratio test rejects a = 1 (SCALE_TEST), else 1."""
+    q = float(mean @ cinv_mean)
+    if not q > 0:
+        return 1.0
+    a = float(cinv_mean @ vals) / q
+    return max(a, 0.0) if (a - 1.0) ** 2 * q > SCALE_TEST else 1.0
