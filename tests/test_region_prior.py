@@ -109,6 +109,55 @@ def test_fill_rescales_the_mean_only_when_the_known_voxels_reject_it(prior):
     assert region_prior.scale_of_mean(np.zeros(5), m, m) == 1.0
 
 
+def _symmetric_field(seed: int, centre2: int = 37) -> np.ndarray:
+    """A smooth random volume (0.2-1.0) mirror-symmetric along x about x = centre2 / 2 (so voxel x mirrors to
+    centre2 - x), with a left half that differs from a plain random field."""
+    f = _fields(1, seed, shape=(26, 26, 40))[0]
+    x = np.arange(40)
+    src = np.where(x <= centre2 / 2, x, np.clip(centre2 - x, 0, 39))
+    return np.ascontiguousarray(f[:, :, src])
+
+
+def test_mirror_image_finds_the_plane_of_symmetry_and_marks_what_it_cannot_see():
+    vol = _symmetric_field(3)
+    mask = _ball(vol.shape, (12, 12, 28), 3.0)
+    data = np.where(mask, 0, vol).astype(np.float32)
+    mirrored, known, axis, corr = region_prior.mirror_image(data, mask)
+    assert axis == 2 and corr > 0.9
+    np.testing.assert_allclose(mirrored[known], np.take(data, 37 - np.arange(40), axis=2, mode="clip")[known])
+    assert not known[:, :, 38:].any()  # mirrors of x 38, 39 lie outside the volume
+    assert not known[_ball(vol.shape, (12, 12, 37 - 28), 3.0)].any()  # the mirror of the hole is not known
+    # white noise has no plane of symmetry: no mirror image
+    noise = np.random.default_rng(0).uniform(0.2, 1.0, (26, 26, 40)).astype(np.float32)
+    assert region_prior.mirror_image(noise, np.zeros(noise.shape, bool)) is None
+
+
+def test_fill_uses_the_contralateral_cube_where_it_is_known(prior):
+    """A hole whose mirror image is known is filled far better with it; one whose mirror is masked too is filled as
+    without a mirror."""
+    rows, mean, _ = prior
+    cov = region_prior.covariance(rows, 9)
+    mean = mean.astype(np.float64)
+    truth = _symmetric_field(4)
+    hole = _ball(truth.shape, (12, 12, 28), 2.5)
+    data = np.where(hole, 0, truth).astype(np.float32)
+    mirror = region_prior.mirror_image(data, hole)
+    assert mirror is not None
+    with_mirror, done = region_prior.fill(data, hole, cov, mean, 9, mirror=mirror[:2])
+    plain, _ = region_prior.fill(data, hole, cov, mean, 9)
+    assert np.array_equal(done, hole)
+    np.testing.assert_array_equal(with_mirror[~hole], data[~hole])
+    err = np.mean((with_mirror[hole] - truth[hole]) ** 2)
+    assert err < 0.2 * np.mean((plain[hole] - truth[hole]) ** 2)
+    # both sides painted: the mirror shows nothing there, the fill is the plain one
+    both = hole | _ball(truth.shape, (12, 12, 37 - 28), 2.5)
+    data2 = np.where(both, 0, truth).astype(np.float32)
+    m2 = region_prior.mirror_image(data2, both)
+    a, _ = region_prior.fill(data2, both, cov, mean, 9, mirror=m2[:2])
+    b, _ = region_prior.fill(data2, both, cov, mean, 9)
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("patch", [8, 3, 23, 7.5, "9"])
 def test_bad_patch_sizes_are_refused(patch):
     with pytest.raises(ValueError, match="odd integer 5-21"):

@@ -3,7 +3,8 @@
 Voxels outside the mask are returned unchanged (bit for bit, as float32). Inside the mask a classical
 first guess (cubic interpolation along the slice axis, biharmonic fill for regions) is refined by the
 network, made with the mask as an input channel. Painted regions of models with a region prior (engine.region_prior)
-are filled by it instead (no network; regions it cannot take keep the biharmonic fill). On
+are filled by it instead, with the mirror image across the volume's plane of best symmetry (the other hemisphere)
+as a second drift where it is known (no network; regions it cannot take keep the biharmonic fill). On
 volumes finer in-plane than the model grid (e.g. 1 mm), the classical fill on the volume's own grid is returned
 (painted regions: ``biharmonic_fill``, the same biharmonic fill solved by conjugate gradients): the model's
 correction from its coarser grid did not help there. How much of the network's correction is applied is
@@ -278,7 +279,9 @@ def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.nda
         return None
     cov, mean = rp.numpy()
     out = classical.copy()
-    filled, done = region_prior.fill(prep.data, mask, cov, mean, rp.patch, power=rp.power)
+    mirror = region_prior.mirror_image(prep.data, mask)
+    filled, done = region_prior.fill(prep.data, mask, cov, mean, rp.patch, power=rp.power,
+                                     mirror=None if mirror is None else mirror[:2])
     out[done] = filled[done]
     return out
 
