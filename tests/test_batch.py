@@ -115,9 +115,33 @@ def test_batch_inpaint_auto_fills_blank_slices_and_skips_complete_volumes(tmp_pa
     assert s["error"] == 2 and all("no mask" in r["error"] for r in read_manifest(tmp_path / "out2"))
 
 
+def test_batch_inpaint_masks_with_and_without_the_mirror_image(tmp_path, read, monkeypatch):
+    from napari_medvae.engine import region_prior
+
+    calls = []
+    real = region_prior.mirror_image
+    monkeypatch.setattr(region_prior, "mirror_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    src, masks = tmp_path / "in", tmp_path / "masks"
+    src.mkdir()
+    masks.mkdir()
+    vol, geo = read("mni_t1_healthy.nii.gz")
+    write_volume(src / "a.nii.gz", vol, geo)
+    mask = np.zeros(vol.shape, np.uint8)
+    mask[40:44, 50:56, 40:46] = 1
+    write_volume(masks / "a.nii.gz", mask, geo)
+    assert run_batch("inpaint", src, tmp_path / "o1", device="cpu", options={"mask_dir": str(masks)})["ok"] == 1
+    assert len(calls) == 1
+    s = run_batch("inpaint", src, tmp_path / "o2", device="cpu", options={"mask_dir": str(masks), "no_symmetry": True})
+    assert s["ok"] == 1 and len(calls) == 1
+    filled, _ = read_volume(tmp_path / "o2" / "a.nii.gz")
+    keep = mask == 0
+    np.testing.assert_array_equal(filled[keep], vol[keep])
+
+
 @pytest.mark.parametrize("argv", [
     ["inpaint"],  # neither --missing-slices auto nor --mask-dir
     ["inpaint", "--missing-slices", "3,4"],
+    ["inpaint", "--missing-slices", "auto", "--no-symmetry"],  # the mirror option is for painted masks only
     ["anomaly", "--samples", "3"],
     ["denoise", "--labels"],
     ["reconstruct", "--axis", "5"],

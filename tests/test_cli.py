@@ -57,6 +57,28 @@ def test_inpaint_with_mask(tmp_path, sample_dir):
     np.testing.assert_array_equal(vin[~m], vout[~m])
 
 
+def test_inpaint_no_symmetry_skips_the_mirror_image(tmp_path, sample_dir, monkeypatch, capsys):
+    from napari_medvae.engine import region_prior
+
+    calls = []
+    real = region_prior.mirror_image
+    monkeypatch.setattr(region_prior, "mirror_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    src = sample_dir / "mni_t1_lesion.nii.gz"
+    mask = sample_dir / "mni_t1_lesion_mask.nii.gz"
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    assert main(["inpaint", str(src), "-o", str(a), "--mask", str(mask), "-q"]) == 0
+    assert len(calls) == 1  # the sample is on the model's 2 mm grid: the region prior and its mirror are used
+    assert main(["inpaint", str(src), "-o", str(b), "--mask", str(mask), "--no-symmetry", "-q"]) == 0
+    assert len(calls) == 1
+    m = read_volume(mask)[0] > 0
+    np.testing.assert_array_equal(read_volume(a)[0][~m], read_volume(b)[0][~m])
+    # missing slices have no mirror option: refused, nothing written
+    c = tmp_path / "c.nii.gz"
+    assert main(["inpaint", str(sample_dir / "mni_t1_missing.nii.gz"), "-o", str(c), "--missing-slices", "auto",
+                 "--no-symmetry"]) == 2
+    assert "--no-symmetry applies to painted masks" in capsys.readouterr().err and not c.exists()
+
+
 def test_anomaly_writes_heatmap_labels_and_report(tmp_path, sample_dir):
     src = sample_dir / "mni_t1_lesion.nii.gz"
     heat, lab, rep = tmp_path / "h.nii.gz", tmp_path / "l.nii.gz", tmp_path / "r.json"

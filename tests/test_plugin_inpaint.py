@@ -57,3 +57,31 @@ def test_inpaint_painted_mask_keeps_other_voxels(make_napari_viewer, qtbot, samp
     np.testing.assert_array_equal(out.data[keep], before[keep].astype(out.dtype))
     assert np.abs(out.data[~keep] - before[~keep]).max() > 0
     np.testing.assert_array_equal(src.data, before)
+
+
+def test_inpaint_without_the_other_hemisphere(make_napari_viewer, qtbot, sample_dir, monkeypatch):
+    """The "other hemisphere" box is on by default; unticked, the fill does not look at the mirror image."""
+    from napari_medvae.engine import region_prior
+
+    calls = []
+    real = region_prior.mirror_image
+    monkeypatch.setattr(region_prior, "mirror_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    viewer = make_napari_viewer()
+    src = open_volume(viewer, sample_dir / "mni_t1_healthy.nii.gz")
+    w = dock(viewer, "Inpaint")
+    w.source.setCurrentText(src.name)
+    w.new_mask_btn.click()
+    viewer.layers["mni_t1_healthy mask"].data[40:44, 50:56, 40:46] = 1
+    assert w.symmetry.isChecked() and w.symmetry.isEnabled()
+    w.slice_mode.setChecked(True)
+    assert not w.symmetry.isEnabled()  # missing slices: the box does not apply
+    w.mask_mode.setChecked(True)
+    assert w.symmetry.isEnabled()
+    w.run_btn.click()
+    wait_layer(qtbot, viewer, "mni_t1_healthy inpainted", w.job)
+    assert len(calls) == 1
+    viewer.layers.remove("mni_t1_healthy inpainted")
+    w.symmetry.setChecked(False)
+    w.run_btn.click()
+    wait_layer(qtbot, viewer, "mni_t1_healthy inpainted", w.job)
+    assert len(calls) == 1

@@ -53,7 +53,7 @@ DICOM_OUTPUT_EXT = ".nii.gz"
 _OPTIONS = {
     "reconstruct": set(),
     "denoise": set(),
-    "inpaint": {"missing_slices", "mask_dir"},
+    "inpaint": {"missing_slices", "mask_dir", "no_symmetry"},
     "anomaly": {"brain_mask_dir", "labels", "threshold"},
     "uncertainty": {"samples", "seed"},
 }
@@ -196,6 +196,8 @@ def _check_options(operation: str, options: dict) -> dict:
             raise InputError("batch inpaint needs exactly one of --missing-slices auto or --mask-dir DIR")
         if ms is not None and str(ms).strip().lower() != "auto":
             raise InputError("batch inpaint takes --missing-slices auto only (a slice list fits one volume; use inpaint)")
+        if ms is not None and opts.get("no_symmetry"):
+            raise InputError("--no-symmetry applies to painted masks (--mask-dir) only, not to missing slices")
     for key in ("mask_dir", "brain_mask_dir"):
         if key in opts and not Path(opts[key]).is_dir():
             raise InputError(f"--{key.replace('_', '-')} {opts[key]} is not a folder")
@@ -234,6 +236,7 @@ def _process(operation: str, item: Item, out: Path, labels_out: Path | None, mod
         kw: dict = {}
         if "mask_dir" in opts:
             kw["mask"] = _companion("mask", opts["mask_dir"], item, vol.shape, geo)
+            kw["symmetry"] = not opts.get("no_symmetry", False)
         else:
             ax = axis if axis is not None else check_axis(None, geo.spacing)
             slices = detect_blank_slices(vol, ax)

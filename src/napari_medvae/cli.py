@@ -162,6 +162,8 @@ def cmd_inpaint(args) -> int:
 
     if (args.mask is None) == (args.missing_slices is None):
         raise InputError("give exactly one of --mask MASK or --missing-slices LIST|auto")
+    if args.no_symmetry and args.mask is None:
+        raise InputError("--no-symmetry applies to painted masks (--mask) only, not to missing slices")
     out = _out(args.output, args.input, args.mask)
     vol, geo = _read(args.input, args.volume_index, args.series_uid)
     kw: dict = {}
@@ -177,7 +179,8 @@ def cmd_inpaint(args) -> int:
         kw["missing_slices"] = slices
         kw["axis"] = axis
     model = _model(args)
-    res = _run("inpaint", args, inpaint, model=model, volume=vol, spacing=geo.spacing, force=args.force, **kw)
+    res = _run("inpaint", args, inpaint, model=model, volume=vol, spacing=geo.spacing, force=args.force,
+               symmetry=not args.no_symmetry, **kw)
     write_volume(out, cast_like(res, vol.dtype), geo)
     _say(args, f"wrote {out}")
     return 0
@@ -403,6 +406,7 @@ def cmd_batch(args) -> int:
 
     options = {
         "axis": args.axis, "force": args.force, "missing_slices": args.missing_slices, "mask_dir": args.mask_dir,
+        "no_symmetry": args.no_symmetry,
         "brain_mask_dir": args.brain_mask_dir, "labels": args.labels, "threshold": args.threshold,
         "samples": args.samples, "seed": args.seed,
     }
@@ -545,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     ip = sub.add_parser("inpaint", parents=[common, vol], help="fill a masked region or missing slices")
     ip.add_argument("--mask", help="mask volume on the same grid; its non-zero voxels are filled")
     ip.add_argument("--missing-slices", help="slice indices along --axis, e.g. 40,41,57 or 40-45, or 'auto' (blank slices)")
+    ip.add_argument("--no-symmetry", action="store_true",
+                    help="painted masks: do not use the mirror image across the brain's plane of symmetry (the other "
+                         "hemisphere) for the fill, e.g. when the other side is abnormal there")
     ip.set_defaults(fn=cmd_inpaint)
     an = sub.add_parser("anomaly", parents=[common, vol], help="anomaly heatmap (1.0 = calibrated threshold)")
     an.add_argument("--brain-mask", help="restrict the heatmap to this mask (same grid)")
@@ -641,6 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--force", action="store_true", help="run even on volumes that look unlike the training data")
     ba.add_argument("--missing-slices", help="inpaint: 'auto' (fill the blank slices of each volume)")
     ba.add_argument("--mask-dir", help="inpaint: folder of masks with the same relative paths as the inputs")
+    ba.add_argument("--no-symmetry", action="store_true",
+                    help="inpaint with --mask-dir: do not use the other hemisphere's mirror image for the fill")
     ba.add_argument("--brain-mask-dir", help="anomaly: folder of brain masks with the same relative paths")
     ba.add_argument("--labels", action="store_true", help="anomaly: also write candidates as <name>_labels.<ext>")
     ba.add_argument("--threshold", type=float, help="anomaly: candidate threshold in heatmap units (default 1.0)")

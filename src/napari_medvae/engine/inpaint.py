@@ -117,7 +117,8 @@ def slices_mask(shape: Sequence[int], indices: Iterable[int], axis: int) -> np.n
 
 def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask: np.ndarray | None = None,
             missing_slices: Iterable[int] | str | None = None, axis: int | None = None, tta: bool = True,
-            cross_validate: bool = True, force: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
+            cross_validate: bool = True, symmetry: bool = True, force: bool = False, progress: ProgressFn | None = None,
+            cancel: CancelFn | None = None) -> np.ndarray:
     """Fill the voxels of ``mask`` (non-zero) or the ``missing_slices`` along ``axis`` ("auto" = blank ones).
 
     Returns float32 on the input grid; voxels outside the mask equal the input. ``tta`` averages the
@@ -127,7 +128,9 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
     with the weight (0-1) that fits those known voxels best, so the network is trusted as far as it
     helps on this volume (weight 0: the classical fill, and the network is not run on the real mask). When
     no such shift exists, the classical fill is returned. The region prior's fill of painted regions is used as
-    is (cross-validating its weight the same way lost on the tuning subjects).
+    is (cross-validating its weight the same way lost on the tuning subjects). ``symmetry``: the region prior also
+    conditions on the mirror image across the volume's plane of best symmetry (the other hemisphere) where it is
+    known; turn it off when the other side is abnormal at the mirrored place (painted regions only).
     """
     check_volume(volume)
     sp = check_spacing(spacing)
@@ -167,7 +170,7 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
     p0.check()
     init = classical = first_guess(prep.data, mm)
     # the region prior's fill of painted regions (None: no prior, whole missing slices, or another slice spacing)
-    pfill = prior_fill(model, prep, mm, classical) if missing_slices is None else None
+    pfill = prior_fill(model, prep, mm, classical, symmetry=symmetry) if missing_slices is None else None
     # the network's weight is measured on a moved copy of the mask; the region prior's fill is used as is (weighing it
     # against the biharmonic fill on 3 moved copies lost on the tuning subjects, painted regions, pooled: T1 27.75 vs
     # 27.79 dB, T2-like 30.23 vs 32.24 dB; a copy's verdict was as much as 12 dB off the real mask's: -6.1 vs +6.3 dB)
@@ -262,13 +265,15 @@ def biharmonic_fill(data: np.ndarray, mask: np.ndarray, init: np.ndarray | None 
     return out
 
 
-def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.ndarray) -> np.ndarray | None:
+def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.ndarray,
+               symmetry: bool = True) -> np.ndarray | None:
     """The region prior's fill of ``mask`` on the model grid; regions it cannot fill keep ``classical`` (the caller's
     first_guess of ``mask``).
 
     None when the model has no region prior or the volume's slices are not at the model's slice spacing (the grid
     the prior was fitted on; filling the interleaved 2 mm grids of a 1 mm volume one by one ignores the slices in
-    between and was worse than the classical fill).
+    between and was worse than the classical fill). ``symmetry``: also condition on the mirror image of the volume
+    (``region_prior.mirror_image``) where it is known.
     """
     from . import region_prior
 
@@ -279,7 +284,7 @@ def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.nda
         return None
     cov, mean = rp.numpy()
     out = classical.copy()
-    mirror = region_prior.mirror_image(prep.data, mask)
+    mirror = region_prior.mirror_image(prep.data, mask) if symmetry else None
     filled, done = region_prior.fill(prep.data, mask, cov, mean, rp.patch, power=rp.power,
                                      mirror=None if mirror is None else mirror[:2])
     out[done] = filled[done]

@@ -48,6 +48,10 @@ class InpaintWidget(QWidget):
         self.detect_btn.setToolTip("find blank slices along the axis and list them here")
         self.axis = axis_combo()
         self.only_filled = QCheckBox("Show only the filled voxels")
+        self.symmetry = QCheckBox("Use the other hemisphere (mirror image)")
+        self.symmetry.setChecked(True)
+        self.symmetry.setToolTip("painted masks: the fill also follows the mirror image across the brain's plane of "
+                                 "symmetry where it is known; untick when the other side is abnormal there")
         self.run_btn = QPushButton("Inpaint")
         self.job = JobBar()
         self.job.lock(self.run_btn, self.new_mask_btn, self.detect_btn)
@@ -69,12 +73,14 @@ class InpaintWidget(QWidget):
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.only_filled)
+        lay.addWidget(self.symmetry)
         lay.addWidget(self.run_btn)
         lay.addWidget(self.job)
         lay.addStretch()
         self.new_mask_btn.clicked.connect(self.new_mask)
         self.detect_btn.clicked.connect(self.detect)
         self.run_btn.clicked.connect(self.run)
+        self.mask_mode.toggled.connect(self.symmetry.setEnabled)  # the mirror image serves painted masks only
 
     def new_mask(self) -> None:
         """Add an empty Labels layer on the image's grid, ready for painting."""
@@ -145,6 +151,7 @@ class InpaintWidget(QWidget):
         spacing = layer_spacing(layer)
         name = f"{layer.name} inpainted"
         only_filled = self.only_filled.isChecked()
+        symmetry = self.symmetry.isChecked()
         force = _common.force()
 
         def job(progress, cancel):
@@ -156,7 +163,8 @@ class InpaintWidget(QWidget):
             if m is None:  # slices -> a mask here, so that "only the filled voxels" knows them
                 idx, ax = resolve_missing_slices(vol, spacing, indices, axis)
                 m = slices_mask(vol.shape, idx, ax)
-            out = inpaint(get_model(), vol, spacing, mask=m, axis=ax, force=force, progress=progress, cancel=cancel)
+            out = inpaint(get_model(), vol, spacing, mask=m, axis=ax, symmetry=symmetry, force=force, progress=progress,
+                          cancel=cancel)
             if only_filled:
                 out = np.where(m, out, 0).astype(out.dtype)
             return out
