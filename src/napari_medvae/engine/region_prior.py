@@ -25,7 +25,7 @@ NUGGET = 1e-6  # relative diagonal loading (round-off guard of the Cholesky fact
 # the prior's mean is rescaled for a region when the known voxels around it reject scale 1: a likelihood-ratio test,
 # (a - 1)^2 m'C^-1 m > SCALE_TEST (chi-squared, 1 degree of freedom), with a the generalised-least-squares scale of
 # the mean. On the tuning subjects (10 each, painted regions, pooled): T2-like 30.34 -> 30.58 dB, T1 28.01 -> 28.01
-# (one region of 40 changed); always rescaling: T2-like 30.79, T1 27.92; test at 1: 30.78 / 27.95; at 4: 30.42 / 28.01
+# (one subject's fill changed, by -0.02 dB); always rescaling: T2-like 30.79, T1 27.92; test at 1: 30.78 / 27.95; at 4: 30.42 / 28.01
 SCALE_TEST = 2.0
 # the contralateral patch: the volume mirrored about its plane of best symmetry (searched on every axis, the plane
 # within MIRROR_RANGE voxels of the centre), used where that mirror image correlates at least MIRROR_MIN_CORR with the
@@ -228,8 +228,9 @@ def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, 
     contrast, a bias field; ``scale_of_mean``), the mean is rescaled first: ordinary kriging with an unknown scale.
     ``mirror`` (mirrored volume, its known voxels: ``mirror_image``): where the region's contralateral cube is known,
     the prior's mean and that cube are both drifts of the kriging (universal kriging, coefficients by generalised
-    least squares), so what the other hemisphere shows there informs the fill as far as it fits the known voxels. ``power``: the prior's (conditioning on intensities raised to it, the
-    prediction taken back by the inverse power). Voxels not filled keep their value in ``data``.
+    least squares), so what the other hemisphere shows there informs the fill as far as it fits the known voxels.
+    ``power``: the prior's (conditioning on intensities raised to it, the prediction taken back by the inverse power).
+    Voxels not filled keep their value in ``data``.
     """
     p = check_patch(patch)
     g = check_power(power)
