@@ -200,15 +200,17 @@ def main(argv=None) -> int:
     sweep_runs = interleaved_runs({f: (lambda v=v, vsp=vsp: reconstruct(model, v, vsp)) for f, (v, vsp) in sizes.items()},
                                   sweep_reps)
     sweep_ts = {f: min(v) for f, v in sweep_runs.items()}
-    sweep_med = {f: statistics.median(v) for f, v in sweep_runs.items()}
-    per_voxel = {f: (sweep_ts[f] / sizes[f][0].size, sweep_ts[f]) for f in sizes}
-    ratios = {f: pv / per_voxel[1.0][0] for f, (pv, _) in per_voxel.items()}
+
+    def per_voxel_ratios(ts: dict) -> dict:  # time per voxel of each size over the 1x size's
+        return {f: ts[f] / sizes[f][0].size / (ts[1.0] / sizes[1.0][0].size) for f in sizes}
+
+    ratios = per_voxel_ratios(sweep_ts)
+    median_ratios = per_voxel_ratios({f: statistics.median(v) for f, v in sweep_runs.items()})
     worst = max(abs(r - 1) for r in ratios.values())
     row(f"CPU: cost vs size, reconstruct ({'2' if a.quick else '1'} mm base, 0.5×, 1×, 2×, 4× voxels): "
         "time per voxel ÷ 1×", ", ".join(f"{r:.2f}" for r in ratios.values()), "each within 1 ± 0.2", worst <= 0.2,
-        f"seconds (fastest of {sweep_reps} interleaved rounds): " + ", ".join(f"{t:.2f}" for _, t in per_voxel.values())
-        + "; ratios of the medians: " + ", ".join(
-            f"{sweep_med[f] / sizes[f][0].size / (sweep_med[1.0] / sizes[1.0][0].size):.2f}" for f in sizes)
+        f"seconds (fastest of {sweep_reps} interleaved rounds): " + ", ".join(f"{t:.2f}" for t in sweep_ts.values())
+        + "; ratios of the medians: " + ", ".join(f"{r:.2f}" for r in median_ratios.values())
         + "; 0.5×: every other slice; 2×, 4×: mirrored copies along z (same fraction of slices with brain)")
 
     # --- CT-sized volume, peak RSS in a child process --------------------------------------------
