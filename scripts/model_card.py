@@ -41,7 +41,10 @@ def main() -> None:
         ("anomaly calibration", f"{c['anomaly'].get('score', 'residual')} score"
                                 + (" (healing head averaged over a left-right mirror)" if c['anomaly'].get('heal_flip') else "")
                                 + (f" (on volumes flagged by the residual ratio, {c['anomaly']['heal_invert']:g} of the "
-                                   "healing of the intensity-inverted volume blended in)"
+                                   "healing of the intensity-inverted volume"
+                                   + (", mapped by quantile onto the calibration volumes' brain intensities,"
+                                      if c['anomaly'].get('brain_quantiles') else "")
+                                   + " blended in)"
                                    if c['anomaly'].get('heal_invert') else "")
                                 + "; threshold "
                                 f"{c['anomaly']['threshold']:.4f} = {c['anomaly']['quantile']} quantile of healthy held-out "

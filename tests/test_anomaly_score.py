@@ -76,7 +76,7 @@ def test_combined_score_needs_both_residuals():
 def test_models_calibrated_with_the_residual_score_still_work(tmp_path, read):
     def old(a):
         a["score"] = "residual"
-        for k in ("skip_scale", "latent_scale", "heal_flip", "heal_invert"):  # settings of later models
+        for k in ("skip_scale", "latent_scale", "heal_flip", "heal_invert", "brain_quantiles"):  # later models
             a.pop(k, None)
         a["threshold"] = 0.14
 

@@ -292,6 +292,11 @@ def test_cli_train_heal_head_writes_a_model_and_refuses_to_overwrite(tmp_path, h
     (lambda c: c["anomaly"].__setitem__("heal_invert", -0.1), "heal_invert"),
     (lambda c: c["anomaly"].__setitem__("heal_invert", "0.2"), "heal_invert"),
     (lambda c: c["anomaly"].__setitem__("heal_invert", True), "heal_invert"),
+    (lambda c: c["anomaly"].__setitem__("brain_quantiles", [0.1, 0.5, 0.3]), "brain_quantiles"),
+    (lambda c: c["anomaly"].__setitem__("brain_quantiles", [0.1]), "brain_quantiles"),
+    (lambda c: c["anomaly"].__setitem__("brain_quantiles", "0.1 0.5"), "brain_quantiles"),
+    (lambda c: c["anomaly"].__setitem__("brain_quantiles", [0.1, float("nan")]), "brain_quantiles"),
+    (lambda c: c["anomaly"].__setitem__("brain_quantiles", [0.1, True]), "brain_quantiles"),
 ])
 def test_bad_heal_head_config_is_refused(tmp_path, hh_model, edit, msg):
     cfg = json.loads(hh_model.with_suffix(".json").read_text())
@@ -361,8 +366,44 @@ def test_heal_blended_mixes_in_the_inverted_healing(hh_model):
     brain[2:14, 4:20, 3:17] = True
     plain = heal(m, x)
     np.testing.assert_array_equal(anom.heal_blended(m, x, brain, 0.0), plain)
+    m.config.anomaly.pop("brain_quantiles", None)  # older models: the inverted intensities as they are
     back = np.where(brain, 1 - heal(m, np.where(brain, 1 - x, 0).astype(np.float32)), 0)
+    np.testing.assert_allclose(anom.heal_inverted(m, x, brain), back, atol=1e-6)
     np.testing.assert_allclose(anom.heal_blended(m, x, brain, 0.25), 0.75 * plain + 0.25 * back, atol=1e-6)
+
+
+def test_inverted_healing_maps_the_intensities_onto_the_calibration_quantiles(hh_model, monkeypatch):
+    m = load_model(hh_model, device="cpu")
+    x = np.random.default_rng(6).random((16, 24, 20)).astype(np.float32)
+    brain = np.zeros(x.shape, bool)
+    brain[2:14, 4:20, 3:17] = True
+    ref = np.linspace(0.2, 1.1, 201) ** 2  # another distribution than 1 - x's (uniform on 0..1)
+    m.config.anomaly["brain_quantiles"] = [round(float(q), 5) for q in ref]
+    seen = []
+
+    def identity(model, data, flip=None):
+        seen.append(data)
+        return data
+
+    monkeypatch.setattr(anom, "heal", identity)
+    out = anom.heal_inverted(m, x, brain)
+    mapped = seen[0]
+    # the head saw the brain's inverted intensities with the calibration volumes' distribution, in the same order
+    np.testing.assert_allclose(np.quantile(mapped[brain], [0.1, 0.5, 0.9]), np.quantile(ref, [0.1, 0.5, 0.9]), atol=0.01)
+    assert np.corrcoef(np.argsort(np.argsort(mapped[brain])), np.argsort(np.argsort(-x[brain])))[0, 1] > 0.999
+    assert not mapped[~brain].any()
+    # a head that changes nothing gives the volume back: the mapping is undone exactly
+    np.testing.assert_allclose(out[brain], x[brain], atol=1e-4)
+    assert not out[~brain].any()
+    # quantiles equal to the volume's own inverted ones: the same as healing the inverted intensities directly,
+    # wherever the head's output stays within their range (outside it, the mapping back clamps to the range)
+    own = anom.brain_quantiles(1 - x[brain])
+    m.config.anomaly["brain_quantiles"] = own.tolist()
+    monkeypatch.undo()
+    healed = heal(m, np.where(brain, 1 - x, 0).astype(np.float32))
+    within = brain & (healed >= own[0]) & (healed <= own[-1])
+    assert within.sum() > 0.8 * brain.sum()
+    np.testing.assert_allclose(anom.heal_inverted(m, x, brain)[within], 1 - healed[within], atol=1e-3)
 
 
 def test_inverted_healing_only_for_volumes_flagged_by_the_residual_ratio(hh_model):
@@ -385,6 +426,10 @@ def test_calibrating_with_heal_invert_sets_and_checks_the_weight(hh_model):
     x = np.random.default_rng(5).random((16, 24, 20)).astype(np.float32)
     calibrate(m, [(x, 1)], 0.999, score="heal", heal_invert=0.2)
     assert m.config.anomaly["heal_invert"] == 0.2
+    bq = m.config.anomaly["brain_quantiles"]  # the calibration volume's intensities inside its brain
+    inside = x[anom.auto_brain_mask(x)]
+    assert len(bq) == anom.QUANTILE_LEVELS and bq == sorted(bq)
+    assert bq[0] == pytest.approx(inside.min(), abs=1e-5) and bq[100] == pytest.approx(np.median(inside), abs=1e-5)
     calibrate(m, [(x, 1)], 0.999, score="heal")  # None keeps it
     assert m.config.anomaly["heal_invert"] == 0.2
     calibrate(m, [(x, 1)], 0.999, score="heal", heal_invert=0.0)  # 0 turns it off
@@ -394,3 +439,5 @@ def test_calibrating_with_heal_invert_sets_and_checks_the_weight(hh_model):
             calibrate(m, [(x, 1)], 0.999, score="heal", heal_invert=bad)
     with pytest.raises(InputError, match="healing head's scores"):
         calibrate(m, [(x, 1)], 0.999, score="combined", heal_invert=0.2)
+    calibrate(m, [(x, 1)], 0.999, score="combined")  # a score without the head drops the quantiles
+    assert "brain_quantiles" not in m.config.anomaly

@@ -668,8 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "default: keep the model's setting)")
     ca.add_argument("--heal-invert", type=float, default=None, metavar="W",
                     help="on volumes flagged as unlike the calibration volumes (residual ratio), blend in weight W "
-                         "of the healing of the intensity-inverted volume (0 <= W < 1; 0 turns it off; "
-                         "default: keep the model's setting)")
+                         "of the healing of the intensity-inverted volume, mapped by quantile onto the calibration "
+                         "volumes' brain intensities (0 <= W < 1; 0 turns it off; default: keep the model's setting)")
     ca.set_defaults(fn=cmd_calibrate)
     inf = sub.add_parser("info", parents=[common], help="print a model card")
     inf.add_argument("model_path", nargs="?")

@@ -7,6 +7,7 @@ refused with a message that says what is wrong. Writes are atomic (temp file + r
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 from dataclasses import asdict, dataclass, field
@@ -39,7 +40,9 @@ class ModelConfig:
     residual inside the brain (engine.train.calibrate, engine.anomaly.smooth_residual), "heal_flip": whether
     the healing head's output is averaged over a left-right mirror (engine.anomaly.heal; absent: no),
     "heal_invert": the weight of the inverted-intensity healing in volumes flagged by the residual ratio
-    (engine.anomaly.heal_blended; absent: 0)}.
+    (engine.anomaly.heal_blended; absent: 0), "brain_quantiles": the healthy calibration volumes' intensity
+    quantiles inside the brain, onto which that inverted healing maps a volume (engine.anomaly.heal_inverted;
+    absent: no mapping)}.
     intensity_profile: normalised histogram of healthy held-out volumes for the out-of-distribution check.
     """
 
@@ -111,6 +114,13 @@ class ModelConfig:
                                 or score not in HEAL_SCORES):
             raise ModelError(f"{source}: anomaly.heal_invert must be a number from 0 to below 1 and only set for the "
                              f"heal and healed scores, not {inv!r} with the {score} score")
+        bq = cfg.anomaly.get("brain_quantiles")
+        if bq is not None and (score not in HEAL_SCORES or not isinstance(bq, list) or len(bq) < 2
+                               or not all(isinstance(q, (int, float)) and not isinstance(q, bool) and math.isfinite(q)
+                                          for q in bq)
+                               or any(b < a for a, b in zip(bq[:-1], bq[1:], strict=True))):
+            raise ModelError(f"{source}: anomaly.brain_quantiles must be a list of at least 2 finite, non-decreasing "
+                             f"numbers and only set for the heal and healed scores (score: {score})")
         if score in HEAL_SCORES and not cfg.architecture.get("heal_head"):
             raise ModelError(f"{source}: anomaly.score '{score}' needs architecture.heal_head (a healing head)")
         try:

@@ -302,8 +302,10 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     mirror averaging (engine.anomaly.heal) on or off for the scores calibrated here and for the model's later maps.
     ``heal_invert`` (None: keep the model's setting; 0 turns it off) is the weight of the inverted-intensity healing
     in volumes flagged by the residual ratio (engine.anomaly.heal_blended); healthy calibration volumes are not.
+    The healing head's scores also set ``brain_quantiles``: the mean over these volumes of their intensity quantiles
+    inside the brain (engine.anomaly.brain_quantiles), onto which that inverted healing maps a volume's intensities.
     """
-    from .anomaly import auto_brain_mask, final_score, raw_scores, threshold_candidates
+    from .anomaly import auto_brain_mask, brain_quantiles, final_score, raw_scores, threshold_candidates
     from .runner import Progress
 
     if score not in SCORES:
@@ -317,6 +319,7 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     if score not in HEAL_SCORES:
         settings.pop("heal_flip", None)
         settings.pop("heal_invert", None)
+        settings.pop("brain_quantiles", None)
     else:
         if heal_flip is not None:
             settings["heal_flip"] = bool(heal_flip)
@@ -341,6 +344,9 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     skip, latent, heal = (np.concatenate(a) if a else None for a in raw)
     settings["score"] = score
     settings["residual_median"] = float(np.median(np.concatenate(smooth)))
+    if score in HEAL_SCORES:
+        quantiles = np.mean([brain_quantiles(v[::stride][b]) for (v, stride), b in zip(volumes, brains, strict=True)], axis=0)
+        settings["brain_quantiles"] = [round(float(q), 5) for q in quantiles]
     used = {"skip_scale": skip if latent is not None else None, "latent_scale": latent, "heal_scale": heal}
     for key, part in used.items():
         if part is None:  # a scale this score does not use: none is left from an earlier calibration
