@@ -183,7 +183,8 @@ def heal_inverted(model: Model, data: np.ndarray, brain: np.ndarray) -> np.ndarr
 def heal_blended(model: Model, data: np.ndarray, brain: np.ndarray, weight: float) -> np.ndarray:
     """``heal`` of ``data`` blended with ``heal_inverted``: (1 - weight) × heal(x) + weight × heal_inverted(x).
 
-    See the module doc. Tuning subjects 20990-20999 (never scored), shipped head, AUROC / AUPRC / best Dice: plain
+    See the module doc. Tuning subjects 20990-20999 (never scored), AUROC / AUPRC / best Dice, with the head shipped
+    before its last 4000 steps (seed 22; the README's tuning table has the shipped one): plain
     inversion at weight 0.2 took T2-like volumes from 0.977 / 0.789 / 0.748 to 0.982 / 0.792 / 0.753 (30) and T1
     ones from 1.000 / 0.955 / 0.884 to 1.000 / 0.950 / 0.875 (18), hence only for volumes flagged by the residual
     ratio; with the quantile mapping, on flagged volumes (27 of the 30 T2-like), weight 0.5 gave 0.9817 / 0.826 /
