@@ -58,11 +58,11 @@ def test_inpaint_with_mask(tmp_path, sample_dir):
 
 
 def test_inpaint_no_symmetry_skips_the_mirror_image(tmp_path, sample_dir, monkeypatch, capsys):
-    from napari_medvae.engine import region_prior
+    from napari_medvae.engine.classical import kriging
 
     calls = []
-    real = region_prior.mirror_image
-    monkeypatch.setattr(region_prior, "mirror_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = kriging.mirror_image
+    monkeypatch.setattr(kriging, "mirror_image", lambda *a, **k: calls.append(1) or real(*a, **k))
     src = sample_dir / "mni_t1_lesion.nii.gz"
     mask = sample_dir / "mni_t1_lesion_mask.nii.gz"
     a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"

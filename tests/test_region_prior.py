@@ -1,4 +1,4 @@
-"""Region prior (engine.region_prior): fitting, mirror-symmetric storage, conditional fill, inpainting and the CLI."""
+"""Region prior (engine.classical.kriging): fitting, symmetric storage, conditional fill, inpainting, the CLI."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from conftest import psnr
 from scipy import ndimage as ndi
 
-from napari_medvae.engine import inpaint, region_prior
+from napari_medvae.engine import inpaint
+from napari_medvae.engine.classical import kriging
 from napari_medvae.errors import InputError, ModelError
 
 inp = importlib.import_module("napari_medvae.engine.inpaint")
@@ -35,16 +36,16 @@ def _ball(shape, centre, r) -> np.ndarray:
 def prior():
     vols = _fields(6, 0)
     brains = [np.ones(v.shape, bool) for v in vols]
-    rows, mean, n = region_prior.fit(vols, patch=9, per_volume=800, seed=0, brains=brains)
+    rows, mean, n = kriging.fit(vols, patch=9, per_volume=800, seed=0, brains=brains)
     return rows, mean, n
 
 
 def test_fit_stores_one_octant_of_a_mirror_symmetric_covariance(prior):
     rows, mean, n = prior
-    sup = region_prior.support(9)
+    sup = kriging.support(9)
     assert len(sup) == 389 and 4 ** 3 < len(sup) < 9 ** 3  # the ball inside the cube
-    assert rows.shape == (len(region_prior.octant_index(9)), len(sup)) and mean.shape == (len(sup),) and n == 6 * 800
-    cov = region_prior.covariance(rows, 9)
+    assert rows.shape == (len(kriging.octant_index(9)), len(sup)) and mean.shape == (len(sup),) and n == 6 * 800
+    cov = kriging.covariance(rows, 9)
     np.testing.assert_allclose(cov, cov.T, atol=1e-6)
     full = np.zeros((9 ** 3, 9 ** 3))
     full[np.ix_(sup, sup)] = cov
@@ -60,12 +61,12 @@ def test_fit_stores_one_octant_of_a_mirror_symmetric_covariance(prior):
 
 def test_fill_beats_biharmonic_and_keeps_known_voxels(prior):
     rows, mean, _ = prior
-    cov = region_prior.covariance(rows, 9)
+    cov = kriging.covariance(rows, 9)
     errs = {"prior": [], "biharmonic": []}
     for truth in _fields(3, 1):
         mask = _ball(truth.shape, (10, 12, 14), 2.5) | _ball(truth.shape, (19, 18, 9), 2.0)
         data = np.where(mask, 0, truth).astype(np.float32)
-        out, done = region_prior.fill(data, mask, cov, mean.astype(np.float64), 9)
+        out, done = kriging.fill(data, mask, cov, mean.astype(np.float64), 9)
         assert np.array_equal(done, mask)
         np.testing.assert_array_equal(out[~mask], data[~mask])
         errs["prior"].append(np.mean((out[mask] - truth[mask]) ** 2))
@@ -75,11 +76,11 @@ def test_fill_beats_biharmonic_and_keeps_known_voxels(prior):
 
 def test_fill_leaves_regions_too_large_for_the_cube(prior):
     rows, mean, _ = prior
-    cov = region_prior.covariance(rows, 9)
+    cov = kriging.covariance(rows, 9)
     truth = _fields(1, 2)[0]
     mask = np.zeros(truth.shape, bool)
     mask[8:14, 8:14, 8:14] = True  # 6 voxels: more than 9 - 2 * MARGIN
-    out, done = region_prior.fill(truth, mask, cov, mean.astype(np.float64), 9)
+    out, done = kriging.fill(truth, mask, cov, mean.astype(np.float64), 9)
     assert not done.any()
     np.testing.assert_array_equal(out, truth)
 
@@ -88,25 +89,25 @@ def test_fill_rescales_the_mean_only_when_the_known_voxels_reject_it(prior):
     """Known voxels at the prior's brightness keep its mean (scale 1); a volume darker by half (another contrast) gets
     the mean rescaled, so its fill is the half of the fill of the original (kriging with an unknown scale)."""
     rows, mean, _ = prior
-    cov = region_prior.covariance(rows, 9)
+    cov = kriging.covariance(rows, 9)
     mean = mean.astype(np.float64)
     truth = _fields(1, 1)[0]
     mask = _ball(truth.shape, (10, 12, 14), 2.5)
     data = np.where(mask, 0, truth).astype(np.float32)
-    out, _ = region_prior.fill(data, mask, cov, mean, 9)
-    half, _ = region_prior.fill(data / 2, mask, cov, mean, 9)
+    out, _ = kriging.fill(data, mask, cov, mean, 9)
+    half, _ = kriging.fill(data / 2, mask, cov, mean, 9)
     np.testing.assert_allclose(half[mask], out[mask] / 2, rtol=1e-4, atol=1e-6)
     # without the rescaling the half-bright volume is filled towards the prior's (too bright) mean
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(region_prior, "SCALE_TEST", float("inf"))
-        plain, _ = region_prior.fill(data / 2, mask, cov, mean, 9)
+        mp.setattr(kriging, "SCALE_TEST", float("inf"))
+        plain, _ = kriging.fill(data / 2, mask, cov, mean, 9)
     assert np.mean((half[mask] - truth[mask] / 2) ** 2) < np.mean((plain[mask] - truth[mask] / 2) ** 2)
     # the test: scale 1 unless rejected; a negative fit is clipped to 0; no information: 1
     m = np.full(5, 0.5)
-    assert region_prior.scale_of_mean(m, m, m * 1.01) == 1.0  # (0.01)^2 * 1.25: within the test
-    assert region_prior.scale_of_mean(m * 40, m, m * 0.5) == pytest.approx(0.5)  # q = 50: rejected
-    assert region_prior.scale_of_mean(m * 40, m, -m) == 0.0
-    assert region_prior.scale_of_mean(np.zeros(5), m, m) == 1.0
+    assert kriging.scale_of_mean(m, m, m * 1.01) == 1.0  # (0.01)^2 * 1.25: within the test
+    assert kriging.scale_of_mean(m * 40, m, m * 0.5) == pytest.approx(0.5)  # q = 50: rejected
+    assert kriging.scale_of_mean(m * 40, m, -m) == 0.0
+    assert kriging.scale_of_mean(np.zeros(5), m, m) == 1.0
 
 
 def _symmetric_field(seed: int, centre2: int = 37) -> np.ndarray:
@@ -122,29 +123,29 @@ def test_mirror_image_finds_the_plane_of_symmetry_and_marks_what_it_cannot_see()
     vol = _symmetric_field(3)
     mask = _ball(vol.shape, (12, 12, 28), 3.0)
     data = np.where(mask, 0, vol).astype(np.float32)
-    mirrored, known, axis, corr = region_prior.mirror_image(data, mask)
+    mirrored, known, axis, corr = kriging.mirror_image(data, mask)
     assert axis == 2 and corr > 0.9
     np.testing.assert_allclose(mirrored[known], np.take(data, 37 - np.arange(40), axis=2, mode="clip")[known])
     assert not known[:, :, 38:].any()  # mirrors of x 38, 39 lie outside the volume
     assert not known[_ball(vol.shape, (12, 12, 37 - 28), 3.0)].any()  # the mirror of the hole is not known
     # white noise has no plane of symmetry: no mirror image
     noise = np.random.default_rng(0).uniform(0.2, 1.0, (26, 26, 40)).astype(np.float32)
-    assert region_prior.mirror_image(noise, np.zeros(noise.shape, bool)) is None
+    assert kriging.mirror_image(noise, np.zeros(noise.shape, bool)) is None
 
 
 def test_fill_uses_the_contralateral_cube_where_it_is_known(prior):
     """A hole whose mirror image is known is filled far better with it; one whose mirror is masked too is filled as
     without a mirror."""
     rows, mean, _ = prior
-    cov = region_prior.covariance(rows, 9)
+    cov = kriging.covariance(rows, 9)
     mean = mean.astype(np.float64)
     truth = _symmetric_field(4)
     hole = _ball(truth.shape, (12, 12, 28), 2.5)
     data = np.where(hole, 0, truth).astype(np.float32)
-    mirror = region_prior.mirror_image(data, hole)
+    mirror = kriging.mirror_image(data, hole)
     assert mirror is not None
-    with_mirror, done = region_prior.fill(data, hole, cov, mean, 9, mirror=mirror[:2])
-    plain, _ = region_prior.fill(data, hole, cov, mean, 9)
+    with_mirror, done = kriging.fill(data, hole, cov, mean, 9, mirror=mirror[:2])
+    plain, _ = kriging.fill(data, hole, cov, mean, 9)
     assert np.array_equal(done, hole)
     np.testing.assert_array_equal(with_mirror[~hole], data[~hole])
     err = np.mean((with_mirror[hole] - truth[hole]) ** 2)
@@ -152,16 +153,16 @@ def test_fill_uses_the_contralateral_cube_where_it_is_known(prior):
     # both sides painted: the mirror shows nothing there, the fill is the plain one
     both = hole | _ball(truth.shape, (12, 12, 37 - 28), 2.5)
     data2 = np.where(both, 0, truth).astype(np.float32)
-    m2 = region_prior.mirror_image(data2, both)
-    a, _ = region_prior.fill(data2, both, cov, mean, 9, mirror=m2[:2])
-    b, _ = region_prior.fill(data2, both, cov, mean, 9)
+    m2 = kriging.mirror_image(data2, both)
+    a, _ = kriging.fill(data2, both, cov, mean, 9, mirror=m2[:2])
+    b, _ = kriging.fill(data2, both, cov, mean, 9)
     np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("patch", [8, 3, 23, 7.5, "9"])
 def test_bad_patch_sizes_are_refused(patch):
     with pytest.raises(ValueError, match="odd integer 5-21"):
-        region_prior.check_patch(patch)
+        kriging.check_patch(patch)
 
 
 def test_power_prior_is_fitted_and_applied_in_the_power_domain():
@@ -169,19 +170,19 @@ def test_power_prior_is_fitted_and_applied_in_the_power_domain():
     square root of the prediction (so a constant volume is filled with that constant; known voxels stay bit for bit)."""
     vols = _fields(6, 0)
     brains = [np.ones(v.shape, bool) for v in vols]
-    rows1, mean1, _ = region_prior.fit(vols, patch=9, per_volume=800, seed=0, brains=brains)
-    rows2, mean2, _ = region_prior.fit(vols, patch=9, per_volume=800, seed=0, brains=brains, power=2.0)
+    rows1, mean1, _ = kriging.fit(vols, patch=9, per_volume=800, seed=0, brains=brains)
+    rows2, mean2, _ = kriging.fit(vols, patch=9, per_volume=800, seed=0, brains=brains, power=2.0)
     sq = [v ** 2 for v in vols]
-    rows_sq, mean_sq, _ = region_prior.fit(sq, patch=9, per_volume=800, seed=0, brains=brains)
+    rows_sq, mean_sq, _ = kriging.fit(sq, patch=9, per_volume=800, seed=0, brains=brains)
     np.testing.assert_allclose(mean2, mean_sq, rtol=1e-5)
     np.testing.assert_allclose(rows2, rows_sq, rtol=1e-4, atol=1e-7)
     assert not np.allclose(mean2, mean1)
-    cov2 = region_prior.covariance(rows2, 9)
+    cov2 = kriging.covariance(rows2, 9)
     truth = _fields(1, 1)[0]
     mask = _ball(truth.shape, (10, 12, 14), 2.5)
     data = np.where(mask, 0, truth).astype(np.float32)
-    out, done = region_prior.fill(data, mask, cov2, mean2.astype(np.float64), 9, power=2.0)
-    ref, _ = region_prior.fill(data ** 2, mask, cov2, mean2.astype(np.float64), 9)
+    out, done = kriging.fill(data, mask, cov2, mean2.astype(np.float64), 9, power=2.0)
+    ref, _ = kriging.fill(data ** 2, mask, cov2, mean2.astype(np.float64), 9)
     np.testing.assert_array_equal(out[~mask], data[~mask])
     np.testing.assert_allclose(out[mask], np.sqrt(ref[mask]), rtol=1e-5)
     assert psnr(out, truth, mask, 1.0) > psnr(inp.first_guess(data, mask), truth, mask, 1.0)
@@ -190,13 +191,13 @@ def test_power_prior_is_fitted_and_applied_in_the_power_domain():
 @pytest.mark.parametrize("power", [0.1, 5, float("nan"), "two", None])
 def test_bad_powers_are_refused(power):
     with pytest.raises(ValueError, match="power must be a number 0.25-4"):
-        region_prior.check_power(power)
+        kriging.check_power(power)
 
 
 def test_fit_needs_more_cubes_than_dimensions():
     vols = _fields(1, 3, shape=(16, 16, 16))
     with pytest.raises(ValueError, match="needs more than 389 cubes"):
-        region_prior.fit(vols, patch=9, per_volume=100, brains=[np.ones(vols[0].shape, bool)])
+        kriging.fit(vols, patch=9, per_volume=100, brains=[np.ones(vols[0].shape, bool)])
 
 
 def test_validation_mask_keeps_apart_and_whole_slices_whole():
@@ -310,7 +311,7 @@ def test_cli_fits_a_region_prior(tmp_path, head_data, capsys):
     assert m.net.region_prior.power == 2.0
     assert m.config.training["region_prior"]["n_patches"] == 1000
     cov, mean = m.net.region_prior.numpy()
-    n = len(region_prior.support(7))
+    n = len(kriging.support(7))
     assert cov.shape == (n, n) and np.trace(cov) > 0 and 0 < mean.mean() < 2
     assert main(["fit-region-prior", "--data", str(head_data), "-o", str(tmp_path / "x"), "--patch", "8"]) == 2
     assert "odd integer 5-21" in capsys.readouterr().err
@@ -322,7 +323,7 @@ def test_cli_fits_a_region_prior(tmp_path, head_data, capsys):
 
 
 def test_models_without_a_prior_keep_the_old_path(model, read, monkeypatch):
-    """No prior: inpainting never calls region_prior.fill."""
+    """No prior: inpainting never calls kriging.fill."""
     from napari_medvae.engine.checkpoint import ModelConfig
     from napari_medvae.engine.model import from_config
 
@@ -336,7 +337,7 @@ def test_models_without_a_prior_keep_the_old_path(model, read, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("region prior used by a model without one")
 
-    monkeypatch.setattr(region_prior, "fill", boom)
+    monkeypatch.setattr(kriging, "fill", boom)
     mask = _ball(vol.shape, (47, 60, 40), 3.0)
     out = inpaint(plain, vol, geo.spacing, mask=mask)
     np.testing.assert_array_equal(out[~mask], vol[~mask].astype(np.float32))

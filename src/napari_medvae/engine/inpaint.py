@@ -2,7 +2,7 @@
 
 Voxels outside the mask are returned unchanged (bit for bit, as float32). Inside the mask a classical
 first guess (cubic interpolation along the slice axis, biharmonic fill for regions) is refined by the
-network, made with the mask as an input channel. Painted regions of models with a region prior (engine.region_prior)
+network, made with the mask as an input channel. Painted regions of models with a region prior (engine.classical.kriging)
 are filled by it instead, with the mirror image across the volume's plane of best symmetry (the other hemisphere)
 as a second drift where it is known (no network; regions it cannot take keep the biharmonic fill). On
 volumes finer in-plane than the model grid (e.g. 1 mm), the classical fill on the volume's own grid is returned
@@ -273,9 +273,9 @@ def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.nda
     None when the model has no region prior or the volume's slices are not at the model's slice spacing (the grid
     the prior was fitted on; filling the interleaved 2 mm grids of a 1 mm volume one by one ignores the slices in
     between and was worse than the classical fill). ``symmetry``: also condition on the mirror image of the volume
-    (``region_prior.mirror_image``) where it is known.
+    (``classical.kriging.mirror_image``) where it is known.
     """
-    from . import region_prior
+    from .classical import kriging
 
     rp = getattr(model.net, "region_prior", None)
     if rp is None:
@@ -284,9 +284,9 @@ def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.nda
         return None
     cov, mean = rp.numpy()
     out = classical.copy()
-    mirror = region_prior.mirror_image(prep.data, mask) if symmetry else None
-    filled, done = region_prior.fill(prep.data, mask, cov, mean, rp.patch, power=rp.power,
-                                     mirror=None if mirror is None else mirror[:2])
+    mirror = kriging.mirror_image(prep.data, mask) if symmetry else None
+    filled, done = kriging.fill(prep.data, mask, cov, mean, rp.patch, power=rp.power,
+                                mirror=None if mirror is None else mirror[:2])
     out[done] = filled[done]
     return out
 

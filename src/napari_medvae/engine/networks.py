@@ -27,7 +27,7 @@ input is B x 1 x D x H x W (the volume), its output a correction to it (``medvae
 uses its residual next to the VAE's (see anomaly).
 
 Optional ``region_prior`` (``architecture.region_prior``): no network, two buffers: the mean and the octant rows of
-the covariance of balls in ``patch``-sided cubes of healthy volumes (``medvae fit-region-prior``, see region_prior).
+the covariance of balls in ``patch``-sided cubes of healthy volumes (``medvae fit-region-prior``, see classical.kriging).
 Inpainting fills painted regions that fit in such a ball with their conditional mean under it.
 """
 
@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
+
+from .classical.kriging import check_patch, check_power, covariance, octant_index, support
 
 
 @dataclass
@@ -163,8 +165,6 @@ class RegionPriorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RegionPriorConfig:
-        from .region_prior import check_patch, check_power
-
         if not isinstance(d, dict):
             raise ValueError(f"architecture.region_prior must be an object, not {type(d).__name__}")
         unknown = sorted(set(d) - {"patch", "power"})
@@ -178,8 +178,6 @@ class RegionPrior(nn.Module):
 
     def __init__(self, cfg: RegionPriorConfig):
         super().__init__()
-        from .region_prior import octant_index, support
-
         p = cfg.patch
         self.patch = p
         self.power = cfg.power
@@ -193,8 +191,6 @@ class RegionPrior(nn.Module):
 
     def numpy(self) -> tuple[np.ndarray, np.ndarray]:
         """(full covariance, mean) as float64 arrays (the covariance is built once and cached)."""
-        from .region_prior import covariance
-
         if self._cov is None:
             self._cov = covariance(self.rows.detach().float().cpu().numpy(), self.patch)
         return self._cov, self.mean.detach().double().cpu().numpy()

@@ -305,7 +305,8 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     The healing head's scores also set ``brain_quantiles``: the mean over these volumes of their intensity quantiles
     inside the brain (engine.anomaly.brain_quantiles), onto which that inverted healing maps a volume's intensities.
     """
-    from .anomaly import auto_brain_mask, brain_quantiles, final_score, raw_scores, threshold_candidates
+    from .anomaly import brain_quantiles, final_score, raw_scores, threshold_candidates
+    from .brainmask import auto_brain_mask
     from .runner import Progress
 
     if score not in SCORES:

@@ -1,4 +1,4 @@
-"""Fit the region prior (engine.region_prior) of a model on healthy volumes: ``medvae fit-region-prior``."""
+"""Fit the region prior (engine.classical.kriging) of a model on healthy volumes: ``medvae fit-region-prior``."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def fit_region_prior(train: Sequence[str], out: str, model: str | None = None, *
 
     Every other weight is copied unchanged. Returns the new weights path.
     """
-    from . import region_prior
+    from .classical import kriging
     from .model import load_model
 
     if not train:
@@ -42,7 +42,7 @@ def fit_region_prior(train: Sequence[str], out: str, model: str | None = None, *
     new, _ = attach_head(base, "region_prior", cfg.to_dict(), RegionPriorConfig)
     vols = grid_volumes(new, train)
     try:
-        rows, mean, n = region_prior.fit(vols, cfg.patch, per_volume, seed, power=cfg.power)
+        rows, mean, n = kriging.fit(vols, cfg.patch, per_volume, seed, power=cfg.power)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     rp = new.net.region_prior

@@ -1,4 +1,5 @@
-"""Region prior: a Gaussian model of 3D patches that fills painted regions by conditioning on the known voxels.
+"""Kriging maths of the region prior: a Gaussian model of 3D patches that fills painted regions by conditioning on
+the known voxels (numpy/scipy only; the prior's weights live in the model, ``networks.RegionPrior``).
 
 The prior is the mean and covariance of the voxels of a ball (radius patch / 2) in ``patch``-sided cubes (voxels of
 the model grid) sampled inside the brain of healthy training volumes, averaged over the 8 mirror images of the cube
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from ..brainmask import auto_brain_mask
 
 MARGIN = 2  # known voxels required between a region and the cube's faces
 # known voxels used: those within REACH steps (6-neighbourhood) of the region; on the tuning subjects (painted regions,
@@ -93,8 +96,6 @@ def fit(volumes: Sequence[np.ndarray], patch: int = 15, per_volume: int = 3000, 
     voxels, so that cubes cover the brain's interior and its edge alike. The model is of the intensities raised to
     ``power`` (negative values count as 0).
     """
-    from .anomaly import auto_brain_mask
-
     p = check_patch(patch)
     g = check_power(power)
     h = p // 2
