@@ -112,3 +112,71 @@ def test_refuses_wrong_tensor_shapes(tmp_path, model_copy):
 def test_refuses_other_extensions(tmp_path):
     with pytest.raises(ModelError, match="not a model file"):
         load_model(tmp_path / "model.onnx")
+
+
+# ---------------------------------------------------------------- the model card (engine.card)
+
+_JARGON = ("SliceVAE", "latent", "quantile", "0.999", "UNet", "KL", "skip", "percentile", "residual")
+
+
+def _shipped_config() -> dict:
+    return json.loads(default_model_path().with_suffix(".json").read_text())
+
+
+def test_docs_model_card_equals_the_generator_for_the_shipped_model():
+    """docs/model_card.md is generated (python scripts/model_card.py); it must not drift from the model's JSON."""
+    from pathlib import Path
+
+    from napari_medvae.engine.card import model_card
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "model_card.md"
+    expected = model_card(_shipped_config(), default_model_path())
+    assert docs.read_text(encoding="utf-8") == expected, "re-run: python scripts/model_card.py"
+
+
+def test_card_summary_is_plain_language_and_the_technical_part_follows():
+    from napari_medvae.engine.card import SUMMARY_TITLE, TECHNICAL_TITLE, card_summary, model_card
+
+    cfg = _shipped_config()
+    summary = card_summary(cfg)
+    for word in _JARGON:
+        assert word not in summary, word
+    assert "1.0 is the anomaly threshold, the calibrated healthy limit" in summary
+    assert cfg["modality"] in summary and cfg["training"]["data"] in summary
+    assert "refused" in summary and "CT" in summary and "Known limitations" in summary
+    assert f"{cfg['anomaly']['healthy_peak']:.2f}" in summary
+    card = model_card(cfg)
+    assert card.index(SUMMARY_TITLE) < card.index(TECHNICAL_TITLE)
+    assert "SliceVAE" in card.split(TECHNICAL_TITLE)[1]  # the technical section keeps the details
+    assert f"{cfg['anomaly']['threshold']:.4f}" in card
+
+
+def test_card_of_an_uncalibrated_model_says_its_heatmap_has_no_limit():
+    from napari_medvae.engine.card import card_summary
+
+    cfg = _shipped_config()
+    cfg["anomaly"] = {"threshold": None, "quantile": 0.999, "median_size": 3}
+    cfg["training"] = {}
+    summary = card_summary(cfg)
+    assert "not calibrated" in summary and "healthy limit" in summary and "1.0 is the anomaly threshold" not in summary
+
+
+@pytest.mark.parametrize(("config", "msg"), [
+    ({"architecture": {}}, "format_version"),
+    ({"format_version": 1}, "architecture"),
+    (42, "ModelConfig or its JSON dict, not int"),
+])
+def test_card_refuses_what_is_not_a_model_config(config, msg):
+    from napari_medvae.engine.card import model_card
+
+    with pytest.raises(ModelError, match=msg):
+        model_card(config)
+
+
+def test_medvae_info_prints_the_card(capsys):
+    from napari_medvae.cli import main
+    from napari_medvae.engine.card import card_summary
+
+    assert main(["info", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert card_summary(_shipped_config()) in out and "Technical details" in out and "on device cpu" in out

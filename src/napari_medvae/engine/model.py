@@ -66,33 +66,11 @@ class Model:
         return self
 
     def card(self) -> str:
-        """A short human-readable summary for the Model widget and ``medvae info``."""
-        c = self.config
-        t = c.training or {}
-        lines = [
-            f"name: {c.name}",
-            f"file: {self.path if self.path else '(in memory)'}",
-            f"modality: {c.modality}",
-            f"architecture: {c.architecture.get('type')} channels={c.architecture.get('channels')} "
-            f"latent={c.architecture.get('latent_channels')} context=±{c.architecture.get('context')} slices",
-            f"denoising head: {'3D UNet, channels ' + str(c.architecture['denoiser']['channels']) if c.architecture.get('denoiser') else 'none (Wiener and block-matching stages only)'}",
-            f"missing-slice head: {'3D UNet, channels ' + str(c.architecture['slice_head']['channels']) if c.architecture.get('slice_head') else 'none'}",
-            f"healing head (anomaly): {'3D UNet, channels ' + str(c.architecture['heal_head']['channels']) if c.architecture.get('heal_head') else 'none'}",
-            f"region prior (painted regions): {'balls ' + str(c.architecture['region_prior']['patch']) + ' voxels across, intensities to the power ' + str(c.architecture['region_prior'].get('power', 1.0)) if c.architecture.get('region_prior') else 'none (biharmonic fill)'}",
-            f"anomaly score: {c.anomaly.get('score', 'residual')}",
-            f"trained at: {c.spacing_mm} mm in-plane, {c.slice_spacing_mm} mm between slices",
-            f"anomaly threshold (score 1.0): {c.anomaly.get('threshold')} "
-            f"(quantile {c.anomaly.get('quantile')} of healthy held-out voxels)",
-        ]
-        if t:
-            lines.append(
-                f"training: {t.get('steps', '?')} steps, {t.get('n_train', '?')} volumes, "
-                f"{t.get('seconds', 0) / 60:.1f} min on {t.get('device', '?')}; final val loss {t.get('val_loss', '?')}"
-            )
-            if t.get("data"):
-                lines.append(f"data: {t['data']}")
-        lines.append(f"device: {self.device}")
-        return "\n".join(lines)
+        """The model card (engine.card: radiologist's summary, then technical details) and where it runs."""
+        from .card import model_card
+
+        return (model_card(self.config, self.path)
+                + f"\nLoaded from {self.path if self.path else '(in memory)'} on device {self.device}.\n")
 
 
 def from_config(cfg: ModelConfig, state: dict | None = None, device: str = "auto", path: Path | None = None) -> Model:
