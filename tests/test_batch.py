@@ -116,11 +116,11 @@ def test_batch_inpaint_auto_fills_blank_slices_and_skips_complete_volumes(tmp_pa
 
 
 def test_batch_inpaint_masks_with_and_without_the_mirror_image(tmp_path, read, monkeypatch):
-    from napari_medvae.engine import region_prior
+    from napari_medvae.engine.classical import kriging
 
     calls = []
-    real = region_prior.mirror_image
-    monkeypatch.setattr(region_prior, "mirror_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = kriging.mirror_image
+    monkeypatch.setattr(kriging, "mirror_image", lambda *a, **k: calls.append(1) or real(*a, **k))
     src, masks = tmp_path / "in", tmp_path / "masks"
     src.mkdir()
     masks.mkdir()

@@ -61,11 +61,11 @@ def test_inpaint_painted_mask_keeps_other_voxels(make_napari_viewer, qtbot, samp
 
 def test_inpaint_without_the_other_hemisphere(make_napari_viewer, qtbot, sample_dir, monkeypatch):
     """The "other hemisphere" box is on by default; unticked, the fill does not look at the mirror image."""
-    from napari_medvae.engine import region_prior
+    from napari_medvae.engine.classical import kriging
 
     calls = []
-    real = region_prior.mirror_image
-    monkeypatch.setattr(region_prior, "mirror_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = kriging.mirror_image
+    monkeypatch.setattr(kriging, "mirror_image", lambda *a, **k: calls.append(1) or real(*a, **k))
     viewer = make_napari_viewer()
     src = open_volume(viewer, sample_dir / "mni_t1_healthy.nii.gz")
     w = dock(viewer, "Inpaint")
