@@ -18,7 +18,9 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
+    QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
@@ -70,6 +72,28 @@ class LossPlot(QWidget):
         p.drawText(4, h - 4, f"{lo:.4g}")
 
 
+class CardView(QTextBrowser):
+    """The model card's radiologist summary: read-only, word-wrapped, scrolls instead of cutting text off."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setReadOnly(True)
+        self.setOpenExternalLinks(True)
+        self.setLineWrapMode(QTextBrowser.LineWrapMode.WidgetWidth)
+        self.setMinimumHeight(160)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
+        self.setPlaceholderText("the model card shows here once the model is loaded")
+
+    def set_card(self, markdown: str) -> None:
+        """Show a card (Markdown) from its top."""
+        self.setMarkdown(markdown)
+        self.verticalScrollBar().setValue(0)
+
+    def text(self) -> str:
+        """The card as shown, as plain text."""
+        return self.toPlainText()
+
+
 def _volume_files(folder: str) -> list[str]:
     """Supported volume files under ``folder`` (recursive), sorted."""
     from ..io import SUPPORTED_EXTENSIONS
@@ -100,9 +124,9 @@ class ModelWidget(QWidget):
         self.force = QCheckBox("Run on unusual volumes (skip the out-of-distribution check)")
         self.force.setToolTip("the engine refuses volumes unlike the training data (e.g. CT for a T1 model); "
                               "tick to run anyway: results may be unreliable")
-        self.card = QLabel("")
-        self.card.setWordWrap(True)
-        self.card.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.card = CardView()
+        self.card.setToolTip("what the model was trained on, which scans it takes, how to read its heatmap "
+                             "(`medvae info` prints the technical details too)")
 
         self.layers = QListWidget()
         self.layers.setToolTip("tick image layers of healthy subjects to train on")
@@ -143,14 +167,13 @@ class ModelWidget(QWidget):
         lay.addWidget(self.device_label)
         lay.addWidget(self.warning)
         lay.addWidget(self.force)
-        lay.addWidget(self.card)
+        lay.addWidget(self.card, 1)
         lay.addWidget(QLabel("<b>Train / fine-tune on healthy volumes</b>"))
         lay.addLayout(tform)
         lay.addWidget(self.from_scratch)
         lay.addWidget(self.train_btn)
         lay.addWidget(self.plot)
         lay.addWidget(self.job)
-        lay.addStretch()
 
         self.browse.clicked.connect(self._browse_model)
         self.data_browse.clicked.connect(self._browse_data)
@@ -200,7 +223,9 @@ class ModelWidget(QWidget):
         label, warn = _common.device_text(model, _common._SESSION["device"])
         self.device_label.setText(label)
         self.warning.setText(warn)
-        self.card.setText(model.card())
+        from ..engine.card import card_summary
+
+        self.card.set_card(card_summary(model.config))
 
     # ------------------------------------------------------------------ training
 
