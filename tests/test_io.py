@@ -491,7 +491,8 @@ def test_errors_are_medvae_errors():
 
 
 def test_supported_extensions_and_helper(tmp_path):
-    assert SUPPORTED_EXTENSIONS == (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+    assert SUPPORTED_EXTENSIONS == (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".mgz", ".mgh")
+    assert is_supported_path(tmp_path / "aseg.mgz") and is_supported_path(tmp_path / "T1.mgh")
     assert is_supported_path(tmp_path / "x.nii.gz")
     assert is_supported_path(tmp_path / "x.MHA")
     assert is_supported_path(tmp_path)
@@ -608,3 +609,263 @@ def test_property_round_trip(shape, dtype, spacing, origin, rot_seed, ext, data_
         assert back.dtype == arr.dtype
         np.testing.assert_array_equal(back, arr)
         assert_geometry_close(g2, geom, tol=1e-6 if ext.startswith(".nii") else 1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# FreeSurfer MGZ / MGH
+# ------------------------------------------------------------------------------------------------
+
+MGH_EXTS = [".mgz", ".mgh"]
+
+
+def freesurfer_like_geometry() -> Geometry:
+    """Oblique (rotated about two axes) and anisotropic, origin far from 0: a tilted clinical FLAIR."""
+    a, b = 0.35, -0.2
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return Geometry(spacing=(4.0, 0.9, 0.45), origin=(-118.25, 96.5, -71.75), direction=tuple((rz @ rx).ravel()))
+
+
+def nibabel_world(path: Path, zyx) -> np.ndarray:
+    """RAS mm of array index (z, y, x), by nibabel's own reading of the file (independent of our reader)."""
+    import nibabel as nib
+
+    return (nib.load(str(path)).affine @ np.array([*zyx[::-1], 1.0]))[:3]
+
+
+@pytest.mark.parametrize("ext", MGH_EXTS)
+def test_mgz_round_trip_from_oblique_nifti(tmp_path, ext):
+    geom = freesurfer_like_geometry()
+    arr = random_array((7, 9, 11), np.int16, seed=4)
+    nii = write_volume(tmp_path / "flair.nii.gz", arr, geom)
+    a1, g1 = read_volume(nii)
+    out = write_volume(tmp_path / f"flair{ext}", a1, g1)
+    assert out == (tmp_path / f"flair{ext}").resolve()
+    assert listing(tmp_path) == sorted(["flair.nii.gz", f"flair{ext}"])  # no temp file left
+    a2, g2 = read_volume(out)
+    assert a2.dtype == np.int16 and a2.dtype.isnative
+    np.testing.assert_array_equal(a2, a1)
+    assert_geometry_close(g2, g1, tol=1e-5)
+    # the RAS <-> LPS convention, checked against nibabel's own reading of both files
+    for zyx in [(0, 0, 0), (6, 8, 10), (3, 1, 7)]:
+        ras = nibabel_world(out, zyx)
+        np.testing.assert_allclose(ras, nibabel_world(nii, zyx), atol=1e-4)
+        np.testing.assert_allclose(g2.index_to_world(zyx), ras * [-1, -1, 1], atol=1e-4)
+    if ext == ".mgz":
+        assert out.read_bytes()[:2] == b"\x1f\x8b"  # gzip
+
+
+def test_mgz_voxels_match_nibabel(tmp_path):
+    import nibabel as nib
+
+    arr = random_array((5, 6, 7), np.float32, seed=2)
+    out = write_volume(tmp_path / "v.mgz", arr, freesurfer_like_geometry())
+    ref = np.asarray(nib.load(str(out)).dataobj).transpose(2, 1, 0)  # nibabel: (i, j, k)
+    back, _ = read_volume(out)
+    np.testing.assert_array_equal(back, ref)
+    np.testing.assert_array_equal(back, arr)
+
+
+@pytest.mark.parametrize(
+    "dtype, stored",
+    [(np.uint8, np.uint8), (np.int16, np.int16), (np.int32, np.int32), (np.float32, np.float32),
+     (np.int8, np.int16), (np.uint16, np.int32), (np.uint32, np.int32), (np.int64, np.int32),
+     (np.float64, np.float32), (np.bool_, np.uint8)],
+)
+def test_mgz_dtypes_are_kept_or_widened_losslessly(tmp_path, dtype, stored):
+    if dtype is np.bool_:
+        arr = np.random.default_rng(0).random((4, 5, 6)) > 0.5
+    elif np.dtype(dtype).kind == "f":
+        arr = random_array((4, 5, 6), dtype)
+    else:
+        info = np.iinfo(dtype)
+        lo, hi = max(info.min, -(2**31)), min(info.max, 2**31 - 1)
+        arr = np.random.default_rng(1).integers(lo, hi, (4, 5, 6), endpoint=True).astype(dtype)
+        arr.flat[:2] = (lo, hi)
+    back, _ = read_volume(write_volume(tmp_path / "v.mgz", arr, Geometry.identity()))
+    assert back.dtype == np.dtype(stored)
+    np.testing.assert_array_equal(back, arr.astype(stored))
+
+
+def test_mgz_refuses_integers_beyond_int32(tmp_path):
+    arr = np.zeros((3, 4, 5), np.uint32)
+    arr[0, 0, 0] = 2**31
+    with pytest.raises(VolumeWriteError, match=r"\(0\.\.2147483648\) do not fit the 32-bit integers.*\.nii\.gz"):
+        write_volume(tmp_path / "big.mgz", arr, Geometry.identity())
+    assert listing(tmp_path) == []
+
+
+def test_mgz_uppercase_extension(tmp_path):
+    arr = random_array((3, 4, 5), np.uint8)
+    out = write_volume(tmp_path / "ASEG.MGZ", arr, Geometry.identity((1.0, 1.0, 1.0)))
+    assert out.read_bytes()[:2] == b"\x1f\x8b"
+    np.testing.assert_array_equal(read_volume(out)[0], arr)
+
+
+def test_read_uint16_mgz_written_by_freesurfer_7(tmp_path):
+    import nibabel as nib
+
+    data = np.arange(4 * 5 * 6, dtype=np.uint16).reshape(6, 5, 4) * 1000  # (i, j, k), beyond int16
+    p = tmp_path / "u16.mgz"
+    nib.MGHImage(data, np.diag([-1.0, 1.0, 1.0, 1.0])).to_filename(str(p))
+    back, geo = read_volume(p)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, data.transpose(2, 1, 0))
+    assert geo.direction == (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # RAS -x,+y -> LPS +x,-y
+
+
+@pytest.fixture
+def four_d_mgz(tmp_path):
+    import nibabel as nib
+
+    vols = [random_array((4, 5, 6), np.int16, seed=s) for s in range(3)]
+    data = np.stack([v.transpose(2, 1, 0) for v in vols], axis=-1)  # (i, j, k, frame)
+    p = tmp_path / "dwi.mgz"
+    nib.MGHImage(data, np.diag([2.0, 2.0, 3.0, 1.0])).to_filename(str(p))
+    return p, vols
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_4d_mgz_with_index(four_d_mgz, index):
+    p, vols = four_d_mgz
+    arr, geo = read_volume(p, volume_index=index)
+    np.testing.assert_array_equal(arr, vols[index])
+    assert geo.spacing == (3.0, 2.0, 2.0)
+
+
+def test_4d_mgz_refusals(four_d_mgz, tmp_path):
+    p, _ = four_d_mgz
+    with pytest.raises(VolumeReadError, match=r"4D: it holds 3 volumes.*volume_index"):
+        read_volume(p)
+    with pytest.raises(VolumeReadError, match=r"volume_index 3 is out of range.*holds 3 volumes"):
+        read_volume(p, volume_index=3)
+    single = write_volume(tmp_path / "one.mgh", np.zeros((3, 4, 5), np.uint8), Geometry.identity())
+    assert read_volume(single, volume_index=0)[0].shape == (3, 4, 5)
+    with pytest.raises(VolumeReadError, match="single 3D volume"):
+        read_volume(single, volume_index=1)
+
+
+def _mgh_bytes(tmp_path: Path, ext: str = ".mgh") -> bytes:
+    p = write_volume(tmp_path / f"src{ext}", random_array((6, 7, 8), np.int16), freesurfer_like_geometry())
+    data = p.read_bytes()
+    p.unlink()
+    return data
+
+
+def _patch_header(raw: bytes, offset: int, fmt: str, *values) -> bytes:
+    import struct
+
+    packed = struct.pack(fmt, *values)
+    return raw[:offset] + packed + raw[offset + len(packed):]
+
+
+def _expect_read_error(path: Path, *words: str) -> str:
+    with pytest.raises(VolumeReadError) as info:
+        read_volume(path)
+    msg = str(info.value)
+    assert str(path) in msg and "\n" not in msg and "Traceback" not in msg
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize("ext", MGH_EXTS)
+def test_corrupt_mgz_random_bytes(tmp_path, ext):
+    p = tmp_path / f"junk{ext}"
+    p.write_bytes(np.random.default_rng(0).bytes(400))
+    _expect_read_error(p, "corrupt")
+
+
+def test_mgz_that_is_not_gzip_and_empty_mgz(tmp_path):
+    p = tmp_path / "plain.mgz"
+    p.write_bytes(_mgh_bytes(tmp_path))  # an uncompressed .mgh named .mgz
+    _expect_read_error(p, "not a valid .mgz file", "corrupt")
+    empty = tmp_path / "empty.mgz"
+    empty.write_bytes(b"")
+    _expect_read_error(empty, "ends inside its 284-byte MGH header")
+
+
+@pytest.mark.parametrize("ext", MGH_EXTS)
+def test_truncated_mgz(tmp_path, ext):
+    import gzip
+
+    raw = _mgh_bytes(tmp_path)
+    cut = raw[: 284 + 6 * 7 * 8]  # whole header, half of the int16 voxels
+    p = tmp_path / f"cut{ext}"
+    p.write_bytes(gzip.compress(cut) if ext == ".mgz" else cut)
+    _expect_read_error(p, "truncated", f"{6 * 7 * 8} of {6 * 7 * 8 * 2} bytes")
+
+
+def test_mgz_with_cut_gzip_stream(tmp_path):
+    data = _mgh_bytes(tmp_path, ".mgz")
+    p = tmp_path / "cut.mgz"
+    p.write_bytes(data[: len(data) // 2])
+    _expect_read_error(p, "truncated or corrupt")
+
+
+@pytest.mark.parametrize(
+    "offset, fmt, values, words",
+    [
+        (0, ">i", (7,), ("version field 7, expected 1",)),
+        (4, ">iiii", (8, 7, 0, 1), ("dimensions [8, 7, 0, 1]", "positive")),
+        (20, ">i", (6,), ("voxel type code 6", "float (float32)")),
+        (30, ">fff", (1.0, 0.0, 1.0), ("invalid geometry", "spacing must be positive")),
+        (42, ">fff", (2.0, 0.0, 0.0), ("invalid geometry", "orthonormal")),
+    ],
+)
+def test_mgh_bad_header_fields(tmp_path, offset, fmt, values, words):
+    p = tmp_path / "bad.mgh"
+    p.write_bytes(_patch_header(_mgh_bytes(tmp_path), offset, fmt, *values))
+    _expect_read_error(p, *words)
+
+
+def test_mgh_gigantic_header_fails_fast(tmp_path, monkeypatch):
+    p = tmp_path / "huge.mgh"
+    p.write_bytes(_patch_header(_mgh_bytes(tmp_path), 4, ">iii", 100000, 100000, 100000))
+    allocated = []
+    real_empty = np.empty
+    monkeypatch.setattr(mio.np, "empty", lambda *a, **k: allocated.append(a) or real_empty(*a, **k))
+    msg = _expect_read_error(p, "100000 x 100000 x 100000")
+    assert "voxels" in msg and allocated == []  # refused from the header alone
+
+
+def test_mgz_nonfinite_voxels_read_as_zero_with_warning(tmp_path):
+    arr = np.ones((3, 4, 5), np.float32)
+    arr[0, 0, 0], arr[1, 2, 3] = np.nan, np.inf
+    p = write_volume(tmp_path / "nan.mgz", arr, Geometry.identity())
+    with pytest.warns(UserWarning, match="2 NaN/Inf voxels; they are read as 0"):
+        back, _ = read_volume(p)
+    assert back[0, 0, 0] == 0 and back[1, 2, 3] == 0 and back.sum() == arr.size - 2
+
+
+@pytest.mark.parametrize("ext", MGH_EXTS)
+def test_failed_mgz_write_leaves_nothing_and_keeps_existing_file(tmp_path, monkeypatch, ext):
+    import nibabel as nib
+
+    target = tmp_path / f"out{ext}"
+    write_volume(target, np.full((3, 4, 5), 5, np.uint8), Geometry.identity())
+    before = target.read_bytes()
+    written = []
+
+    def failing_write(self, filename, **kwargs):
+        written.append(filename)
+        Path(filename).write_bytes(b"partial")  # a half-written temp file
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(nib.MGHImage, "to_filename", failing_write)
+    with pytest.raises(VolumeWriteError, match="No space left on device"):
+        write_volume(target, np.zeros((3, 4, 5), np.uint8), Geometry.identity())
+    assert written and written[0].endswith(ext) and Path(written[0]).name.startswith(".out.tmp-")
+    assert listing(tmp_path) == [f"out{ext}"] and target.read_bytes() == before
+
+
+def test_failed_mgz_replace_leaves_no_temp(tmp_path, monkeypatch):
+    monkeypatch.setattr(mio.os, "replace", lambda src, dst: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    with pytest.raises(VolumeWriteError, match="Permission denied"):
+        write_volume(tmp_path / "o.mgz", np.zeros((3, 4, 5), np.uint8), Geometry.identity())
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["out.mgz", "out.mgh", "OUT.MGZ"])
+def test_check_output_path_accepts_freesurfer(tmp_path, name):
+    assert check_output_path(tmp_path / name, [tmp_path / "in.nii.gz"]) == (tmp_path / name).resolve()

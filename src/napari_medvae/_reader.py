@@ -1,4 +1,5 @@
-"""npe2 reader: NIfTI, NRRD, MHA/MHD files and DICOM series folders, geometry kept (scale/translate/affine)."""
+"""npe2 reader: NIfTI, NRRD, MHA/MHD, FreeSurfer MGZ/MGH files and DICOM series folders, geometry kept
+(scale/translate/affine)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 
 def _layer_name(path: Path) -> str:
     """The file name without its (possibly double) extension: ``sub-01_T1w.nii.gz`` -> ``sub-01_T1w``."""
+    from .io import SUPPORTED_EXTENSIONS
+
     name = path.name
-    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+    for ext in sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True):  # .nii.gz before .nii
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return name

@@ -1,4 +1,5 @@
-"""Read and write 3D medical volumes with their geometry (NIfTI, NRRD, MHA/MHD, DICOM series).
+"""Read and write 3D medical volumes with their geometry (NIfTI, NRRD, MHA/MHD, FreeSurfer MGH/MGZ,
+DICOM series).
 
 Conventions (see CONTRACT.md):
 
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 #: File extensions that :func:`read_volume` and :func:`write_volume` accept (DICOM: a directory).
-SUPPORTED_EXTENSIONS: tuple[str, ...] = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".mgz", ".mgh")
 
 #: Largest volume (voxels) that :func:`read_volume` accepts; larger headers are refused unread.
 MAX_VOXELS: int = 2**31
@@ -81,6 +82,8 @@ _IO_BY_EXT = {
     ".mhd": "MetaImageIO",
 }
 _COMPRESS_BY_EXT = {".nii": False, ".nii.gz": True, ".nrrd": True, ".mha": True, ".mhd": False}
+# FreeSurfer volumes, read and written with nibabel (.mgz is gzip-compressed .mgh)
+_MGH_EXTS = (".mgz", ".mgh")
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,10 +657,138 @@ def _read_file(path: Path, ext: str, volume_index: int | None) -> sitk.Image:
     return image
 
 
+# --------------------------------------------------------------------------------------------
+# FreeSurfer MGH / MGZ (nibabel parses the header; the voxels are read here, one frame only)
+# --------------------------------------------------------------------------------------------
+
+# FreeSurfer (and nibabel) give positions in RAS; SimpleITK and Geometry in LPS: flip x and y.
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+# MGH voxel types (header "type" codes) that can be read
+_MGH_TYPES = {0: "uchar (uint8)", 1: "int (int32)", 3: "float (float32)", 4: "short (int16)", 10: "ushort (uint16)"}
+
+
+def _mgh_open(path: Path, ext: str):
+    """The file's (decompressed, for .mgz) byte stream."""
+    return gzip.open(path, "rb") if ext == ".mgz" else open(path, "rb")
+
+
+def _mgh_damaged(path: Path, ext: str, exc: BaseException) -> VolumeReadError:
+    reason = " ".join(str(exc).split())[:300] or exc.__class__.__name__
+    return VolumeReadError(
+        f"cannot read {str(path)!r}: not a valid {ext} file, or truncated or corrupt ({reason}); "
+        "re-export or re-download it"
+    )
+
+
+def _mgh_geometry(hdr: Any) -> Geometry:
+    """Geometry of an MGH header: FreeSurfer's centre-based RAS geometry turned into LPS origin/direction.
+
+    FreeSurfer places the volume's centre voxel, ``dims / 2`` (i, j, k), at ``Pxyz_c`` (RAS mm);
+    ``Mdc`` holds the RAS direction of each voxel axis (one per row) and ``delta`` the voxel sizes.
+    Computed in float64 from the header's float32 fields.
+    """
+    delta = np.asarray(hdr["delta"], dtype=np.float64)
+    mdc = np.asarray(hdr["Mdc"], dtype=np.float64).T  # column j: RAS direction of voxel axis j
+    dims = np.asarray(hdr["dims"][:3], dtype=np.float64)
+    origin_ras = np.asarray(hdr["Pxyz_c"], dtype=np.float64) - mdc @ (delta * dims / 2.0)
+    return Geometry(
+        spacing=tuple(delta[::-1]),
+        origin=tuple(_RAS_TO_LPS @ origin_ras),
+        direction=tuple((_RAS_TO_LPS @ mdc).ravel()),
+    )
+
+
+def _read_mgh(path: Path, ext: str, volume_index: int | None) -> tuple[np.ndarray, Geometry]:
+    """Read one 3D frame of a FreeSurfer .mgh/.mgz file: (z, y, x) array in native byte order, Geometry.
+
+    The header is checked (version, dimensions, voxel type, size against memory) before any voxel
+    is read; a file shorter than its header says is refused, NaN/Inf voxels are read as 0 (with a
+    warning), as for NIfTI.
+    """
+    from nibabel.freesurfer.mghformat import DATA_OFFSET, MGHHeader
+
+    where = repr(str(path))
+    try:
+        with _mgh_open(path, ext) as fh:
+            head = fh.read(DATA_OFFSET)
+            if len(head) < DATA_OFFSET:
+                raise VolumeReadError(
+                    f"cannot read {where}: the file ends inside its {DATA_OFFSET}-byte MGH header "
+                    f"({len(head)} bytes); not a valid {ext} file, or truncated"
+                )
+            with warnings.catch_warnings():  # nibabel's remarks on odd headers: the checks below decide
+                warnings.simplefilter("ignore")
+                hdr = MGHHeader(head, check=False)
+            version = int(hdr["version"])
+            if version != 1:
+                raise VolumeReadError(
+                    f"cannot read {where}: not a FreeSurfer MGH header (version field {version}, expected 1); "
+                    "the file is corrupt or not an MGH volume"
+                )
+            nx, ny, nz, nframes = (int(v) for v in hdr["dims"])
+            if min(nx, ny, nz, nframes) < 1:
+                raise VolumeReadError(
+                    f"cannot read {where}: the header gives dimensions {[nx, ny, nz, nframes]} (i, j, k, frames); "
+                    "positive sizes are expected -- the file is corrupt"
+                )
+            code = int(hdr["type"])
+            if code not in _MGH_TYPES:
+                raise VolumeReadError(
+                    f"{where} has MGH voxel type code {code}; one of {', '.join(_MGH_TYPES.values())} is expected"
+                )
+            file_dtype = hdr.get_data_dtype()  # big-endian
+            if nframes > 1 and volume_index is None:
+                raise VolumeReadError(
+                    f"{where} is 4D: it holds {nframes} volumes of shape {(nz, ny, nx)}; pass volume_index "
+                    f"(0..{nframes - 1}; CLI: --volume-index) to choose one"
+                )
+            vi = 0 if volume_index is None else int(volume_index)
+            if nframes == 1 and vi != 0:
+                raise VolumeReadError(
+                    f"volume_index {volume_index} is out of range: {where} is a single 3D volume (use 0 or none)"
+                )
+            if not 0 <= vi < nframes:
+                raise VolumeReadError(
+                    f"volume_index {vi} is out of range: {where} holds {nframes} volumes (0..{nframes - 1})"
+                )
+            _check_size(where, (nz, ny, nx), file_dtype.newbyteorder("="))
+            try:
+                geometry = _mgh_geometry(hdr)
+            except InputError as exc:
+                raise VolumeReadError(f"{where} has invalid geometry: {exc}") from None
+            # MGH stores i fastest (Fortran order of (i, j, k, frame)), i.e. C order of (frame, k, j, i)
+            array = np.empty((nz, ny, nx), dtype=file_dtype)
+            if vi:
+                fh.seek(DATA_OFFSET + vi * array.nbytes)
+            buf = memoryview(array.reshape(-1).view(np.uint8))
+            got = 0
+            while got < array.nbytes and (n := fh.readinto(buf[got:])):
+                got += n
+    except VolumeReadError:
+        raise
+    except (OSError, EOFError, zlib.error, ValueError, KeyError) as exc:
+        raise _mgh_damaged(path, ext, exc) from None
+    if got < array.nbytes:
+        raise VolumeReadError(
+            f"cannot read {where}: the file is truncated ({got} of {array.nbytes} bytes of voxel data"
+            f"{f' for volume {vi}' if nframes > 1 else ''}); re-export or re-download it"
+        )
+    if not array.dtype.isnative:
+        array = array.byteswap(inplace=True).view(array.dtype.newbyteorder("="))
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array)
+        nonfinite = int(np.count_nonzero(bad))
+        if nonfinite:
+            array[bad] = 0
+            warnings.warn(f"{where} has {nonfinite} NaN/Inf voxels; they are read as 0", stacklevel=3)
+    return array, geometry
+
+
 def read_volume(
     path: str | os.PathLike[str], *, volume_index: int | None = None, series_uid: str | None = None
 ) -> tuple[np.ndarray, Geometry]:
-    """Read a 3D volume file (.nii, .nii.gz, .nrrd, .mha, .mhd) or a DICOM series directory.
+    """Read a 3D volume file (.nii, .nii.gz, .nrrd, .mha, .mhd, .mgz, .mgh) or a DICOM series directory.
 
     Returns the voxel array in (z, y, x) order with the file's dtype, and its :class:`Geometry`.
     The header is checked before any voxel is read: 2D, RGB/vector, complex and oversized images
@@ -690,6 +821,8 @@ def read_volume(
                 f"cannot read {str(p)!r}: unsupported file type; expected one of {_supported_text()} "
                 f"or a DICOM directory{hint}"
             )
+        if split[1] in _MGH_EXTS:
+            return _read_mgh(p, split[1], volume_index)
         image = _read_file(p, split[1], volume_index)
 
     if image.GetDimension() != 3:
@@ -769,8 +902,10 @@ def write_volume(
     The file appears atomically: it is written under a temporary name in the same directory and
     moved into place with ``os.replace``, so a failed write leaves neither a partial output nor
     a changed existing file (for .mhd, the .raw data file is moved first, then the header).
-    bool is written as uint8, float64/float16 as float32, other dtypes as-is.  .nii.gz, .nrrd
-    and .mha are compressed.  Raises VolumeWriteError.
+    bool is written as uint8, float64/float16 as float32, other dtypes as-is -- except in MGH
+    (.mgz/.mgh), which stores only uint8, int16, int32 and float32: int8 is written as int16, other
+    integers as int32 when their values fit (else refused).  .nii.gz, .nrrd, .mha and .mgz are
+    compressed.  Raises VolumeWriteError.
     """
     p = Path(path).expanduser()
     split = _split_ext(p)
@@ -791,6 +926,23 @@ def write_volume(
     except InputError as exc:
         raise VolumeWriteError(f"cannot write {str(p)!r}: {exc}") from None
     data = _prepare_array(array)
+    if ext in _MGH_EXTS:
+        data = _mgh_array(data, p)
+        tmp = _temp_name(parent, stem, ext)  # nibabel picks gzip (.mgz) or not (.mgh) from the name
+        try:
+            _mgh_write(data, geom, tmp, p)
+            os.replace(tmp, p)
+        except VolumeWriteError:
+            raise
+        except OSError as exc:
+            raise VolumeWriteError(f"cannot write {str(p)!r}: {exc.strerror or exc}") from None
+        finally:
+            if tmp.exists():
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+        return p.resolve()
     image = sitk.GetImageFromArray(data, isVector=False)
     _apply_geometry(image, geom)
     compress = _COMPRESS_BY_EXT[ext]
@@ -834,3 +986,38 @@ def _sitk_write(image: sitk.Image, target: Path, ext: str, compress: bool, final
         sitk.WriteImage(image, str(target), compress, imageIO=_IO_BY_EXT[ext])
     except RuntimeError as exc:
         raise VolumeWriteError(f"cannot write {str(final)!r}: {_itk_reason(exc)}") from None
+
+
+_MGH_DTYPES = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.float32))
+
+
+def _mgh_array(data: np.ndarray, final: Path) -> np.ndarray:
+    """``data`` in a voxel type that every FreeSurfer version reads (uint8, int16, int32, float32), losslessly."""
+    if data.dtype in _MGH_DTYPES:
+        return data
+    if data.dtype == np.int8:
+        return data.astype(np.int16)
+    lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
+    info = np.iinfo(np.int32)
+    if info.min <= lo and hi <= info.max:
+        return data.astype(np.int32)
+    raise VolumeWriteError(
+        f"cannot write {str(final)!r}: its {data.dtype} values ({lo}..{hi}) do not fit the 32-bit integers "
+        "an MGH file stores; write .nii.gz or .nrrd instead, or rescale the volume"
+    )
+
+
+def _mgh_write(data: np.ndarray, geometry: Geometry, target: Path, final: Path) -> None:
+    """Write ``data`` (z, y, x) to ``target`` as FreeSurfer MGH (.mgz: gzip) with nibabel, geometry in RAS."""
+    from nibabel.freesurfer.mghformat import MGHImage
+
+    affine = np.eye(4)  # voxel (i, j, k) -> RAS mm
+    affine[:3, :3] = _RAS_TO_LPS @ geometry.direction_matrix @ np.diag(geometry.spacing[::-1])
+    affine[:3, 3] = _RAS_TO_LPS @ np.asarray(geometry.origin)
+    try:
+        MGHImage(data.transpose(2, 1, 0), affine).to_filename(str(target))
+    except OSError:
+        raise
+    except Exception as exc:  # nibabel's header errors: no raw traceback for the user
+        reason = " ".join(str(exc).split())[:300] or exc.__class__.__name__
+        raise VolumeWriteError(f"cannot write {str(final)!r}: {reason}") from None
