@@ -1,11 +1,11 @@
-"""Print (or --write into README.md) the bad-input catalogue table of the README's Safety section.
+"""Print (or --write into docs/safety.md) the bad-input catalogue table of the Safety page.
 
 The rows come from ``CASES`` in tests/test_catalogue.py (the tests themselves); the hypothesis count is
 the sum of ``@settings(max_examples=N)`` over the ``@given`` tests in tests/. tests/test_catalogue.py
-checks that the README holds exactly this text, so the table and the tests cannot drift apart.
+checks that docs/safety.md holds exactly this text, so the table and the tests cannot drift apart.
 
     python scripts/catalogue_table.py            # print
-    python scripts/catalogue_table.py --write    # replace the block between the markers in README.md
+    python scripts/catalogue_table.py --write    # replace the block between the markers in docs/safety.md
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def render() -> str:
 def main(argv: list[str]) -> int:
     text = render()
     if "--write" in argv:
-        readme = ROOT / "README.md"
+        readme = ROOT / "docs" / "safety.md"
         old = readme.read_text(encoding="utf-8")
         start, end = old.index(START), old.index(END) + len(END)
         readme.write_text(old[:start] + text + old[end:], encoding="utf-8")

@@ -1,7 +1,7 @@
-"""The bad-input catalogue (issue 6): every case of the README's Safety table, with its outcome.
+"""The bad-input catalogue (issue 6): every case of the table in docs/safety.md, with its outcome.
 
-``CASES`` is the machine-readable catalogue: ``scripts/catalogue_table.py`` prints the README table
-from it and ``test_readme_table_is_current`` checks that the README holds exactly that table.
+``CASES`` is the machine-readable catalogue: ``scripts/catalogue_table.py`` prints the docs/safety.md table
+from it and ``test_safety_page_table_is_current`` checks that docs/safety.md holds exactly that table.
 
 CLI cases run ``medvae`` in-process on files built in ``tmp_path``. A refused case must exit non-zero
 with exactly one stderr line ``medvae: error: ...`` naming what was wrong, and leave the output folder
@@ -809,14 +809,14 @@ def test_catalogue_ids_are_unique_and_tests_exist():
             assert func in {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}, c.test
 
 
-def test_readme_table_is_current():
-    """The README's Safety section holds exactly what scripts/catalogue_table.py prints."""
+def test_safety_page_table_is_current():
+    """docs/safety.md holds exactly what scripts/catalogue_table.py prints."""
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import catalogue_table
     finally:
         sys.path.remove(str(ROOT / "scripts"))
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "safety.md").read_text(encoding="utf-8")
     start, end = readme.index(catalogue_table.START), readme.index(catalogue_table.END)
     assert readme[start:end + len(catalogue_table.END)] == catalogue_table.render(), (
-        "README catalogue is stale: run `python scripts/catalogue_table.py --write`")
+        "docs/safety.md catalogue is stale: run `python scripts/catalogue_table.py --write`")

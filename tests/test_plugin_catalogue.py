@@ -1,4 +1,4 @@
-"""napari cases of the bad-input catalogue (tests/test_catalogue.py lists them in CASES and the README).
+"""napari cases of the bad-input catalogue (tests/test_catalogue.py lists them in CASES and docs/safety.md).
 
 Jobs are slowed down deterministically (a short sleep per batch of slices) so that the second job, the
 layer deletion and the viewer closing happen while the network runs.

@@ -1,7 +1,7 @@
 """Read and write 3D medical volumes with their geometry (NIfTI, NRRD, MHA/MHD, FreeSurfer MGH/MGZ,
 DICOM series).
 
-Conventions (see CONTRACT.md):
+Conventions (the public API's contract, with the docstrings below):
 
 * Arrays are in (z, y, x) order, the order of ``SimpleITK.GetArrayFromImage`` and of napari.
 * :class:`Geometry` keeps ``spacing`` in array order (z, y, x) in millimetres, but ``origin`` and
