@@ -1,4 +1,5 @@
-"""npe2 writers: image and labels layers to NIfTI / NRRD / MHA, restoring the layer's geometry."""
+"""npe2 writers: image and labels layers to NIfTI / NRRD / MHA / FreeSurfer MGZ-MGH, restoring the layer's
+geometry, and, for results of the plugin's widgets, the source volume's dtype (as the CLI writes them)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,41 @@ def _write(path: str, data: Any, meta: dict) -> list[str]:
     return [str(write_volume(path, np.asarray(data), geo))]
 
 
+def _source_dtype(path: str, meta: dict):
+    """The dtype recorded in the layer's metadata by the widget that made it (None: keep the data's)."""
+    import numpy as np
+
+    from .errors import VolumeWriteError
+    from .output_dtype import SOURCE_DTYPE_KEY
+
+    value = (meta.get("metadata") or {}).get(SOURCE_DTYPE_KEY)
+    if value is None:
+        return None
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "uif":
+        raise VolumeWriteError(
+            f"cannot write {path!r}: the layer's metadata {SOURCE_DTYPE_KEY!r} is {value!r}; an integer or float "
+            "numpy dtype name (e.g. 'uint8', 'int16', 'float32') is expected -- fix or delete that metadata entry"
+        )
+    return dtype
+
+
 def write_image(path: str, data: Any, meta: dict) -> list[str]:
-    """Write one image layer (3D) atomically with its spacing, origin and direction."""
+    """Write one image layer (3D) atomically with its spacing, origin and direction.
+
+    A result layer of the Reconstruct & Denoise or Inpaint widget is written in its source's dtype
+    (integers rounded and clipped), exactly as ``medvae reconstruct/denoise/inpaint`` write theirs.
+    """
+    dtype = _source_dtype(path, meta)
+    if dtype is not None:
+        import numpy as np
+
+        from .output_dtype import cast_like
+
+        data = cast_like(np.asarray(data), dtype)
     return _write(path, data, meta)
 
 

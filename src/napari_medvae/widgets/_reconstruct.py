@@ -53,7 +53,7 @@ class ReconstructWidget(QWidget):
         if not need(layer):
             return
         data = layer.data
-        geo = layer_geometry(layer)
+        geo = layer_geometry(layer, keep_dtype=True)
         name = f"{layer.name} {kind}"
         spacing = layer_spacing(layer)
         axis = axis_value(self.axis)
