@@ -762,8 +762,8 @@ def _read_mgh(path: Path, ext: str, volume_index: int | None) -> tuple[np.ndarra
             if vi:
                 fh.seek(DATA_OFFSET + vi * array.nbytes)
             buf = memoryview(array.reshape(-1).view(np.uint8))
-            got = 0
-            while got < array.nbytes and (n := fh.readinto(buf[got:])):
+            got = 0  # in 16 MiB pieces: gzip's readinto would otherwise hold a second copy of the voxels
+            while got < array.nbytes and (n := fh.readinto(buf[got : got + (1 << 24)])):
                 got += n
     except VolumeReadError:
         raise
@@ -777,10 +777,13 @@ def _read_mgh(path: Path, ext: str, volume_index: int | None) -> tuple[np.ndarra
     if not array.dtype.isnative:
         array = array.byteswap(inplace=True).view(array.dtype.newbyteorder("="))
     if array.dtype.kind == "f":
-        bad = ~np.isfinite(array)
-        nonfinite = int(np.count_nonzero(bad))
+        nonfinite = 0
+        for plane in array:  # one slice at a time: no volume-sized mask
+            bad = ~np.isfinite(plane)
+            if bad.any():
+                nonfinite += int(np.count_nonzero(bad))
+                plane[bad] = 0
         if nonfinite:
-            array[bad] = 0
             warnings.warn(f"{where} has {nonfinite} NaN/Inf voxels; they are read as 0", stacklevel=3)
     return array, geometry
 
