@@ -6,12 +6,15 @@ napari starts fast with the plugin installed (tests/test_manifest.py checks ``sy
 
 from __future__ import annotations
 
+import atexit
+import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QObject, QThreadPool, QTimer, Signal
 from qtpy.QtWidgets import QComboBox, QDockWidget, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
 # ---------------------------------------------------------------------------------------------
@@ -213,6 +216,52 @@ def warning_label() -> QLabel:
 # ---------------------------------------------------------------------------------------------
 # jobs
 
+# Worker threads of jobs that have not ended, as (cancel flag, ended event) pairs. At interpreter exit
+# PyQt deletes every Qt object Python owns, the workers' signal objects included; a worker that emits
+# afterwards raises in a Qt thread and Qt aborts the process ("wrapped C/C++ object of type
+# WorkerBaseSignals has been deleted", then "Aborted"). So exit first cancels the jobs and waits for them.
+_RUNNING: dict[int, tuple[threading.Event, threading.Event]] = {}
+STOP_TIMEOUT_S = 120.0  # the engine polls Cancel between batches (seconds); a model load is not cancellable
+
+
+def stop_jobs(timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """Cancel every running medvae job and wait until its worker thread has ended; False on time-out.
+
+    Safe from any thread and after the widgets were deleted: it touches no widget.
+    """
+    deadline = time.monotonic() + timeout_s
+    running = list(_RUNNING.values())
+    for flag, _ in running:
+        flag.set()
+    ended = all(done.wait(max(0.0, deadline - time.monotonic())) for _, done in running)
+    if running:  # the job function has returned; let the worker emit its last signals too
+        ended = QThreadPool.globalInstance().waitForDone(int(1000 * max(1.0, deadline - time.monotonic()))) and ended
+    return ended
+
+
+def _stop_jobs_at_exit() -> None:
+    if not _RUNNING:
+        return
+    print(f"medvae: stopping {len(_RUNNING)} running job(s) before exit (training saves what it has learnt)",
+          file=sys.stderr, flush=True)
+    if not stop_jobs():
+        print(f"medvae: a job did not stop within {STOP_TIMEOUT_S:.0f} s of exit", file=sys.stderr, flush=True)
+
+
+# threading's exit hooks run before every atexit handler: before PyQt deletes its objects, and before
+# weakref.finalize removes temporary folders (training's) that a job still uses. atexit as a fallback.
+_register = getattr(threading, "_register_atexit", atexit.register)
+_register(_stop_jobs_at_exit)
+
+
+def is_deleted(obj) -> bool:
+    """True when the C++ side of a Qt object is gone (its window was closed and deleted)."""
+    try:
+        obj.objectName()
+    except RuntimeError:
+        return True
+    return False
+
 
 def _unwrap(obj):
     """The object behind a napari PublicOnlyProxy (or ``obj`` itself)."""
@@ -229,6 +278,9 @@ class JobBar(QWidget):
     polls before every batch of slices; the engine then raises ``Cancelled`` and no layer is added.
     A result that arrives after Cancel was pressed is dropped as well. When the job ends the bar says how:
     "done" (full), "cancelled" or "failed" (empty), and ``outcome`` holds the same word.
+
+    Closing the viewer (or deleting the widget) cancels the job quietly; a result or error that arrives
+    after the widget was deleted is dropped, and interpreter exit waits for the worker (``stop_jobs``).
     """
 
     finished = Signal()
@@ -255,6 +307,9 @@ class JobBar(QWidget):
         self._timer.timeout.connect(self._tick)
         self._napari_bar = None
         self._buttons: list[QWidget] = []
+        self._quiet = False  # the window closed: a cancelled job ends without a notification
+        flag = self._flag
+        self.destroyed.connect(lambda *_: flag.set())  # no reference to self: it runs as the C++ object dies
 
     @property
     def running(self) -> bool:
@@ -283,9 +338,17 @@ class JobBar(QWidget):
         self._flag.clear()
         self.state = (0, 1)
         self.outcome = ""
+        self._quiet = False
+        flag, ended = self._flag, threading.Event()
+        key = id(ended)
+        _RUNNING[key] = (flag, ended)
 
         def call():
-            return fn(self._report, self._flag.is_set)
+            try:
+                return fn(self._report, flag.is_set)
+            finally:
+                _RUNNING.pop(key, None)
+                ended.set()
 
         worker = create_worker(call, _ignore_errors=True)  # errors become notifications in _failed
         worker.returned.connect(lambda res: self._done(res, on_done, keep_on_cancel))
@@ -335,11 +398,21 @@ class JobBar(QWidget):
         # plugin widgets see layers through napari's PublicOnlyProxy: compare the wrapped objects
         layer = _unwrap(getattr(event, "value", None))
         if self.running and not self.cancelled and any(layer is _unwrap(s) for s in self._sources):
-            from napari.utils.notifications import show_warning
-
             self.cancel()
-            show_warning(f"medvae: layer '{layer.name}' was removed while the {self._desc} job used it; "
-                         "the job was stopped and adds nothing")
+            # closing the viewer removes every layer before the window closes: no warning then
+            msg = (f"medvae: layer '{layer.name}' was removed while the {self._desc} job used it; "
+                   "the job was stopped and adds nothing")
+            viewer = self._viewer
+            QTimer.singleShot(0, lambda: self._warn_if_open(viewer, msg))
+
+    def _warn_if_open(self, viewer, msg: str) -> None:
+        window = getattr(_unwrap(viewer), "window", None)
+        if window is not None and not hasattr(_unwrap(window), "_qt_window"):  # napari's Viewer.close() ran
+            self._quiet = True
+            return
+        from napari.utils.notifications import show_warning
+
+        show_warning(msg)
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
         from qtpy.QtCore import QEvent
@@ -355,7 +428,12 @@ class JobBar(QWidget):
         except RuntimeError:  # the window was deleted
             visible = False
         if self.running and not visible:
-            self.cancel()
+            self._quiet = True
+            self._flag.set()
+            try:
+                self.cancel()
+            except RuntimeError:  # the widget was deleted with the window
+                pass
 
     def _report(self, done: int, total: int) -> None:
         self.state = (int(done), int(total))
@@ -389,9 +467,14 @@ class JobBar(QWidget):
         from ..errors import Cancelled
 
         self.outcome = "cancelled" if isinstance(exc, Cancelled) else "failed"
+        if isinstance(exc, Cancelled) and (self._quiet or is_deleted(self)):
+            return  # cancelled by closing the viewer: nobody to tell
         notify_error(exc)
 
     def _done(self, result, on_done, keep_on_cancel: bool) -> None:
+        if is_deleted(self):  # the widget went with its viewer: no layer to add, no widget to update
+            self.outcome = "cancelled"
+            return
         if self._flag.is_set() and not keep_on_cancel:
             from ..errors import Cancelled
 
