@@ -1,0 +1,85 @@
+"""Brain extraction for heads with skull: decide whether a volume still has its skull, and mask the brain.
+
+The mask comes from deepbet (Fisch et al. 2024, MIT licence; a 3D UNet whose TorchScript weights ship inside
+its PyPI package, so nothing is downloaded). It was chosen over an atlas registered with SimpleITK because the
+atlas we may ship (MNI152 2009c from nilearn) is itself skull-stripped, which makes registering it to a head with
+skull fragile, and because deepbet takes about 3 s per 1 mm head on a 2-core CPU once loaded.
+
+Whether a volume has a skull is judged from the size of its foreground: a skull-stripped adult brain fills
+about 1.0-1.9 l, a head with skull (even defaced) 2.8 l or more. The foreground is the filled region above an
+Otsu threshold of the volume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..errors import InputError
+
+STRIPPED_MAX_ML = 2200.0  # foreground above this (ml) = a head with skull; adult brains are 1.0-1.9 l
+
+
+def foreground_ml(volume: np.ndarray, spacing: Sequence[float]) -> float:
+    """Volume (ml) of the filled Otsu foreground, on a 2x-subsampled copy for speed."""
+    from skimage.filters import threshold_otsu
+
+    sub = np.asarray(volume[::2, ::2, ::2], dtype=np.float32)
+    fg = ndi.binary_fill_holes(ndi.binary_closing(sub > threshold_otsu(sub), iterations=2))
+    return float(fg.sum()) * 8.0 * float(np.prod(spacing)) / 1000.0
+
+
+def has_skull(volume: np.ndarray, spacing: Sequence[float]) -> bool:
+    """True when the volume looks like a whole head (skull, scalp) rather than an extracted brain."""
+    return foreground_ml(volume, spacing) > STRIPPED_MAX_ML
+
+
+def nifti_affine(direction: Sequence[float], origin: Sequence[float], spacing_zyx: Sequence[float]) -> np.ndarray:
+    """The RAS affine nibabel uses for an array indexed (x, y, z), from SimpleITK-style LPS geometry."""
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    sp = np.asarray(spacing_zyx, dtype=np.float64)[::-1]
+    aff = np.eye(4)
+    aff[:3, :3] = d * sp[None, :]
+    aff[:3, 3] = np.asarray(origin, dtype=np.float64)
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
+
+
+@lru_cache(maxsize=2)
+def _extractor(device: str):
+    try:
+        from deepbet import BrainExtraction
+    except ImportError as exc:  # deepbet is a dependency; a broken install lands here
+        raise InputError(
+            "brain extraction needs the 'deepbet' package (pip install deepbet); it is missing or broken: "
+            f"{exc}"
+        ) from None
+    return BrainExtraction(no_gpu=device == "cpu")
+
+
+def extract_brain(volume: np.ndarray, spacing: Sequence[float], direction: Sequence[float] | None = None,
+                  origin: Sequence[float] = (0.0, 0.0, 0.0), *, device: str = "cpu") -> np.ndarray:
+    """Bool brain mask (z, y, x) of a T1 head with deepbet; orientation from ``direction`` (SimpleITK order).
+
+    deepbet expects a roughly canonical (RAS-like) head; the volume is handed over with its true affine and
+    deepbet reorients it itself, so any acquisition orientation works.
+    """
+    import nibabel as nib
+
+    if volume.ndim != 3:
+        raise InputError(f"brain extraction needs a 3D volume, not shape {volume.shape}")
+    if direction is None:
+        direction = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    data = np.ascontiguousarray(np.transpose(np.asarray(volume, dtype=np.float32), (2, 1, 0)))
+    img = nib.Nifti1Image(data, nifti_affine(direction, origin, spacing))
+    bet = _extractor("cpu" if device == "cpu" else "gpu")
+    _, mask_img, _ = bet.run(img)
+    mask = np.asarray(mask_img.dataobj) > 0
+    mask = np.ascontiguousarray(np.transpose(mask, (2, 1, 0)))
+    if mask.shape != volume.shape:  # deepbet hands the mask back on the input's grid; anything else is a bug
+        raise RuntimeError(f"brain mask shape {mask.shape} differs from the volume's {volume.shape}")
+    if not mask.any():
+        raise InputError("brain extraction found no brain in this volume; is it a T1-weighted head MRI?")
+    return mask
