@@ -111,10 +111,20 @@ def plural(n: int) -> str:
     return f"{n} volume" + ("" if n == 1 else "s")
 
 
-def detection_fails(auc: float, ap: float, dice: float, thresholding_ap: float) -> list[str]:
+SYNTHETIC_TARGETS = {"auroc": 0.97, "dice": 0.6, "missing_gain": 2.0, "missing_ref": "linear"}
+REAL_TARGETS = {"auroc": 0.95, "dice": 0.5, "missing_gain": 1.5, "missing_ref": "best"}  # the real-scans issue's
+
+
+def detection_fails(auc: float, ap: float, dice: float, thresholding_ap: float, targets=SYNTHETIC_TARGETS) -> list[str]:
     """Anomaly targets missed; a missed AUROC is given to 4 decimals, since 0.9697 prints as 0.970 in the table."""
-    checks = (("AUPRC", ap >= 2 * thresholding_ap), ("Dice", dice >= 0.6), (f"AUROC {auc:.4f} < 0.97", auc >= 0.97))
+    a, d = targets["auroc"], targets["dice"]
+    checks = (("AUPRC", ap >= 2 * thresholding_ap), ("Dice", dice >= d), (f"AUROC {auc:.4f} < {a}", auc >= a))
     return [name for name, ok in checks if not ok]
+
+
+def detection_target(thr_ap: float, targets=SYNTHETIC_TARGETS) -> str:
+    return (f"AUPRC ≥ 2 × best thresholding ({2 * thr_ap:.3f}); best Dice ≥ {targets['dice']}; "
+            f"AUROC ≥ {targets['auroc']}")
 
 
 def verdict(ok: bool, detail: str = "") -> str:
@@ -225,7 +235,7 @@ def task_denoise(table, model, subs, levels, baselines, label):
 GAPS = {"single slices": [[20], [33], [46], [59]], "3-slice gaps": [[27, 28, 29], [52, 53, 54]]}
 
 
-def task_missing(table, model, subs, label):
+def task_missing(table, model, subs, label, targets=SYNTHETIC_TARGETS):
     for name, gaps in GAPS.items():
         missing = sorted(i for g in gaps for i in g)
         scores: dict[str, list] = {}
@@ -243,13 +253,17 @@ def task_missing(table, model, subs, label):
             }
             for k, (out, sec) in res.items():
                 scores.setdefault(k, []).append((psnr(out, img, m, peak), ssim(out, img, m, peak), sec))
-        lin = mean(scores["linear interpolation"], 0)
+        gain = targets["missing_gain"]
+        if targets["missing_ref"] == "best":
+            ref_name, ref = "best interpolation", max(mean(scores[k], 0) for k in scores if "interpolation" in k)
+        else:
+            ref_name, ref = "linear", mean(scores["linear interpolation"], 0)
         for k, v in scores.items():
             p = mean(v, 0)
             tgt = vd = ""
             if k == f"{MODEL} inpaint":
-                tgt = f"PSNR ≥ linear + 2 dB ({lin + 2:.2f} dB)"
-                vd = verdict(p >= lin + 2, f"{p - lin:+.2f} dB vs linear")
+                tgt = f"PSNR ≥ {ref_name} + {gain:g} dB ({ref + gain:.2f} dB)"
+                vd = verdict(p >= ref + gain, f"{p - ref:+.2f} dB vs {ref_name}")
             table.add(f"{label}missing {name} (axis 0, {len(missing)} slices)", k,
                       f"PSNR {p:.2f} dB, SSIM {mean(v, 1):.3f}", mean(v, 2), tgt, vd)
 
@@ -321,11 +335,13 @@ def candidates_text(stats: list[np.ndarray]) -> str:
             f"flagged as unlike the calibration volumes: {t[5]:.0f}/{len(stats)}")
 
 
-def task_anomaly(table, model, subs, label):
+def task_anomaly(table, model, subs, label, targets=SYNTHETIC_TARGETS, radius_scale=1.0):
+    """Synthetic lesions (LESION_CASES; radii in voxels at 2 mm, times ``radius_scale``) against thresholding."""
     per: dict[str, dict[str, list]] = {}
     cands: dict[str, list] = {}
     for seed, (img, brain, wm, sp) in subs:
         for ci, (case, spec) in enumerate(LESION_CASES.items()):
+            spec = [(kind, r * radius_scale) for kind, r in spec]
             vol, truth = _data.lesion_case(img, brain, wm, np.random.default_rng(seed * 10 + ci), spec)
             kinds = {k for k, _ in spec}
 
@@ -355,8 +371,8 @@ def task_anomaly(table, model, subs, label):
             tgt = vd = extra = ""
             if k.startswith(MODEL):
                 extra = candidates_text(cands[case]) if model.config.anomaly.get("healthy_peak") else ""
-                tgt = f"AUPRC ≥ 2 × best thresholding ({2 * thr[0]:.3f}); best Dice ≥ 0.6; AUROC ≥ 0.97"
-                fails = detection_fails(auc, ap, dice, thr[0])
+                tgt = detection_target(thr[0], targets)
+                fails = detection_fails(auc, ap, dice, thr[0], targets)
                 vd = verdict(not fails, ", ".join(fails) + ("; AUPRC target > 1 is unreachable" if 2 * thr[0] > 1 else ""))
             table.add(f"{label}anomaly, {case} lesions ({plural(len(v))})", k,
                       f"AUROC {auc:.3f}, AUPRC {ap:.3f}, best Dice {dice:.3f}{extra}", mean(v, 3), tgt, vd)
@@ -368,12 +384,11 @@ def task_anomaly(table, model, subs, label):
         best_thr += [max((v[i] for v in variants), key=lambda r: r[1]) for i in range(len(variants[0]))]
     auc, ap, dice = mean(mv, 0), mean(mv, 1), mean(mv, 2)
     tap = mean(best_thr, 1)
-    fails = detection_fails(auc, ap, dice, tap)
+    fails = detection_fails(auc, ap, dice, tap, targets)
     extra = candidates_text([c for v in cands.values() for c in v]) if model.config.anomaly.get("healthy_peak") else ""
     table.add(f"{label}anomaly, all cases combined ({plural(len(mv))})", f"{MODEL} anomaly heatmap",
               f"AUROC {auc:.3f}, AUPRC {ap:.3f}, best Dice {dice:.3f}{extra}", mean(mv, 3),
-              f"AUPRC ≥ 2 × best thresholding ({2 * tap:.3f}); best Dice ≥ 0.6; AUROC ≥ 0.97",
-              verdict(not fails, ", ".join(fails)))
+              detection_target(tap, targets), verdict(not fails, ", ".join(fails)))
     table.add(f"{label}anomaly, all cases combined ({plural(len(mv))})", "best thresholding variant per volume",
               f"AUROC {mean(best_thr, 0):.3f}, AUPRC {tap:.3f}, best Dice {mean(best_thr, 2):.3f}", mean(best_thr, 3))
 
@@ -398,6 +413,59 @@ def task_reconstruct(table, model, subs, label):
               verdict(prec - pin >= 3, f"{prec - pin:+.2f} dB"))
 
 
+def task_healthy(table, model, subs, label):
+    """Healthy held-out scans: native-resolution reconstruction and the anomaly map's false alarms."""
+    rows, warned, found, above = [], 0, [], []
+    for _, (img, brain, _, sp) in subs:
+        rec, sec = timed(reconstruct, model, img, sp)
+        peak = float(img.max())
+        res, asec = timed(anomaly, model, img, sp)
+        rows.append((psnr(rec, img, brain, peak), ssim(rec, img, brain, peak), sec, asec))
+        warned += bool(res.warnings)
+        found.append(len(res.candidates))
+        above.append(res.n_above_healthy or 0)
+    p, s, sec, asec = (mean(rows, i) for i in range(4))
+    task = f"{label}healthy scans ({plural(len(rows))})"
+    table.add(f"{task}, reconstruction in the brain", f"{MODEL} reconstruct", f"PSNR {p:.2f} dB, SSIM {s:.3f}", sec,
+              "PSNR ≥ 30 dB at native resolution", verdict(p >= 30, f"{p - 30:+.2f} dB"))
+    ok = warned == 0 and np.mean(above) <= 1
+    table.add(f"{task}, anomaly false alarms", f"{MODEL} anomaly heatmap",
+              f"candidates {np.mean(found):.1f} per scan, above the healthy maximum {np.mean(above):.1f} per scan; "
+              f"'not calibrated' warnings {warned}/{len(rows)}", asec,
+              "no warning; ≤ 1 candidate above the healthy maximum per scan",
+              verdict(ok, f"{warned} warned" if warned else "too many above the healthy maximum"))
+
+
+def slab(sub, n: int = 48):
+    """The central ``n`` slices (axis 0) of a subject: BM4D and NLM cost minutes on a whole 1 mm brain."""
+    img, brain, wm, sp = sub
+    c = int(np.mean(np.nonzero(brain.any(axis=(1, 2)))[0]))
+    sl = slice(max(0, c - n // 2), max(0, c - n // 2) + n)
+    return img[sl].copy(), brain[sl].copy(), wm[sl].copy(), sp
+
+
+def real_section(table, model, n, quick, baselines, notes) -> str:
+    """The real held-out scans (ds002748 test split); returns the description line for the table's header."""
+    import _real
+
+    if not _real.available():
+        notes.append("real scans not found, their rows are skipped (run `python scripts/fetch_real_data.py CLONE`)")
+        return ""
+    subs = [(70000 + k, s) for k, s in _real.subjects(n)]
+    g = "real T1 (ds002748 held-out): "
+    den = [(seed, slab(s)) for seed, s in subs[:1]]
+    task_healthy(table, model, subs, g)
+    task_denoise(table, model, den, [0.05] if quick else [0.03, 0.05, 0.09], baselines, g)
+    task_missing(table, model, subs, g, REAL_TARGETS)
+    task_regions(table, model, subs, g)
+    task_anomaly(table, model, subs, g, REAL_TARGETS, radius_scale=2.0 / float(np.mean(subs[0][1][3])))
+    shape = "×".join(str(s) for s in subs[0][1][0].shape)
+    sp = "×".join(f"{s:.2f}" for s in subs[0][1][3])
+    return (f"Real scans: OpenNeuro ds002748 (CC0) held-out test subjects sub-59… ({n}; denoise: the central 48 "
+            f"slices of 1), skull-stripped T1, {sp} mm, cropped to the brain (first: {shape} voxels); lesion radii "
+            f"scaled to the same millimetres as the synthetic ones. ")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -407,14 +475,19 @@ def main(argv=None) -> int:
                                                  "denoise uses at most 2 in full mode for BM4D's sake)")
     ap.add_argument("--t2-subjects", type=int, help="held-out T2-like subjects per task (default: quick 1, full 3; "
                                                     "denoise uses 1 in full mode for BM4D's sake)")
+    ap.add_argument("--real-subjects", type=int, help="held-out real scans (ds002748 sub-59..72) per task "
+                                                      "(default: quick 1, full 3; 0 skips the real section)")
     ap.add_argument("--out", type=Path, help="markdown file (default benchmarks/results/quality[_quick].md)")
     a = ap.parse_args(argv)
     n = a.subjects if a.subjects is not None else (1 if a.quick else 3)
     n_den = n if (a.quick or a.subjects is not None) else min(n, 2)
     n2 = a.t2_subjects if a.t2_subjects is not None else (1 if a.quick else 3)
     n2_den = n2 if (a.quick or a.t2_subjects is not None) else 1
+    n_real = a.real_subjects if a.real_subjects is not None else (1 if a.quick else 3)
     if n < 1 or n2 < 1:
         ap.error("--subjects and --t2-subjects must be at least 1")
+    if n_real < 0:
+        ap.error("--real-subjects must be 0 or more")
     out = a.out or Path(__file__).resolve().parent / "results" / ("quality_quick.md" if a.quick else "quality.md")
     notes = []
     baselines = set()
@@ -431,6 +504,7 @@ def main(argv=None) -> int:
     t2 = [(_data.SEED_T2 + i, _data.subject(_data.SEED_T2 + i, "t2")) for i in range(n2)]
     reconstruct(model, t1[0][1][0], t1[0][1][3])  # warm-up (thread pools, allocator), not timed
     table = Table()
+    real_line = real_section(table, model, n_real, a.quick, baselines, notes) if n_real else ""
     # quick (CI) mode: one noise level, since skimage NLM, its only denoise baseline there, costs about 35 s a level
     task_denoise(table, model, t1[:n_den], [0.05] if a.quick else [0.03, 0.05, 0.09], baselines, "")
     task_missing(table, model, t1, "")
@@ -449,7 +523,8 @@ def main(argv=None) -> int:
     md = "\n".join([
         f"Command: `{cmd}`",
         "",
-        f"Model {_data.model_id(model)} on CPU; {_data.machine()}. Held-out subjects (seeds ≥ 20000, never "
+        f"Model {_data.model_id(model)} on CPU; {_data.machine()}. " + real_line + "Synthetic held-out subjects "
+        f"(MNI152-derived, seeds ≥ 20000, never "
         f"trained on): {n} T1 (denoise: {n_den}) and {n2} T2-like (denoise: {n2_den}), 2 mm, {shape} voxels (z, y, x). "
         f"Total {total:.0f} s." + (f" Notes: {'; '.join(notes)}." if notes else ""),
         "",

@@ -1,0 +1,118 @@
+"""Train a model from a recipe file, every stage in order, with one command:
+
+    python scripts/train_recipe.py recipes/default.json          # the shipped default model
+    python scripts/train_recipe.py recipes/default.json --install # ... and copy it into the package
+
+A recipe (JSON) names the training and validation folders, an output folder and its stages: ``vae`` (the
+2.5D slice VAE, ``medvae train``), ``region_prior``, ``slice_head``, ``denoiser``, ``heal_head`` (the heads,
+each added to the previous stage's model with everything before it frozen) and ``calibrate`` (anomaly
+threshold and out-of-distribution profile on the validation volumes). Each stage writes
+``<out_dir>/<out>.safetensors`` + ``.json``; a stage whose output exists is skipped, so an interrupted run
+continues where it stopped. Seconds per stage are printed and written to ``<out_dir>/recipe_log.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("vae", "region_prior", "slice_head", "denoiser", "heal_head", "calibrate")
+
+
+def _files(folder: Path) -> list[str]:
+    files = sorted(str(p) for p in folder.iterdir() if p.name.endswith((".nii.gz", ".nii", ".nrrd", ".mha", ".mgz")))
+    if not files:
+        raise SystemExit(f"error: no volumes in {folder}; run scripts/fetch_real_data.py first")
+    return files
+
+
+def load_recipe(path: Path) -> dict:
+    try:
+        recipe = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: cannot read recipe {path}: {exc}") from None
+    for key in ("name", "train", "val", "out_dir", "stages"):
+        if key not in recipe:
+            raise SystemExit(f"error: recipe {path} lacks '{key}'")
+    for st in recipe["stages"]:
+        if st.get("stage") not in STAGES or "out" not in st:
+            raise SystemExit(f"error: each stage needs 'stage' (one of {', '.join(STAGES)}) and 'out'; got {st}")
+    return recipe
+
+
+def run_stage(st: dict, prev: str | None, train: list[str], val: list[str], out: str, recipe: dict) -> None:
+    """Run one stage; ``prev`` is the previous stage's weights (None before the VAE)."""
+    opts = {k: v for k, v in st.items() if k not in ("stage", "out")}
+    seed = int(opts.pop("seed", recipe.get("seed", 0)))
+    kind = st["stage"]
+    if kind == "vae":
+        from napari_medvae.engine.train import TrainConfig
+        from napari_medvae.engine.train import train as train_vae
+
+        train_vae(TrainConfig(train=train, val=val, out=out, seed=seed, name=recipe["name"],
+                              data_description=recipe.get("description", ""), device="cpu", **opts))
+    elif kind == "region_prior":
+        from napari_medvae.engine.train_region_prior import fit_region_prior
+
+        fit_region_prior(train, out, prev, seed=seed, **opts)
+    elif kind == "calibrate":
+        from napari_medvae.engine.train import recalibrate
+
+        recalibrate(prev, val, out, opts.get("quantile", 0.999), opts.get("score"), opts.get("heal_flip"),
+                    opts.get("heal_invert"))
+    else:
+        module, fn, cfg = {
+            "slice_head": ("train_slice_head", "train_slice_head", "SliceHeadTrainConfig"),
+            "denoiser": ("train_denoiser", "train_denoiser", "DenoiserTrainConfig"),
+            "heal_head": ("train_heal_head", "train_heal_head", "HealHeadTrainConfig"),
+        }[kind]
+        import importlib
+
+        mod = importlib.import_module(f"napari_medvae.engine.{module}")
+        for k in ("patch", "noise_range"):
+            if k in opts:
+                opts[k] = tuple(opts[k])
+        getattr(mod, fn)(getattr(mod, cfg)(train=train, val=val, out=out, model=prev, seed=seed, device="cpu", **opts))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipe", type=Path)
+    ap.add_argument("--install", action="store_true", help="copy the final model to src/napari_medvae/models/default.*")
+    a = ap.parse_args(argv)
+    recipe = load_recipe(a.recipe)
+    train, val = _files(ROOT / recipe["train"]), _files(ROOT / recipe["val"])
+    out_dir = ROOT / recipe["out_dir"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "recipe_log.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    prev: str | None = None
+    for st in recipe["stages"]:
+        out = str(out_dir / st["out"])
+        if Path(out + ".safetensors").exists():
+            print(f"[{st['stage']}] {out}.safetensors exists, skipped", flush=True)
+        else:
+            print(f"[{st['stage']}] -> {out}", flush=True)
+            t = time.perf_counter()
+            run_stage(st, prev, train, val, out, recipe)
+            log[st["out"]] = {"stage": st["stage"], "seconds": round(time.perf_counter() - t, 1)}
+            log_path.write_text(json.dumps(log, indent=1))
+            print(f"[{st['stage']}] done in {log[st['out']]['seconds']:.0f} s", flush=True)
+        prev = out + ".safetensors"
+    total = sum(v["seconds"] for v in log.values())
+    print(f"model: {prev} (training time, all stages: {total / 60:.1f} min)")
+    if a.install:
+        dest = ROOT / "src" / "napari_medvae" / "models" / "default"
+        for suffix in (".safetensors", ".json"):
+            shutil.copyfile(Path(prev).with_suffix(suffix), dest.with_suffix(suffix))
+        print(f"installed as {dest}.safetensors/.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
