@@ -145,6 +145,7 @@ def test_batch_inpaint_masks_with_and_without_the_mirror_image(tmp_path, read, m
     ["anomaly", "--samples", "3"],
     ["denoise", "--labels"],
     ["reconstruct", "--axis", "5"],
+    ["reconstruct", "--axis", "sideways"],
 ])
 def test_batch_bad_arguments_exit_2_and_write_nothing(tmp_path, read, capsys, argv):
     src, out = tmp_path / "in", tmp_path / "out"
@@ -238,3 +239,27 @@ def test_batch_killed_midway_resumes_without_recomputing(tmp_path, read):
         assert mine[-1]["status"] in ("ok", "skipped")
         assert (mine[-1]["status"] == "skipped") == (n in done)
         read_volume(out / n)
+
+
+def test_batch_axis_by_anatomical_name_equals_the_file_axis(tmp_path, read):
+    src = tmp_path / "in"
+    _cohort(src, read, n_good=1, bad=False)
+    a = run_batch("reconstruct", src, tmp_path / "a", device="cpu", options={"axis": "axial"})
+    b = run_batch("reconstruct", src, tmp_path / "b", device="cpu", options={"axis": 2})
+    assert a["ok"] == b["ok"] == 1
+    np.testing.assert_array_equal(read_volume(tmp_path / "a" / "a.nii.gz")[0], read_volume(tmp_path / "b" / "a.nii.gz")[0])
+
+
+def test_batch_does_not_import_the_cli():
+    """cli -> batch only (medvae batch): batch's shared helpers live in output_dtype, results and slices."""
+    import ast
+
+    import napari_medvae.batch as batch_module
+
+    tree = ast.parse(Path(batch_module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and (m == "cli" or m.endswith(".cli"))}, imported
+    res = subprocess.run([sys.executable, "-c", "import sys, napari_medvae.batch; print('napari_medvae.cli' in sys.modules)"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "False", res.stderr[-2000:]

@@ -45,6 +45,23 @@ def test_inpaint_missing_slices_auto_and_list(tmp_path, sample_dir, capsys):
     out2 = tmp_path / "list.nii.gz"
     assert main(["inpaint", str(src), "-o", str(out2), "--missing-slices", "30,44-46,60", "--axis", "2", "-q"]) == 0
     np.testing.assert_array_equal(read_volume(out)[0], read_volume(out2)[0])
+    # the same slices written as a user would say them, the axis by its anatomical name
+    out3 = tmp_path / "words.nii.gz"
+    assert main(["inpaint", str(src), "-o", str(out3), "--missing-slices", "30, 44 to 46, 60", "--axis", "axial",
+                 "-q"]) == 0
+    np.testing.assert_array_equal(read_volume(out)[0], read_volume(out3)[0])
+
+
+def test_inpaint_auto_without_blank_slices_copies_the_input(tmp_path, sample_dir, capsys):
+    src = sample_dir / "mni_t1_healthy.nii.gz"
+    out = tmp_path / "same.nii.gz"
+    assert main(["inpaint", str(src), "-o", str(out), "--missing-slices", "auto"]) == 0
+    captured = capsys.readouterr()
+    assert "no blank slices along axial (file axis 2, napari axis 0): nothing to fill" in captured.out
+    assert captured.err == ""
+    vin, vout = _same_grid(src, out)
+    assert vout.dtype == vin.dtype
+    np.testing.assert_array_equal(vout, vin)
 
 
 def test_inpaint_with_mask(tmp_path, sample_dir):
@@ -162,7 +179,10 @@ def _err(capsys):
     (["inpaint", f"{S}/mni_t1_missing.nii.gz", "--missing-slices", "1,x"], "missing-slices"),
     (["inpaint", f"{S}/mni_t1_missing.nii.gz", "--missing-slices", "5,500", "--axis", "2"], "out of range"),
     (["inpaint", f"{S}/mni_t1_missing.nii.gz"], "exactly one"),
-    (["inpaint", f"{S}/mni_t1_healthy.nii.gz", "--missing-slices", "auto"], "no blank slices"),
+    (["inpaint", f"{S}/mni_t1_missing.nii.gz", "--missing-slices", "40 to 30"], "--missing-slices: .*ends before"),
+    (["inpaint", f"{S}/mni_t1_missing.nii.gz", "--missing-slices", "5,500", "--axis", "axial"],
+     r"500 out of range: axial \(file axis 2, napari axis 0\) has 94 slices"),
+    (["reconstruct", f"{S}/mni_t1_healthy.nii.gz", "--axis", "sideways"], "--axis: .*not 'sideways'"),
     (["reconstruct", f"{S}/mni_t1_healthy.nii.gz", "--model", "evil.pt"], "pickle"),
     (["reconstruct", f"{S}/mni_t1_healthy.nii.gz", "--device", "tpu"], "device"),
 ])
@@ -275,3 +295,50 @@ def test_calibrate_heal_invert_option(tmp_path, sample_dir, capsys):
     assert load_model(tmp_path / "inv.safetensors", device="cpu").config.anomaly["heal_invert"] == 0.2
     assert main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "x"), "--heal-invert", "1.5"]) == 2
     assert "at least 0 and below 1, not 1.5" in _err(capsys) and not (tmp_path / "x.safetensors").exists()
+
+
+def _upsampled_1mm(tmp_path, sample_dir):
+    """A crop of the healthy sample on a 1 mm grid (finer than the model's 2 mm) and a small painted mask."""
+    from napari_medvae.io import Geometry, write_volume
+
+    vol, geo = read_volume(sample_dir / "mni_t1_healthy.nii.gz")
+    crop = vol[30:54, 20:100, 15:85]
+    fine = crop.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)
+    g = Geometry(spacing=(1.0, 1.0, 1.0), origin=geo.origin, direction=geo.direction)
+    src, mask = tmp_path / "fine.nii.gz", tmp_path / "fine_mask.nii.gz"
+    write_volume(src, fine, g)
+    m = np.zeros(fine.shape, np.uint8)
+    m[20:26, 70:80, 60:70] = 1
+    write_volume(mask, m, g)
+    return src, mask
+
+
+def test_no_symmetry_on_a_finer_grid_says_it_changes_nothing(tmp_path, sample_dir, capsys):
+    """--no-symmetry only matters where the region prior fills (the model's grid); elsewhere the CLI says so."""
+    src, mask = _upsampled_1mm(tmp_path, sample_dir)
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    assert main(["inpaint", str(src), "-o", str(a), "--mask", str(mask), "-q"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["inpaint", str(src), "-o", str(b), "--mask", str(mask), "--no-symmetry", "-q"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medvae: note: --no-symmetry changes nothing for this volume")
+    assert "not on the model's grid" in err[0]
+    np.testing.assert_array_equal(read_volume(a)[0], read_volume(b)[0])  # as the note says
+
+
+def test_no_symmetry_note_follows_the_engine_rule(model):
+    """The CLI's note agrees with the engine: the region prior (and so the mirror image) serves exactly the
+    volumes that engine.preprocess.prepare keeps on their grid, with slices at the model's spacing."""
+    from napari_medvae.cli import _symmetry_note
+    from napari_medvae.engine.preprocess import prepare
+
+    rng = np.random.default_rng(0)
+    cfg = model.config
+    for spacing in [(2.0, 2.0, 2.0), (1.0, 1.0, 1.0), (2.0, 2.06, 2.06), (2.0, 1.96, 1.96), (3.0, 2.0, 2.0),
+                    (1.0, 2.0, 2.0), (2.0, 2.0, 1.0), (2.1, 2.0, 2.0)]:
+        shape = (36, 40, 38)
+        vol = (rng.random(shape) * 100).astype(np.float32)
+        prep = prepare(vol, spacing, cfg, None, force=True)
+        prior_used = (not prep.resampled and prep.stride == 1
+                      and abs(prep.spacing[prep.axis] / cfg.slice_spacing_mm - 1) <= 0.1)
+        assert (_symmetry_note(model, shape, spacing, None) is None) == prior_used, spacing

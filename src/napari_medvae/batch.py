@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import slices as sl
 from .errors import InputError, MedVAEError
 
 log = logging.getLogger("medvae")
@@ -201,8 +202,11 @@ def _check_options(operation: str, options: dict) -> dict:
     for key in ("mask_dir", "brain_mask_dir"):
         if key in opts and not Path(opts[key]).is_dir():
             raise InputError(f"--{key.replace('_', '-')} {opts[key]} is not a folder")
-    if "axis" in opts and opts["axis"] not in (0, 1, 2):
-        raise InputError(f"--axis must be 0, 1 or 2 (the file's voxel axis), not {opts['axis']}")
+    if "axis" in opts and str(opts["axis"]).strip().lower() not in sl.PLANE_NAMES:  # names: per file, its geometry
+        try:
+            sl.parse_axis(opts["axis"])
+        except InputError as exc:
+            raise InputError(f"--axis: {exc}") from None
     if "samples" in opts and int(opts["samples"]) < 1:
         raise InputError(f"--samples must be at least 1, not {opts['samples']}")
     return opts
@@ -223,9 +227,13 @@ def _process(operation: str, item: Item, out: Path, labels_out: Path | None, mod
     from .engine.preprocess import check_axis
     from .io import read_volume, write_volume
     from .output_dtype import cast_like
+    from .results import label_volume
 
     vol, geo = read_volume(item.path)
-    axis = 2 - opts["axis"] if "axis" in opts else None
+    try:
+        axis = sl.parse_axis(opts.get("axis"), geo.direction)
+    except InputError as exc:
+        raise InputError(f"--axis: {exc}") from None
     force = bool(opts.get("force", False))
     out.parent.mkdir(parents=True, exist_ok=True)
     extra: dict = {}
@@ -241,7 +249,8 @@ def _process(operation: str, item: Item, out: Path, labels_out: Path | None, mod
             ax = axis if axis is not None else check_axis(None, geo.spacing)
             slices = detect_blank_slices(vol, ax)
             if not slices:
-                return {"status": "skipped", "reason": f"no blank slices along file axis {2 - ax}; nothing to inpaint"}
+                return {"status": "skipped",
+                        "reason": f"no blank slices along {sl.describe_axis(ax, geo.direction)}; nothing to inpaint"}
             kw["missing_slices"], kw["axis"] = slices, ax
             extra["missing_slices"] = [int(s) for s in slices]
         write_volume(out, cast_like(inpaint(model, vol, geo.spacing, force=force, **kw), vol.dtype), geo)
@@ -250,7 +259,7 @@ def _process(operation: str, item: Item, out: Path, labels_out: Path | None, mod
         res = anomaly(model, vol, geo.spacing, brain_mask=bm, axis=axis, threshold=float(opts.get("threshold", 1.0)),
                       geometry=geo, force=force)
         if labels_out is not None:  # labels first: the heatmap's presence marks the file as done
-            write_volume(labels_out, res.labels.astype(np.int16 if res.labels.max() < 32767 else np.int32), geo)
+            write_volume(labels_out, label_volume(res.labels), geo)
         write_volume(out, res.heatmap, geo)
         sizes = [float(c["volume_mm3"]) for c in res.candidates]
         extra.update(max_score=round(float(res.heatmap.max()), 4), n_candidates=len(res.candidates),
@@ -294,8 +303,8 @@ def run_batch(
 ) -> dict:
     """Apply ``operation`` to every volume under ``input_dir``; see the module docstring.
 
-    ``options``: ``axis`` (file voxel axis), ``force``; inpaint: ``missing_slices="auto"`` or
-    ``mask_dir``; anomaly: ``brain_mask_dir``, ``labels`` (bool), ``threshold``; uncertainty:
+    ``options``: ``axis`` (file voxel axis 0-2, or axial/coronal/sagittal from each file's geometry),
+    ``force``; inpaint: ``missing_slices="auto"`` or ``mask_dir``; anomaly: ``brain_mask_dir``, ``labels`` (bool), ``threshold``; uncertainty:
     ``samples``, ``seed``. ``progress(done, total)`` counts this process's files; ``on_file(row)``
     gets each manifest row. Bad arguments raise InputError before anything is written; a failing
     file is recorded in the manifest and the batch goes on.

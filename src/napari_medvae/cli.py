@@ -3,7 +3,10 @@
 Every command exits 0 on success and, on bad input, prints one line ``medvae: error: ...`` and exits
 2 without writing any output (all writes are atomic); ``medvae batch`` exits 1 when some files of the
 cohort failed (the manifest says which). A progress bar is shown on a terminal.
-Heavy imports (torch, MONAI) happen inside the commands, to keep ``medvae --help`` fast.
+Start-up time: torch, MONAI and the engine are imported only inside the commands, after the inputs are
+read and checked (``medvae --help`` and refusals of bad input take well under a second;
+tests/test_cli_startup.py checks that importing this module and refusing a missing file import no torch).
+Slice numbers and axes follow ``napari_medvae.slices`` (one convention with the napari widgets).
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
+from . import slices as sl
 from .errors import Cancelled, InputError, MedVAEError
 from .output_dtype import cast_like  # shared with the napari writer
+from .results import candidate_rows, label_volume
 
 EXIT_BAD_INPUT = 2
 EXIT_SOME_FAILED = 1  # medvae batch: some files failed (see the manifest)
@@ -57,13 +60,12 @@ class _Bar:
             self.bar.close()
 
 
-def file_axis_to_array(axis: int | None) -> int | None:
-    """CLI axes are the file's voxel axes (i, j, k = 0, 1, 2); arrays are (k, j, i)."""
-    if axis is None:
-        return None
-    if axis not in (0, 1, 2):
-        raise InputError(f"--axis must be 0, 1 or 2 (the file's voxel axis), not {axis}")
-    return 2 - axis
+def _axis(args, geo) -> int | None:
+    """``--axis`` (auto, a file axis 0/1/2 or axial/coronal/sagittal) -> the array axis, for this file's geometry."""
+    try:
+        return sl.parse_axis(args.axis, geo.direction)
+    except InputError as exc:
+        raise InputError(f"--axis: {exc}") from None
 
 
 def _read(path: str, volume_index: int | None, series_uid: str | None = None):
@@ -79,7 +81,7 @@ def _out(path: str, *inputs: str | None) -> Path:
 
 
 def _model(args):
-    from .engine import load_model
+    from .engine import load_model  # the first torch import of a command: after its inputs were checked
 
     t = time.time()
     model = load_model(args.model, device=args.device)
@@ -106,66 +108,96 @@ def _say(args, msg: str) -> None:
 
 def cmd_volume_op(args) -> int:
     """reconstruct / denoise: IN -> OUT on the same grid and dtype."""
-    from .engine import denoise, reconstruct
     from .io import write_volume
 
     out = _out(args.output, args.input)
     vol, geo = _read(args.input, args.volume_index, args.series_uid)
+    axis = _axis(args, geo)
     model = _model(args)
+    from .engine import denoise, reconstruct
+
     fn = reconstruct if args.command == "reconstruct" else denoise
-    res = _run(args.command, args, fn, model=model, volume=vol, spacing=geo.spacing, axis=file_axis_to_array(args.axis),
-               force=args.force)
+    res = _run(args.command, args, fn, model=model, volume=vol, spacing=geo.spacing, axis=axis, force=args.force)
     write_volume(out, cast_like(res, vol.dtype), geo)
     _say(args, f"wrote {out}")
     return 0
 
 
 def parse_slices(text: str) -> list[int] | str:
-    """'40,41,57' or '40-45,57' -> indices; 'auto' stays 'auto'."""
-    text = text.strip()
-    if text.lower() == "auto":
-        return "auto"
-    idx: list[int] = []
+    """``--missing-slices`` text -> sorted slice numbers or 'auto' (``slices.parse_slices``, flag named in errors)."""
     try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if hi < lo:
-                    raise InputError(f"bad slice range {part!r}: end before start")
-                idx.extend(range(lo, hi + 1))
-            else:
-                idx.append(int(part))
-    except ValueError:
-        raise InputError(f"--missing-slices must be comma-separated integers (e.g. 40,41,57 or 40-45) or 'auto', not {text!r}") from None
-    if not idx:
-        raise InputError("--missing-slices is empty")
-    return idx
+        return sl.parse_slices(text)
+    except InputError as exc:
+        raise InputError(f"--missing-slices: {exc}") from None
+
+
+def _symmetry_note(model, shape, spacing, axis: int | None) -> str | None:
+    """Why ``--no-symmetry`` cannot change this volume's fill, or None where it can.
+
+    The other hemisphere serves the region prior only, and the engine uses the prior on volumes on the
+    model's grid (engine.preprocess.prepare does not resample them; slices at the model's spacing,
+    engine.inpaint.prior_fill); other volumes get the classical fill. Mirrors those two rules
+    (tests/test_cli.py checks them against the engine).
+    """
+    from .engine.preprocess import check_axis
+
+    cfg = model.config
+    if getattr(model.net, "region_prior", None) is None:
+        return f"the model {cfg.name} has no region prior, the only fill that uses the other hemisphere"
+    ax = check_axis(axis, spacing)
+    inplane = [(int(n), float(s)) for i, (n, s) in enumerate(zip(shape, spacing, strict=True)) if i != ax]
+    resampled = not all(abs(max(1, round(n * s / cfg.spacing_mm)) - n) <= 1 and abs(s / cfg.spacing_mm - 1) < 0.05
+                        for n, s in inplane)
+    stride = max(1, int(round(cfg.slice_spacing_mm / spacing[ax])))
+    if resampled or stride != 1 or abs(spacing[ax] / cfg.slice_spacing_mm - 1) > 0.1:
+        vox = " x ".join(f"{s:g}" for s in spacing)
+        return (f"its voxels ({vox} mm) are not on the model's grid ({cfg.spacing_mm:g} mm in-plane, slices "
+                f"{cfg.slice_spacing_mm:g} mm apart), so painted regions get the classical (biharmonic) fill, "
+                "which does not use the other hemisphere")
+    return None
 
 
 def cmd_inpaint(args) -> int:
-    from .engine import inpaint
     from .io import read_on_grid, write_volume
 
     if (args.mask is None) == (args.missing_slices is None):
         raise InputError("give exactly one of --mask MASK or --missing-slices LIST|auto")
     if args.no_symmetry and args.mask is None:
         raise InputError("--no-symmetry applies to painted masks (--mask) only, not to missing slices")
+    requested = parse_slices(args.missing_slices) if args.missing_slices is not None else None
     out = _out(args.output, args.input, args.mask)
     vol, geo = _read(args.input, args.volume_index, args.series_uid)
+    axis = _axis(args, geo)
     kw: dict = {}
     if args.mask is not None:
         kw["mask"] = read_on_grid(args.mask, vol.shape, geo, "mask")
     else:
-        from .engine.inpaint import resolve_missing_slices
-
-        requested = parse_slices(args.missing_slices)
-        slices, axis = resolve_missing_slices(vol, geo.spacing, requested, file_axis_to_array(args.axis))
+        ax = sl.default_axis(geo.spacing) if axis is None else axis
+        where = sl.describe_axis(ax, geo.direction)
         if requested == "auto":
-            _say(args, f"blank slices along file axis {2 - axis}: {slices}")
+            from .engine import detect_blank_slices
+
+            slices = detect_blank_slices(vol, ax)
+            if not slices:
+                # nothing to fill is not an error: the output is the input, unchanged (a copy of its voxels)
+                write_volume(out, vol, geo)
+                _say(args, f"no blank slices along {where}: nothing to fill; wrote {out} (a copy of the input)")
+                return 0
+            _say(args, f"blank slices along {where}: {', '.join(str(i) for i in slices)}")
+        else:
+            try:
+                slices = sl.check_slices(requested, vol.shape, ax, geo.direction)
+            except InputError as exc:
+                raise InputError(f"--missing-slices: {exc}") from None
         kw["missing_slices"] = slices
-        kw["axis"] = axis
+        kw["axis"] = ax
     model = _model(args)
+    from .engine import inpaint
+
+    if args.no_symmetry:
+        note = _symmetry_note(model, vol.shape, geo.spacing, axis)
+        if note:
+            print(f"medvae: note: --no-symmetry changes nothing for this volume: {note}", file=sys.stderr)
     res = _run("inpaint", args, inpaint, model=model, volume=vol, spacing=geo.spacing, force=args.force,
                symmetry=not args.no_symmetry, **kw)
     write_volume(out, cast_like(res, vol.dtype), geo)
@@ -174,7 +206,6 @@ def cmd_inpaint(args) -> int:
 
 
 def cmd_anomaly(args) -> int:
-    from .engine import anomaly
     from .io import read_on_grid, write_volume
 
     out = _out(args.output, args.input, args.brain_mask)
@@ -190,12 +221,15 @@ def cmd_anomaly(args) -> int:
         raise InputError("heatmap, labels and report must be different files")
     vol, geo = _read(args.input, args.volume_index, args.series_uid)
     bm = read_on_grid(args.brain_mask, vol.shape, geo, "brain mask") if args.brain_mask else None
+    axis = _axis(args, geo)
     model = _model(args)
+    from .engine import anomaly
+
     res = _run("anomaly", args, anomaly, model=model, volume=vol, spacing=geo.spacing, brain_mask=bm,
-               axis=file_axis_to_array(args.axis), threshold=args.threshold, geometry=geo, force=args.force)
+               axis=axis, threshold=args.threshold, geometry=geo, force=args.force)
     write_volume(out, res.heatmap, geo)
     if labels_out:
-        write_volume(labels_out, res.labels.astype(np.int16 if res.labels.max() < 32767 else np.int32), geo)
+        write_volume(labels_out, label_volume(res.labels), geo)
     if report_out:
         from .engine.checkpoint import _atomic_write_bytes
 
@@ -210,7 +244,7 @@ def cmd_anomaly(args) -> int:
             "max_score": float(res.heatmap.max()),
             "n_candidates": len(res.candidates),
             "n_above_healthy": res.n_above_healthy,
-            "candidates": [_report_row(c) for c in res.candidates],
+            "candidates": candidate_rows(res.candidates),
         }
         _atomic_write_bytes(report_out, (json.dumps(report, indent=2) + "\n").encode())
     for w in res.warnings:  # even with -q: the map is written, but its calibration does not hold
@@ -225,29 +259,23 @@ def _above_text(res) -> str:
     return "" if n is None else f" ({n} peaking above {res.healthy_peak:.2f}, the highest in healthy brains)"
 
 
-def _report_row(c: dict) -> dict:
-    row = dict(c)
-    zyx = row.pop("centroid_voxel_zyx")
-    row["centroid_voxel_ijk"] = list(reversed(zyx))  # the file's voxel order
-    return row
-
-
 def cmd_uncertainty(args) -> int:
-    from .engine import uncertainty
     from .io import write_volume
 
     out = _out(args.output, args.input)
     vol, geo = _read(args.input, args.volume_index, args.series_uid)
+    axis = _axis(args, geo)
     model = _model(args)
+    from .engine import uncertainty
+
     res = _run("uncertainty", args, uncertainty, model=model, volume=vol, spacing=geo.spacing, samples=args.samples,
-               seed=args.seed, axis=file_axis_to_array(args.axis), force=args.force)
+               seed=args.seed, axis=axis, force=args.force)
     write_volume(out, res, geo)
     _say(args, f"wrote {out}")
     return 0
 
 
 def cmd_sample(args) -> int:
-    from .engine import sample
     from .io import Geometry, write_volume
 
     outdir = Path(args.output)
@@ -256,6 +284,8 @@ def cmd_sample(args) -> int:
     if not outdir.parent.resolve().is_dir():
         raise InputError(f"parent directory of {outdir} does not exist")
     model = _model(args)
+    from .engine import sample
+
     vols = _run("sample", args, sample, model=model, n=args.n, seed=args.seed)
     outdir.mkdir(exist_ok=True)
     sp = model.config.spacing_mm
@@ -522,7 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     vol = argparse.ArgumentParser(add_help=False)
     vol.add_argument("input", help="volume file (.nii, .nii.gz, .nrrd, .mha, .mhd) or DICOM series folder")
     vol.add_argument("-o", "--output", required=True, help="output volume (same grid as the input)")
-    vol.add_argument("--axis", type=int, help="slice along this voxel axis of the file (0, 1, 2); default: largest spacing, ties -> last")
+    vol.add_argument("--axis", help="slice axis: axial, coronal or sagittal (from the file's orientation), or the file's "
+                                    "voxel axis 0, 1 or 2 (i, j, k; napari shows it as axis 2, 1, 0); default: the "
+                                    "largest voxel spacing, ties -> the last file axis")
     vol.add_argument("--volume-index", type=int, help="for 4D files: which 3D volume to use")
     vol.add_argument("--series-uid", help="for DICOM folders with several series: which one to read")
     vol.add_argument("--force", action="store_true", help="run even if the volume looks unlike the model's training data")
@@ -535,10 +567,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("denoise", parents=[common, vol], help="remove noise, keep structure").set_defaults(fn=cmd_volume_op)
     ip = sub.add_parser("inpaint", parents=[common, vol], help="fill a masked region or missing slices")
     ip.add_argument("--mask", help="mask volume on the same grid; its non-zero voxels are filled")
-    ip.add_argument("--missing-slices", help="slice indices along --axis, e.g. 40,41,57 or 40-45, or 'auto' (blank slices)")
+    ip.add_argument("--missing-slices", help="slice numbers along --axis (the numbers napari shows for that axis), e.g. "
+                                             "40,41,57 or 40-45 or '40 to 45', or 'auto': the blank slices (none "
+                                             "found: nothing to fill, the input is copied to OUTPUT and the exit "
+                                             "status is 0)")
     ip.add_argument("--no-symmetry", action="store_true",
                     help="painted masks: do not use the mirror image across the brain's plane of symmetry (the other "
-                         "hemisphere) for the fill, e.g. when the other side is abnormal there")
+                         "hemisphere) for the fill, e.g. when the other side is abnormal there. It changes the output "
+                         "only where the region prior fills: volumes on the model's grid (2 mm voxels and slices for "
+                         "the shipped model, like the sample data), painted regions small enough for the prior "
+                         "(up to about 11 voxels across on that grid), and where a mirror plane is found (mirror "
+                         "correlation at least 0.3). Finer scans (e.g. 1 mm) get the classical fill, which does not "
+                         "use the other hemisphere: the output is then the same, and a note says so")
     ip.set_defaults(fn=cmd_inpaint)
     an = sub.add_parser("anomaly", parents=[common, vol], help="anomaly heatmap (1.0 = calibrated threshold)")
     an.add_argument("--brain-mask", help="restrict the heatmap to this mask (same grid)")
@@ -631,12 +671,15 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("operation", choices=["reconstruct", "denoise", "inpaint", "anomaly", "uncertainty"])
     ba.add_argument("input_dir", help="folder of volumes (searched recursively; a folder of DICOM files is one volume)")
     ba.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
-    ba.add_argument("--axis", type=int, help="slice along this voxel axis of the files (0, 1, 2); default per file")
+    ba.add_argument("--axis", help="slice axis of every file: axial, coronal or sagittal (from each file's orientation) "
+                                   "or the file's voxel axis 0, 1 or 2; default per file")
     ba.add_argument("--force", action="store_true", help="run even on volumes that look unlike the training data")
-    ba.add_argument("--missing-slices", help="inpaint: 'auto' (fill the blank slices of each volume)")
+    ba.add_argument("--missing-slices", help="inpaint: 'auto' (fill the blank slices of each volume; volumes without "
+                                             "any are recorded as skipped)")
     ba.add_argument("--mask-dir", help="inpaint: folder of masks with the same relative paths as the inputs")
     ba.add_argument("--no-symmetry", action="store_true",
-                    help="inpaint with --mask-dir: do not use the other hemisphere's mirror image for the fill")
+                    help="inpaint with --mask-dir: do not use the other hemisphere's mirror image for the fill (as "
+                         "for inpaint: it changes only volumes on the model's grid, see medvae inpaint --help)")
     ba.add_argument("--brain-mask-dir", help="anomaly: folder of brain masks with the same relative paths")
     ba.add_argument("--labels", action="store_true", help="anomaly: also write candidates as <name>_labels.<ext>")
     ba.add_argument("--threshold", type=float, help="anomaly: candidate threshold in heatmap units (default 1.0)")

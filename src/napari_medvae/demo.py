@@ -102,6 +102,7 @@ def run_demo(out: Path, model_path: str | None = None, device: str = "auto", qui
     from .engine import anomaly, denoise, inpaint, load_model, reconstruct, sample, uncertainty
     from .engine.inpaint import first_guess
     from .io import Geometry, read_volume, write_volume
+    from .results import candidate_rows, label_volume
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -127,8 +128,9 @@ def run_demo(out: Path, model_path: str | None = None, device: str = "auto", qui
     write_volume(out / "lesion_reconstruction.nii.gz", rec, geo)
     an = timed("anomaly", anomaly, volume=lesion, spacing=geo.spacing, geometry=geo)
     write_volume(out / "lesion_anomaly.nii.gz", an.heatmap, geo)
-    write_volume(out / "lesion_candidates.nii.gz", an.labels.astype(np.int16), geo)
-    (out / "lesion_candidates.json").write_text(json.dumps(an.candidates, indent=2) + "\n")
+    write_volume(out / "lesion_candidates.nii.gz", label_volume(an.labels), geo)
+    # the same rows as medvae anomaly --report (centroid_voxel_ijk: the file's voxel order)
+    (out / "lesion_candidates.json").write_text(json.dumps(candidate_rows(an.candidates), indent=2) + "\n")
 
     noisy, ngeo = read_volume(src / "mni_t1_noisy.nii.gz")
     ntruth, _ = read_volume(src / "mni_t1_noisy_truth.nii.gz")

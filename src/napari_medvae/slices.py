@@ -131,6 +131,15 @@ def describe_axis(array_axis: int, direction: Sequence[float] | None = None) -> 
     return f"{name} ({nums})" if name else f"file axis {2 - array_axis} (napari axis {array_axis})"
 
 
+def default_axis(spacing: Sequence[float]) -> int:
+    """The automatic slice axis (napari array axis): the largest voxel spacing, ties -> the first array axis.
+
+    The engine's rule (``engine.preprocess.default_axis``, tests check they agree), here without importing torch.
+    """
+    sp = np.asarray(spacing, dtype=float)
+    return int(np.flatnonzero(np.isclose(sp, sp.max(), rtol=1e-3))[0])
+
+
 def parse_axis(value: str | int | None, direction: Sequence[float] | None = None) -> int | None:
     """A user's slice axis -> napari array axis (None = automatic: the thickest voxel spacing).
 
@@ -183,6 +192,7 @@ __all__ = [
     "NAME_MIN_COSINE",
     "PLANE_NAMES",
     "check_slices",
+    "default_axis",
     "describe_axis",
     "format_slices",
     "parse_axis",
