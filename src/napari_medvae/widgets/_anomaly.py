@@ -33,6 +33,9 @@ from ._common import (
 )
 
 SLIDER_STEPS = 100  # slider ticks per heatmap unit
+CANDIDATE_COLOUR = "cyan"  # one colour for every candidate outline: it stands out on the inferno heatmap
+# the pop-up: napari shows one elided line of about 42 characters; the full warning is in the summary
+NOTIFY_UNCALIBRATED = "medvae: heatmap unreliable (see widget)"
 
 
 class AnomalyWidget(QWidget):
@@ -40,12 +43,16 @@ class AnomalyWidget(QWidget):
 
     Moving the threshold re-labels the existing heatmap (engine.threshold_candidates): no network run.
     Clicking a table row moves the viewer to that candidate's centroid. The last column says whether a
-    candidate's peak is above the highest one the model found in healthy brains (when its calibration has one).
+    candidate's peak is above the highest one the model found in healthy brains (when its calibration has one):
+    a fixed number of the model, so the threshold does not change the answer. Candidates are drawn as outlines
+    in one colour, so the lesion under them stays visible; the image stays the selected layer.
     """
 
-    COLUMNS = ("label", "mm³", "peak", "voxels", "> healthy")
+    COLUMNS = ("label", "mm³", "peak", "voxels", "> healthy max")
+    VOXELS = 3  # the voxels column: shown only when a voxel is not 1 mm³ (else it repeats mm³)
     TIPS = ("candidate label (1 = highest peak)", "size in mm³", "peak heatmap score (1.0 = calibrated threshold)",
-            "size in voxels", "peak above the highest candidate peak of the model's healthy calibration brains")
+            "size in voxels", "yes: the candidate's peak is above the highest peak the model found in healthy "
+            "calibration brains, a fixed number of the model (the threshold does not change it)")
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -75,6 +82,7 @@ class AnomalyWidget(QWidget):
         self.job.lock(self.run_btn)
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.table = QTableWidget(0, len(self.COLUMNS))
         self.table.setHorizontalHeaderLabels(self.COLUMNS)
         for j, tip in enumerate(self.TIPS):
@@ -118,6 +126,7 @@ class AnomalyWidget(QWidget):
         self.candidates: list[dict] = []
         self._spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
         self._healthy_peak: float | None = None
+        self._healthy_regions: int | None = None  # regions above the healthy peak: fixed for a heatmap
         self._warning = ""  # the engine's warning for the current heatmap (its calibration does not hold)
 
     def run(self) -> None:
@@ -144,27 +153,37 @@ class AnomalyWidget(QWidget):
             vol = np.asarray(data)
             res = anomaly(model, vol, spacing, brain_mask=brain, axis=axis, threshold=thr, force=force,
                           progress=progress, cancel=cancel)
+            regions = healthy_regions(res.heatmap, spacing, res.healthy_peak)
             unc = None
             if with_unc:
                 unc = uncertainty(model, vol, spacing, samples=samples, axis=axis, force=force, progress=progress,
                                   cancel=cancel)
-            return res, unc
+            return res, regions, unc
 
         def done(out) -> None:
-            res, unc = out
+            from napari.utils.colormaps import DirectLabelColormap
+
+            res, regions, unc = out
             self._spacing = spacing
             self._healthy_peak = res.healthy_peak
+            self._healthy_regions = regions
             self.heat_layer = self.viewer.add_image(
                 res.heatmap, name=f"{name} anomaly", colormap="inferno", blending="additive",
                 contrast_limits=(0.0, 2.0 * thr), **geo)
-            self.labels_layer = self.viewer.add_labels(res.labels, name=f"{name} candidates", opacity=0.5, **geo)
+            one_colour = DirectLabelColormap(color_dict={None: CANDIDATE_COLOUR, 0: "transparent"})
+            self.labels_layer = self.viewer.add_labels(res.labels, name=f"{name} candidates", opacity=1.0,
+                                                       colormap=one_colour, **geo)
+            self.labels_layer.contour = 1  # outlines: the lesion inside stays visible
+            self.labels_layer.mode = "pan_zoom"  # no paint tool armed on a result layer
             if unc is not None:
                 self.viewer.add_image(unc, name=f"{name} uncertainty", colormap="viridis", blending="additive", **geo)
+            if layer in self.viewer.layers:  # the new layers took the selection: give it back to the image
+                self.viewer.layers.selection.active = layer
             self._warning = " ".join(res.warnings)
-            if self._warning:
+            if self._warning:  # the full text is in the summary; a pop-up shows one short line only
                 from napari.utils.notifications import show_warning
 
-                show_warning(f"medvae: {self._warning}")
+                show_warning(NOTIFY_UNCALIBRATED)
             self._show(res.candidates, thr)
 
         self.job.start("anomaly", job, done, viewer=self.viewer, sources=(layer, blayer))
@@ -190,23 +209,29 @@ class AnomalyWidget(QWidget):
 
     def _show(self, rows: list[dict], threshold: float) -> None:
         self.candidates = rows
+        hp = self._healthy_peak
+        self.table.setColumnHidden(self.VOXELS, bool(np.isclose(np.prod(self._spacing), 1.0)))
+        last = self.table.horizontalHeaderItem(len(self.COLUMNS) - 1)
+        last.setToolTip(self.TIPS[-1] if hp is None else self.TIPS[-1].replace(
+            "the highest peak", f"{hp:.2f}, the highest peak"))
         self.table.blockSignals(True)
         self.table.setRowCount(len(rows))
         for i, r in enumerate(rows):
-            above = r.get("above_healthy")
+            above = r.get("above_healthy")  # peak > the model's healthy peak: a fixed number, not the threshold
             seen = "n/a" if above is None else ("yes" if above else "no")
             for j, v in enumerate((r["label"], round(r["volume_mm3"]), r["peak"], r["voxels"], seen)):
                 item = QTableWidgetItem(f"{v:.2f}" if isinstance(v, float) else str(v))
                 item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 self.table.setItem(i, j, item)
         self.table.blockSignals(False)
-        top = f"; highest peak {rows[0]['peak']:.2f}" if rows else ""
-        hp = self._healthy_peak
-        if hp is not None:
-            n = sum(bool(r.get("above_healthy")) for r in rows)
-            top += f"; {n} peak above {hp:.2f}, the highest seen in healthy brains"
-        warn = f"\n⚠ {self._warning}" if self._warning else ""
-        self.summary.setText(f"{len(rows)} candidate(s) above {threshold:.2f}{top}{warn}")
+        lines = [f"{len(rows)} candidate(s) above {threshold:.2f}"
+                 + (f"; highest peak {rows[0]['peak']:.2f}" if rows else "")]
+        if hp is not None and self._healthy_regions is not None:
+            lines.append(f"{self._healthy_regions} region(s) peak above {hp:.2f}, the highest seen in healthy "
+                         "brains (a fixed number of the model: the threshold does not change this count)")
+        if self._warning:
+            lines.append(f"⚠ {self._warning}")
+        self.summary.setText("\n".join(lines))
 
     def jump_to(self, row: int, _col: int = 0) -> None:
         """Move the viewer (slice position and camera centre) to the candidate's centroid, in world mm."""
@@ -218,3 +243,16 @@ class AnomalyWidget(QWidget):
         self.viewer.camera.center = world if self.viewer.dims.ndisplay == 3 else world[-2:]
         if self.labels_layer is not None and self.labels_layer in self.viewer.layers:
             self.labels_layer.selected_label = self.candidates[row]["label"]
+
+
+def healthy_regions(heatmap: np.ndarray, spacing, healthy_peak: float | None) -> int | None:
+    """How many candidate regions the heatmap has above the model's healthy peak (None: the model has none).
+
+    The candidates at threshold ``healthy_peak``: a count that does not depend on the threshold slider
+    (raising the threshold can split one candidate into several, each still above the healthy peak).
+    """
+    if healthy_peak is None:
+        return None
+    from ..engine.anomaly import threshold_candidates
+
+    return len(threshold_candidates(heatmap, spacing, float(healthy_peak))[1])
