@@ -157,6 +157,8 @@ def test_demo_writes_every_output(tmp_path):
     for n in ("lesion_reconstruction.nii.gz", "lesion_anomaly.nii.gz", "noisy_denoised.nii.gz", "missing_inpainted.nii.gz",
               "healthy_inpainted.nii.gz", "healthy_uncertainty.nii.gz", "sample_000.nii.gz", "montage.png", "summary.json"):
         assert n in names
+    cands = json.loads((out / "lesion_candidates.json").read_text())  # the rows of medvae anomaly --report
+    assert cands and all("centroid_voxel_ijk" in c and "centroid_voxel_zyx" not in c for c in cands)
     m = json.loads((out / "summary.json").read_text())["metrics"]
     # the sample's two lesions peak above every healthy calibration brain; its weaker candidates do not
     assert m["anomaly_candidates_above_healthy_peak"] == 2 <= m["anomaly_candidates"]
@@ -342,3 +344,12 @@ def test_no_symmetry_note_follows_the_engine_rule(model):
         prior_used = (not prep.resampled and prep.stride == 1
                       and abs(prep.spacing[prep.axis] / cfg.slice_spacing_mm - 1) <= 0.1)
         assert (_symmetry_note(model, shape, spacing, None) is None) == prior_used, spacing
+
+
+def test_candidate_rows_give_the_file_voxel_order():
+    from napari_medvae.results import candidate_rows, label_volume
+
+    rows = candidate_rows([{"label": 1, "voxels": 3, "centroid_voxel_zyx": [4.0, 5.5, 6.25]}])
+    assert rows == [{"label": 1, "voxels": 3, "centroid_voxel_ijk": [6.25, 5.5, 4.0]}]
+    assert label_volume(np.array([0, 7])).dtype == np.int16
+    assert label_volume(np.array([0, 40000])).dtype == np.int32
