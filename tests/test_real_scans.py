@@ -51,3 +51,56 @@ def test_brain_extraction_on_a_real_head_gives_an_adult_brain_inside_the_head():
 def test_brain_extraction_refuses_a_non_3d_array():
     with pytest.raises(InputError, match="3D"):
         skullstrip.extract_brain(np.zeros((4, 4)), (1.0, 1.0, 1.0))
+
+
+def _medvae(*args: str):
+    from napari_medvae.cli import main
+
+    return main([*map(str, args)])
+
+
+@pytest.mark.slow
+def test_cli_anomaly_on_a_head_keeps_candidates_in_the_brain_and_writes_the_mask(tmp_path):
+    heat, mask_out, labels = tmp_path / "heat.nii.gz", tmp_path / "brain.nii.gz", tmp_path / "labels.nii.gz"
+    before = HEAD.read_bytes()
+    assert _medvae("anomaly", HEAD, "-o", heat, "--labels", labels, "--brain-mask-out", mask_out, "-q") == 0
+    assert HEAD.read_bytes() == before  # the input file is never modified
+    vol, geom = read_volume(HEAD)
+    brain, _ = read_volume(mask_out)
+    lab, _ = read_volume(labels)
+    hm, g2 = read_volume(heat)
+    assert g2 == geom and brain.shape == vol.shape
+    assert 1000 < brain.astype(bool).sum() * np.prod(geom.spacing) / 1000 < 1900
+    assert not (hm[brain == 0] > 0).any()  # no score on scalp, muscle, orbits or neck
+    assert not (lab[brain == 0] > 0).any()
+
+
+def test_cli_refuses_a_mask_output_when_no_brain_was_extracted(tmp_path, capsys):
+    code = _medvae("reconstruct", SLAB, "-o", tmp_path / "r.nii.gz", "--brain-mask-out", tmp_path / "m.nii.gz", "-q")
+    assert code != 0
+    assert "no brain mask was made" in capsys.readouterr().err
+    assert not (tmp_path / "r.nii.gz").exists() and not (tmp_path / "m.nii.gz").exists()
+
+
+def test_cli_refuses_the_output_as_mask_output(tmp_path, capsys):
+    out = tmp_path / "r.nii.gz"
+    assert _medvae("reconstruct", SLAB, "-o", out, "--brain-mask-out", out, "-q") != 0
+    assert "must differ from the output" in capsys.readouterr().err
+
+
+def test_skull_strip_modes_are_checked():
+    vol, geom = read_volume(SLAB)
+    assert skullstrip.brain_for(vol, geom.spacing, mode="auto") is None
+    assert skullstrip.brain_for(vol, geom.spacing, mode="never") is None
+    with pytest.raises(InputError, match="one of auto, always, never"):
+        skullstrip.brain_for(vol, geom.spacing, mode="sometimes")
+
+
+def test_restore_outside_keeps_the_input_outside_the_brain():
+    vol = np.arange(27, dtype=np.int16).reshape(3, 3, 3)
+    mask = np.zeros((3, 3, 3), bool)
+    mask[1, 1, 1] = True
+    stripped = skullstrip.strip(vol, mask)
+    assert stripped[1, 1, 1] == 13 and (stripped[~mask] == 0).all() and stripped.dtype == vol.dtype
+    out = skullstrip.restore_outside(np.full((3, 3, 3), -1.0, np.float32), vol, mask)
+    assert out[1, 1, 1] == -1 and (out[~mask] == vol[~mask]).all()

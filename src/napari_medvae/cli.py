@@ -80,6 +80,41 @@ def _out(path: str, *inputs: str | None) -> Path:
     return check_output_path(path, [p for p in inputs if p])
 
 
+def _check_mask_out(args, out: Path, *inputs: str | None) -> Path | None:
+    """Check ``--brain-mask-out`` before any work: a writable new file, not the output or an input."""
+    if not args.brain_mask_out:
+        return None
+    path = _out(args.brain_mask_out, args.input, *inputs)
+    if path == out:
+        raise InputError("--brain-mask-out must differ from the output file")
+    return path
+
+
+def _brain(args, vol, geo, given=None):
+    """(volume the network sees, brain mask or None): heads with skull are skull-stripped (``--skull-strip``).
+
+    ``given``: a brain mask the user passed (used as it is). The mask used is written to ``--brain-mask-out``.
+    """
+    import numpy as np
+
+    from .engine import skullstrip
+
+    mask = given
+    if mask is None:
+        mask = skullstrip.brain_for(vol, geo.spacing, geo.direction, geo.origin, args.skull_strip)
+        if mask is not None:
+            ml = float(mask.sum()) * float(np.prod(geo.spacing)) / 1000.0
+            _say(args, f"head with skull: brain extracted ({ml:.0f} ml); the scalp, skull and neck are left as they were")
+    if args.brain_mask_out:
+        if mask is None:
+            raise InputError("--brain-mask-out: no brain mask was made (the volume looks skull-stripped); "
+                             "use --skull-strip always to extract the brain anyway")
+        from .io import write_volume
+
+        write_volume(args.brain_mask_out, mask.astype(np.uint8), geo)
+    return (vol if mask is None else skullstrip.strip(vol, mask)), mask
+
+
 def _model(args):
     from .engine import load_model  # the first torch import of a command: after its inputs were checked
 
@@ -111,13 +146,19 @@ def cmd_volume_op(args) -> int:
     from .io import write_volume
 
     out = _out(args.output, args.input)
+    _check_mask_out(args, out)
     vol, geo = _read(args.input, args.volume_index, args.series_uid)
     axis = _axis(args, geo)
+    seen, mask = _brain(args, vol, geo)
     model = _model(args)
     from .engine import denoise, reconstruct
 
     fn = reconstruct if args.command == "reconstruct" else denoise
-    res = _run(args.command, args, fn, model=model, volume=vol, spacing=geo.spacing, axis=axis, force=args.force)
+    res = _run(args.command, args, fn, model=model, volume=seen, spacing=geo.spacing, axis=axis, force=args.force)
+    if mask is not None:
+        from .engine.skullstrip import restore_outside
+
+        res = restore_outside(res, vol, mask)
     write_volume(out, cast_like(res, vol.dtype), geo)
     _say(args, f"wrote {out}")
     return 0
@@ -166,6 +207,7 @@ def cmd_inpaint(args) -> int:
         raise InputError("--no-symmetry applies to painted masks (--mask) only, not to missing slices")
     requested = parse_slices(args.missing_slices) if args.missing_slices is not None else None
     out = _out(args.output, args.input, args.mask)
+    _check_mask_out(args, out)
     vol, geo = _read(args.input, args.volume_index, args.series_uid)
     axis = _axis(args, geo)
     kw: dict = {}
@@ -191,6 +233,7 @@ def cmd_inpaint(args) -> int:
                 raise InputError(f"--missing-slices: {exc}") from None
         kw["missing_slices"] = slices
         kw["axis"] = ax
+    seen, mask = _brain(args, vol, geo)
     model = _model(args)
     from .engine import inpaint
 
@@ -198,8 +241,13 @@ def cmd_inpaint(args) -> int:
         note = _symmetry_note(model, vol.shape, geo.spacing, axis)
         if note:
             print(f"medvae: note: --no-symmetry changes nothing for this volume: {note}", file=sys.stderr)
-    res = _run("inpaint", args, inpaint, model=model, volume=vol, spacing=geo.spacing, force=args.force,
+    res = _run("inpaint", args, inpaint, model=model, volume=seen, spacing=geo.spacing, force=args.force,
                symmetry=not args.no_symmetry, **kw)
+    if mask is not None:
+        from .engine.skullstrip import restore_outside
+
+        # a painted region reaching out of the brain keeps the engine's (classical) fill there too
+        res = restore_outside(res, vol, (mask | kw["mask"]) if "mask" in kw else mask)
     write_volume(out, cast_like(res, vol.dtype), geo)
     _say(args, f"wrote {out}")
     return 0
@@ -216,16 +264,18 @@ def cmd_anomaly(args) -> int:
             raise InputError(f"report directory {report_out.parent} does not exist")
         if report_out.suffix.lower() != ".json":
             raise InputError(f"--report must be a .json path, not {args.report}")
-    outs = [p for p in (out, labels_out, report_out) if p is not None]
+    mask_out = _check_mask_out(args, out, args.brain_mask)
+    outs = [p for p in (out, labels_out, report_out, mask_out) if p is not None]
     if len(set(outs)) != len(outs):
-        raise InputError("heatmap, labels and report must be different files")
+        raise InputError("heatmap, labels, report and brain mask must be different files")
     vol, geo = _read(args.input, args.volume_index, args.series_uid)
     bm = read_on_grid(args.brain_mask, vol.shape, geo, "brain mask") if args.brain_mask else None
     axis = _axis(args, geo)
+    seen, bm = _brain(args, vol, geo, given=bm)
     model = _model(args)
     from .engine import anomaly
 
-    res = _run("anomaly", args, anomaly, model=model, volume=vol, spacing=geo.spacing, brain_mask=bm,
+    res = _run("anomaly", args, anomaly, model=model, volume=seen, spacing=geo.spacing, brain_mask=bm,
                axis=axis, threshold=args.threshold, geometry=geo, force=args.force)
     write_volume(out, res.heatmap, geo)
     if labels_out:
@@ -263,13 +313,17 @@ def cmd_uncertainty(args) -> int:
     from .io import write_volume
 
     out = _out(args.output, args.input)
+    _check_mask_out(args, out)
     vol, geo = _read(args.input, args.volume_index, args.series_uid)
     axis = _axis(args, geo)
+    seen, mask = _brain(args, vol, geo)
     model = _model(args)
     from .engine import uncertainty
 
-    res = _run("uncertainty", args, uncertainty, model=model, volume=vol, spacing=geo.spacing, samples=args.samples,
+    res = _run("uncertainty", args, uncertainty, model=model, volume=seen, spacing=geo.spacing, samples=args.samples,
                seed=args.seed, axis=axis, force=args.force)
+    if mask is not None:
+        res = (res * mask).astype("float32")  # no uncertainty outside the brain the model saw
     write_volume(out, res, geo)
     _say(args, f"wrote {out}")
     return 0
@@ -558,6 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
     vol.add_argument("--volume-index", type=int, help="for 4D files: which 3D volume to use")
     vol.add_argument("--series-uid", help="for DICOM folders with several series: which one to read")
     vol.add_argument("--force", action="store_true", help="run even if the volume looks unlike the model's training data")
+    vol.add_argument("--skull-strip", choices=("auto", "always", "never"), default="auto",
+                     help="heads with skull: extract the brain (deepbet) and run the model on it only, leaving the "
+                          "scalp, skull and neck as they were; auto (default) does so when the volume is larger than "
+                          "an extracted brain (over 2.2 l)")
+    vol.add_argument("--brain-mask-out", help="also write the brain mask used (1 = brain) to this file")
 
     p = argparse.ArgumentParser(prog="medvae", description="VAE reconstruction, denoising, inpainting and anomaly maps for 3D MRI.")
     p.add_argument("--version", action="version", version=f"napari-medvae {__version__}")

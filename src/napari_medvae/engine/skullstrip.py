@@ -83,3 +83,31 @@ def extract_brain(volume: np.ndarray, spacing: Sequence[float], direction: Seque
     if not mask.any():
         raise InputError("brain extraction found no brain in this volume; is it a T1-weighted head MRI?")
     return mask
+
+
+SKULL_MODES = ("auto", "always", "never")
+
+
+def brain_for(volume: np.ndarray, spacing: Sequence[float], direction: Sequence[float] | None = None,
+              origin: Sequence[float] = (0.0, 0.0, 0.0), mode: str = "auto", *, device: str = "cpu") -> np.ndarray | None:
+    """The brain mask an operation should be restricted to, or None to process the volume as it is.
+
+    ``mode``: "auto" extracts the brain of heads with skull (``has_skull``) and leaves skull-stripped volumes
+    alone; "always" extracts it in any case; "never" never does. The models were trained on brains without
+    skull, so on a head the network sees the extracted brain only (see ``strip`` and ``restore_outside``).
+    """
+    if mode not in SKULL_MODES:
+        raise InputError(f"skull stripping must be one of {', '.join(SKULL_MODES)}, not {mode!r}")
+    if mode == "never" or (mode == "auto" and not has_skull(volume, spacing)):
+        return None
+    return extract_brain(volume, spacing, direction, origin, device=device)
+
+
+def strip(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The volume with every voxel outside the brain set to its minimum (the background of a stripped brain)."""
+    return np.where(mask, volume, volume.min()).astype(volume.dtype, copy=False)
+
+
+def restore_outside(result: np.ndarray, volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``result`` inside the brain, the input's own voxels outside it (scalp, skull and neck are left as they were)."""
+    return np.where(mask, result, volume.astype(result.dtype, copy=False))
