@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from plugin_helpers import TIMEOUT_MS, dock, open_volume
+from plugin_helpers import TIMEOUT_MS, Notifications, dock, open_volume
 from qtpy.QtCore import Qt
 
 from napari_medvae.widgets import _common
@@ -94,3 +94,66 @@ def test_generate_adds_a_stack_of_volumes(make_napari_viewer, qtbot):
     layer = viewer.layers["medvae samples (seed 3)"]
     assert layer.data.ndim == 4 and layer.data.shape[0] == 2
     assert np.isfinite(layer.data).all() and layer.data.std() > 0
+
+
+def _generate(viewer, qtbot, g, seed: int = 3):
+    g.seed.setValue(seed)
+    g.btn.click()
+    name = f"medvae samples (seed {seed})"
+    qtbot.waitUntil(lambda: name in viewer.layers and not g.job.running, timeout=TIMEOUT_MS)
+    return viewer.layers[name]
+
+
+def _world_box(layer) -> tuple[np.ndarray, np.ndarray]:
+    """World (z, y, x) mm of a layer's first and last voxel centres (last three axes, no affine)."""
+    shape = np.asarray(layer.data.shape[-3:])
+    lo = np.asarray(layer.translate[-3:])
+    return lo, lo + (shape - 1) * np.asarray(layer.scale[-3:])
+
+
+def test_generated_volumes_are_centred_on_the_reference_and_on_screen(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)  # screenshots have pixels only on a shown window
+    # an all-black reference far from the world origin (MNI-like translate): any bright pixel is a sample
+    ref = viewer.add_image(np.zeros((40, 50, 45), np.float32), name="ref", scale=(2.0, 2.0, 2.0),
+                           translate=(-72.0, -134.0, -98.0), contrast_limits=(0, 1))
+    g = dock(viewer, "Generate")
+    g.reference.setCurrentText("ref")
+    g.n.setValue(1)
+    layer = _generate(viewer, qtbot, g)
+    lo, hi = _world_box(layer)
+    ref_lo, ref_hi = _world_box(ref)
+    np.testing.assert_allclose((lo + hi) / 2, (ref_lo + ref_hi) / 2, atol=max(layer.scale[1:]))
+    point = np.asarray(viewer.dims.point[-3:])
+    assert np.all(point[0] >= lo[0]) and np.all(point[0] <= hi[0]), "the slider is off the generated volumes"
+    centre = np.asarray(viewer.camera.center[-2:])
+    assert np.all(centre >= lo[1:]) and np.all(centre <= hi[1:]), "the camera looks away from them"
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    assert shot[..., :3].max() > 50, "the canvas is black"
+
+
+def test_without_reference_volumes_are_centred_on_the_view(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((40, 50, 45), np.float32), name="far", scale=(2.0, 2.0, 2.0),
+                     translate=(300.0, -400.0, 500.0))
+    viewer.reset_view()
+    looked_at = np.asarray([viewer.dims.point[0], *viewer.camera.center[-2:]])
+    g = dock(viewer, "Generate")
+    assert g.reference.currentText() == "(none)"
+    g.n.setValue(1)
+    layer = _generate(viewer, qtbot, g)
+    lo, hi = _world_box(layer)
+    np.testing.assert_allclose((lo + hi) / 2, looked_at, atol=max(layer.scale[1:]))
+
+
+def test_2d_reference_is_refused_with_a_notification(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((50, 45), np.float32), name="flat")
+    g = dock(viewer, "Generate")
+    g.reference.setCurrentText("flat")
+    note = Notifications()
+    try:
+        g.btn.click()
+    finally:
+        note.close()
+    assert not g.job.running and len(viewer.layers) == 1
+    assert len(note.messages) == 1 and "'flat' is 2D" in note.messages[0] and "3D image" in note.messages[0]
