@@ -194,16 +194,23 @@ class LayerCombo(QComboBox):
 
 
 def axis_combo() -> QComboBox:
-    """Slice-axis choice: 'auto' (thickest spacing, ties -> 0) or array axis 0/1/2 as napari shows it."""
+    """Slice-axis choice: 'auto' (thickest spacing, ties -> 0) or an axis numbered as in ``slices.describe_axis``
+    ('file axis 2 (napari axis 0)'); its data is the napari array axis (the Inpaint widget's AxisCombo also
+    names the axes anatomically)."""
+    from ..slices import describe_axis
+
     box = QComboBox()
-    box.addItems(["auto (thickest)", "0", "1", "2"])
-    box.setToolTip("array axis slices are taken along; auto = the axis with the largest voxel spacing")
+    box.addItem("auto (thickest spacing)", None)
+    for a in range(3):
+        box.addItem(describe_axis(a), a)
+    box.setToolTip("the axis slices are taken along; auto = the axis with the largest voxel spacing. "
+                   "Numbers: the file's voxel axis (as medvae's --axis) and napari's axis")
     return box
 
 
 def axis_value(box: QComboBox) -> int | None:
-    text = box.currentText()
-    return None if text.startswith("auto") else int(text)
+    """The chosen napari array axis, or None for auto."""
+    return box.currentData()
 
 
 def warning_label() -> QLabel:
