@@ -165,6 +165,9 @@ def test_voxels_column_only_when_a_voxel_is_not_one_cubic_mm(make_napari_viewer,
     _run(viewer, qtbot, w, "2 mm")
     assert not w.table.isColumnHidden(w.VOXELS)
     assert int(w.table.item(0, 1).text()) == 2 * int(w.table.item(0, w.VOXELS).text())
+    header = w.table.horizontalHeader()
+    for j in range(w.table.columnCount() - 1):  # numbers are never cut short ("49…"); the last column stretches
+        assert header.sectionSize(j) >= w.table.sizeHintForColumn(j), f"column {w.COLUMNS[j]} is too narrow"
 
 
 def test_uncalibrated_warning_pop_up_is_complete_and_the_widget_has_the_full_text(make_napari_viewer, qtbot,

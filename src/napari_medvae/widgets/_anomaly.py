@@ -48,7 +48,7 @@ class AnomalyWidget(QWidget):
     in one colour, so the lesion under them stays visible; the image stays the selected layer.
     """
 
-    COLUMNS = ("label", "mm³", "peak", "voxels", "> healthy max")
+    COLUMNS = ("#", "mm³", "peak", "voxels", "> healthy")
     VOXELS = 3  # the voxels column: shown only when a voxel is not 1 mm³ (else it repeats mm³)
     TIPS = ("candidate label (1 = highest peak)", "size in mm³", "peak heatmap score (1.0 = calibrated threshold)",
             "size in voxels", "yes: the candidate's peak is above the highest peak the model found in healthy "
@@ -91,8 +91,9 @@ class AnomalyWidget(QWidget):
         self.table.setSelectionMode(QTableWidget.SingleSelection)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
-        self.table.horizontalHeader().setSectionResizeMode(len(self.COLUMNS) - 1, QHeaderView.ResizeToContents)
+        # numbers as wide as they need (never cut to "49…"); the last column takes what is left
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setToolTip("click a row to go to that candidate")
         form = QFormLayout()
         form.addRow("Image", self.source)
@@ -228,7 +229,7 @@ class AnomalyWidget(QWidget):
                  + (f"; highest peak {rows[0]['peak']:.2f}" if rows else "")]
         if hp is not None and self._healthy_regions is not None:
             lines.append(f"{self._healthy_regions} region(s) peak above {hp:.2f}, the highest seen in healthy "
-                         "brains (a fixed number of the model: the threshold does not change this count)")
+                         "brains (fixed: the threshold does not change this count)")
         if self._warning:
             lines.append(f"⚠ {self._warning}")
         self.summary.setText("\n".join(lines))
