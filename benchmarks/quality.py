@@ -477,6 +477,8 @@ def main(argv=None) -> int:
                                                     "denoise uses 1 in full mode for BM4D's sake)")
     ap.add_argument("--real-subjects", type=int, help="held-out real scans (ds002748 sub-59..72) per task "
                                                       "(default: quick 1, full 3; 0 skips the real section)")
+    ap.add_argument("--real-only", action="store_true", help="only the real held-out section "
+                                                             "(default output benchmarks/results/quality_real.md)")
     ap.add_argument("--out", type=Path, help="markdown file (default benchmarks/results/quality[_quick].md)")
     a = ap.parse_args(argv)
     n = a.subjects if a.subjects is not None else (1 if a.quick else 3)
@@ -488,7 +490,10 @@ def main(argv=None) -> int:
         ap.error("--subjects and --t2-subjects must be at least 1")
     if n_real < 0:
         ap.error("--real-subjects must be 0 or more")
-    out = a.out or Path(__file__).resolve().parent / "results" / ("quality_quick.md" if a.quick else "quality.md")
+    if a.real_only and n_real < 1:
+        ap.error("--real-only needs --real-subjects of 1 or more")
+    name = "quality_real" if a.real_only else "quality"
+    out = a.out or Path(__file__).resolve().parent / "results" / (f"{name}_quick.md" if a.quick else f"{name}.md")
     notes = []
     baselines = set()
     for mod in ("bm4d", "dipy"):
@@ -500,33 +505,39 @@ def main(argv=None) -> int:
             notes.append(f"{mod} not installed, its rows are skipped (`pip install {mod}`)")
     t0 = time.perf_counter()
     model = load_model(a.model, device="cpu")
-    t1 = [(_data.SEED_T1 + i, _data.subject(_data.SEED_T1 + i, "t1")) for i in range(n)]
-    t2 = [(_data.SEED_T2 + i, _data.subject(_data.SEED_T2 + i, "t2")) for i in range(n2)]
-    reconstruct(model, t1[0][1][0], t1[0][1][3])  # warm-up (thread pools, allocator), not timed
     table = Table()
-    real_line = real_section(table, model, n_real, a.quick, baselines, notes) if n_real else ""
-    # quick (CI) mode: one noise level, since skimage NLM, its only denoise baseline there, costs about 35 s a level
-    task_denoise(table, model, t1[:n_den], [0.05] if a.quick else [0.03, 0.05, 0.09], baselines, "")
-    task_missing(table, model, t1, "")
-    task_regions(table, model, t1, "")
-    task_anomaly(table, model, t1, "")
-    task_reconstruct(table, model, t1, "")
-    g = "T2-like (generalisation): "
-    task_denoise(table, model, t2[:n2_den], [0.05], baselines, g)
-    task_missing(table, model, t2, g)
-    task_regions(table, model, t2, g)
-    if not a.quick:
-        task_anomaly(table, model, t2, g)
+    if a.real_only:
+        real_line = real_section(table, model, n_real, a.quick, baselines, notes)
+        if not real_line:
+            raise SystemExit("error: --real-only, but the real scans are missing: " + "; ".join(notes))
+        synth_line = ""
+    else:
+        t1 = [(_data.SEED_T1 + i, _data.subject(_data.SEED_T1 + i, "t1")) for i in range(n)]
+        t2 = [(_data.SEED_T2 + i, _data.subject(_data.SEED_T2 + i, "t2")) for i in range(n2)]
+        reconstruct(model, t1[0][1][0], t1[0][1][3])  # warm-up (thread pools, allocator), not timed
+        real_line = real_section(table, model, n_real, a.quick, baselines, notes) if n_real else ""
+        # quick (CI) mode: one noise level, since skimage NLM, its only denoise baseline there, costs about 35 s a level
+        task_denoise(table, model, t1[:n_den], [0.05] if a.quick else [0.03, 0.05, 0.09], baselines, "")
+        task_missing(table, model, t1, "")
+        task_regions(table, model, t1, "")
+        task_anomaly(table, model, t1, "")
+        task_reconstruct(table, model, t1, "")
+        g = "T2-like (generalisation): "
+        task_denoise(table, model, t2[:n2_den], [0.05], baselines, g)
+        task_missing(table, model, t2, g)
+        task_regions(table, model, t2, g)
+        if not a.quick:
+            task_anomaly(table, model, t2, g)
+        shape = "×".join(str(s) for s in t1[0][1][0].shape)
+        synth_line = (f"Synthetic held-out subjects (MNI152-derived, seeds ≥ 20000, never trained on): {n} T1 "
+                      f"(denoise: {n_den}) and {n2} T2-like (denoise: {n2_den}), 2 mm, {shape} voxels (z, y, x). ")
     total = time.perf_counter() - t0
     cmd = " ".join(["python benchmarks/quality.py", *argv])
-    shape = "×".join(str(s) for s in t1[0][1][0].shape)
     md = "\n".join([
         f"Command: `{cmd}`",
         "",
-        f"Model {_data.model_id(model)} on CPU; {_data.machine()}. " + real_line + "Synthetic held-out subjects "
-        f"(MNI152-derived, seeds ≥ 20000, never "
-        f"trained on): {n} T1 (denoise: {n_den}) and {n2} T2-like (denoise: {n2_den}), 2 mm, {shape} voxels (z, y, x). "
-        f"Total {total:.0f} s." + (f" Notes: {'; '.join(notes)}." if notes else ""),
+        f"Model {_data.model_id(model)} on CPU; {_data.machine()}. " + real_line + synth_line
+        + f"Total {total:.0f} s." + (f" Notes: {'; '.join(notes)}." if notes else ""),
         "",
         "PSNR/SSIM inside the brain mask; missing slices: on the missing slices inside the brain; painted "
         "regions: inside the regions (pooled error). Anomaly metrics over brain voxels, mean over volumes; "
