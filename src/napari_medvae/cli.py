@@ -99,12 +99,10 @@ def _brain(args, vol, geo, given=None):
 
     from .engine import skullstrip
 
-    mask = given
-    if mask is None:
-        mask = skullstrip.brain_for(vol, geo.spacing, geo.direction, geo.origin, args.skull_strip)
-        if mask is not None:
-            ml = float(mask.sum()) * float(np.prod(geo.spacing)) / 1000.0
-            _say(args, f"head with skull: brain extracted ({ml:.0f} ml); the scalp, skull and neck are left as they were")
+    seen, mask = skullstrip.prepare_head(vol, geo.spacing, geo.direction, geo.origin, args.skull_strip, given)
+    if mask is not None and given is None:
+        ml = float(mask.sum()) * float(np.prod(geo.spacing)) / 1000.0
+        _say(args, f"head with skull: brain extracted ({ml:.0f} ml); the scalp, skull and neck are left as they were")
     if args.brain_mask_out:
         if mask is None:
             raise InputError("--brain-mask-out: no brain mask was made (the volume looks skull-stripped); "
@@ -112,7 +110,7 @@ def _brain(args, vol, geo, given=None):
         from .io import write_volume
 
         write_volume(args.brain_mask_out, mask.astype(np.uint8), geo)
-    return (vol if mask is None else skullstrip.strip(vol, mask)), mask
+    return seen, mask
 
 
 def _model(args):

@@ -103,6 +103,18 @@ def brain_for(volume: np.ndarray, spacing: Sequence[float], direction: Sequence[
     return extract_brain(volume, spacing, direction, origin, device=device)
 
 
+def prepare_head(volume: np.ndarray, spacing: Sequence[float], direction: Sequence[float] | None = None,
+                 origin: Sequence[float] = (0.0, 0.0, 0.0), mode: str = "auto",
+                 given: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(volume the network should see, brain mask or None): the CLI's and the widgets' one entry point.
+
+    ``given``: a brain mask the user supplied (used as it is, no extraction). Without a mask the volume is
+    returned unchanged.
+    """
+    mask = given if given is not None else brain_for(volume, spacing, direction, origin, mode)
+    return (volume if mask is None else strip(volume, mask)), mask
+
+
 def strip(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The volume with every voxel outside the brain set to its minimum (the background of a stripped brain)."""
     return np.where(mask, volume, volume.min()).astype(volume.dtype, copy=False)

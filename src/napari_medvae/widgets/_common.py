@@ -515,3 +515,34 @@ class JobBar(QWidget):
             self.finished.emit()
         except RuntimeError:  # the widget was deleted with its closed viewer while the job ran
             pass
+
+
+SKULL_TIP = ("Heads with skull: extract the brain (deepbet) and run the model on it only; the scalp, skull and neck "
+             "are left as they were. 'auto' does so when the volume is larger than an extracted brain (over 2.2 l).")
+
+
+def skull_combo() -> QComboBox:
+    """Skull stripping: auto / always / never (engine.skullstrip.SKULL_MODES)."""
+    box = QComboBox()
+    box.addItems(["auto", "always", "never"])
+    box.setToolTip(SKULL_TIP)
+    return box
+
+
+def layer_direction_origin(layer) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The layer's direction cosines and origin (SimpleITK/LPS order), as io.Geometry has them."""
+    from ..io import Geometry
+
+    geo = Geometry.from_layer_kwargs(layer.scale, layer.translate, layer.affine, layer.metadata)
+    return tuple(geo.direction), tuple(geo.origin)
+
+
+def add_brain_layer(viewer, mask, source_name: str, geo: dict) -> None:
+    """Show the brain mask an operation used as a Labels layer (once per source)."""
+    name = f"{source_name} brain"
+    if name in viewer.layers:
+        return
+    kw = {k: v for k, v in geo.items() if k != "metadata"}
+    layer = viewer.add_labels(mask.astype(np.uint8), name=name, opacity=0.3, **kw)
+    layer.contour = 1
+    layer.mode = "pan_zoom"

@@ -8,12 +8,15 @@ from . import _common
 from ._common import (
     JobBar,
     LayerCombo,
+    add_brain_layer,
     axis_combo,
     axis_value,
     get_model,
+    layer_direction_origin,
     layer_geometry,
     layer_spacing,
     need,
+    skull_combo,
 )
 
 
@@ -27,6 +30,7 @@ class ReconstructWidget(QWidget):
         self.viewer = napari_viewer
         self.source = LayerCombo(napari_viewer, Image)
         self.axis = axis_combo()
+        self.skull = skull_combo()
         self.reconstruct_btn = QPushButton("Reconstruct")
         self.reconstruct_btn.setToolTip("the model's healthy-looking version of the volume")
         self.denoise_btn = QPushButton("Denoise")
@@ -36,6 +40,7 @@ class ReconstructWidget(QWidget):
         form = QFormLayout()
         form.addRow("Image", self.source)
         form.addRow("Slice axis", self.axis)
+        form.addRow("Skull stripping", self.skull)
         buttons = QHBoxLayout()
         buttons.addWidget(self.reconstruct_btn)
         buttons.addWidget(self.denoise_btn)
@@ -58,16 +63,25 @@ class ReconstructWidget(QWidget):
         spacing = layer_spacing(layer)
         axis = axis_value(self.axis)
         force = _common.force()
+        skull = self.skull.currentText()
+        direction, origin = layer_direction_origin(layer)
+        source_name = layer.name
 
         def job(progress, cancel):
             import numpy as np
 
-            from ..engine import denoise, reconstruct
+            from ..engine import denoise, reconstruct, skullstrip
 
             fn = reconstruct if kind == "reconstruction" else denoise
-            return fn(get_model(), np.asarray(data), spacing, axis=axis, force=force, progress=progress, cancel=cancel)
+            vol = np.asarray(data)
+            seen, mask = skullstrip.prepare_head(vol, spacing, direction, origin, skull)
+            res = fn(get_model(), seen, spacing, axis=axis, force=force, progress=progress, cancel=cancel)
+            return (res if mask is None else skullstrip.restore_outside(res, vol, mask)), mask
 
-        def done(result) -> None:
+        def done(out) -> None:
+            result, mask = out
             self.viewer.add_image(result, name=name, colormap="gray", **geo)
+            if mask is not None:
+                add_brain_layer(self.viewer, mask, source_name, geo)
 
         self.job.start(kind, job, done, viewer=self.viewer, sources=(layer,))
