@@ -39,3 +39,16 @@ def test_skull_stripping_never_leaves_the_head_whole(make_napari_viewer, qtbot):
     w.reconstruct_btn.click()
     wait_layer(qtbot, viewer, f"{src.name} reconstruction", w.job)
     assert f"{src.name} brain" not in viewer.layers
+
+
+def test_anomaly_on_a_head_scores_the_brain_only(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    src = open_volume(viewer, HEAD)
+    w = dock(viewer, "Anomaly review")
+    w.source.setCurrentText(src.name)
+    w.run_btn.click()
+    heat = wait_layer(qtbot, viewer, f"{src.name} anomaly", w.job)
+    mask = np.asarray(viewer.layers[f"{src.name} brain"].data) > 0
+    cand = viewer.layers[f"{src.name} candidates"]
+    assert not (np.asarray(heat.data)[~mask] > 0).any()  # scalp, muscle, orbits, neck: no score
+    assert not (np.asarray(cand.data)[~mask] > 0).any()

@@ -24,12 +24,15 @@ from . import _common
 from ._common import (
     JobBar,
     LayerCombo,
+    add_brain_layer,
     axis_combo,
     axis_value,
     get_model,
+    layer_direction_origin,
     layer_geometry,
     layer_spacing,
     need,
+    skull_combo,
 )
 
 SLIDER_STEPS = 100  # slider ticks per heatmap unit
@@ -61,8 +64,10 @@ class AnomalyWidget(QWidget):
         self.viewer = napari_viewer
         self.source = LayerCombo(napari_viewer, Image)
         self.brain = LayerCombo(napari_viewer, Labels, allow_none=True)
-        self.brain.setToolTip("optional brain mask; (none) = the engine's automatic mask")
+        self.brain.setToolTip("optional brain mask; (none) = the engine's automatic mask (heads with skull: "
+                              "the extracted brain, see Skull stripping)")
         self.axis = axis_combo()
+        self.skull = skull_combo()
         self.uncertainty = QCheckBox("Uncertainty map too")
         self.uncertainty.setToolTip("per-voxel standard deviation over posterior samples of the model")
         self.samples = QSpinBox()
@@ -99,6 +104,7 @@ class AnomalyWidget(QWidget):
         form.addRow("Image", self.source)
         form.addRow("Brain mask", self.brain)
         form.addRow("Slice axis", self.axis)
+        form.addRow("Skull stripping", self.skull)
         trow = QHBoxLayout()
         trow.addWidget(self.slider)
         trow.addWidget(self.threshold)
@@ -146,25 +152,27 @@ class AnomalyWidget(QWidget):
         with_unc = self.uncertainty.isChecked()
         samples = self.samples.value()
         force = _common.force()
+        skull = self.skull.currentText()
+        direction, origin = layer_direction_origin(layer)
 
         def job(progress, cancel):
-            from ..engine import anomaly, uncertainty
+            from ..engine import anomaly, skullstrip, uncertainty
 
             model = get_model()
-            vol = np.asarray(data)
-            res = anomaly(model, vol, spacing, brain_mask=brain, axis=axis, threshold=thr, force=force,
+            vol, mask = skullstrip.prepare_head(np.asarray(data), spacing, direction, origin, skull, brain)
+            res = anomaly(model, vol, spacing, brain_mask=mask, axis=axis, threshold=thr, force=force,
                           progress=progress, cancel=cancel)
             regions = healthy_regions(res.heatmap, spacing, res.healthy_peak)
             unc = None
             if with_unc:
                 unc = uncertainty(model, vol, spacing, samples=samples, axis=axis, force=force, progress=progress,
                                   cancel=cancel)
-            return res, regions, unc
+            return res, regions, unc, (mask if brain is None else None)
 
         def done(out) -> None:
             from napari.utils.colormaps import DirectLabelColormap
 
-            res, regions, unc = out
+            res, regions, unc, extracted = out
             self._spacing = spacing
             self._healthy_peak = res.healthy_peak
             self._healthy_regions = regions
@@ -177,7 +185,11 @@ class AnomalyWidget(QWidget):
             self.labels_layer.contour = 1  # outlines: the lesion inside stays visible
             self.labels_layer.mode = "pan_zoom"  # no paint tool armed on a result layer
             if unc is not None:
+                if extracted is not None:
+                    unc = unc * extracted  # no uncertainty outside the brain the model saw
                 self.viewer.add_image(unc, name=f"{name} uncertainty", colormap="viridis", blending="additive", **geo)
+            if extracted is not None:
+                add_brain_layer(self.viewer, extracted, name, geo)
             if layer in self.viewer.layers:  # the new layers took the selection: give it back to the image
                 self.viewer.layers.selection.active = layer
             self._warning = " ".join(res.warnings)
