@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import InputError
 
 MIN_INPLANE = 16  # pixels at model resolution: below this the network has no field of view to use
+RESIZE_VALUES = 32_000_000  # input + output pixels per chunk of slices when resampling in-plane (memory bound)
 
 
 def check_volume(volume: np.ndarray, name: str = "volume") -> None:
@@ -108,22 +109,34 @@ class Prepared:
         return m > 1e-3
 
     def to_original(self, arr: np.ndarray, *, denormalise: bool = True) -> np.ndarray:
-        """Bring a (slices, H, W) model-grid array back to the original grid and intensity units."""
-        out = arr
+        """Bring a (slices, H, W) model-grid array back to the original grid and intensity units.
+
+        Written straight into one new float32 array of the original shape (no whole-volume temporaries: a
+        512 x 512 x 400 volume is 0.42 GB per copy).
+        """
+        out = np.empty(self.shape, dtype=np.float32)
+        view = np.moveaxis(out, self.axis, 0)  # (slices, H, W) view of ``out``
         if self.resampled:
-            out = resize_inplane(out, self.inplane, antialias=False)
-        if denormalise:
-            out = out * np.float32(self.scale)
-        return np.ascontiguousarray(np.moveaxis(out, 0, self.axis)).astype(np.float32, copy=False)
+            resize_inplane(arr, self.inplane, antialias=False, out=view)
+            if denormalise:
+                view *= np.float32(self.scale)
+        elif denormalise:
+            np.multiply(arr, np.float32(self.scale), out=view, casting="unsafe")
+        else:
+            view[...] = arr
+        return out
 
 
-def resize_inplane(stack: np.ndarray, size: Sequence[int], *, antialias: bool) -> np.ndarray:
-    """Bilinear in-plane resize of a (S, H, W) stack, in chunks of slices to bound memory."""
+def resize_inplane(stack: np.ndarray, size: Sequence[int], *, antialias: bool,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """Bilinear in-plane resize of a (S, H, W) stack, in chunks of slices to bound memory; into ``out`` if given
+    (an (S, *size) float32 array or view)."""
     import torch
     import torch.nn.functional as F
 
-    out = np.empty((stack.shape[0], *size), dtype=np.float32)
-    step = max(1, int(32_000_000 // max(1, stack.shape[1] * stack.shape[2] + size[0] * size[1])))
+    if out is None:
+        out = np.empty((stack.shape[0], *size), dtype=np.float32)
+    step = max(1, int(RESIZE_VALUES // max(1, stack.shape[1] * stack.shape[2] + size[0] * size[1])))
     for i in range(0, stack.shape[0], step):
         t = torch.from_numpy(np.ascontiguousarray(stack[i : i + step], dtype=np.float32))[:, None]
         r = F.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False,
@@ -154,9 +167,15 @@ def prepare(volume: np.ndarray, spacing: Sequence[float], config, axis: int | No
             f"volume is too small: its slices are {inplane} voxels of {inplane_sp} mm, i.e. {target} at the model's "
             f"{config.spacing_mm} mm; at least {MIN_INPLANE} pixels per side are needed"
         )
-    data = moved.astype(np.float32) / np.float32(scale)
-    if target != inplane:
-        data = resize_inplane(data, target, antialias=True)
+    if target != inplane:  # converted and normalised a chunk of slices at a time: no full-resolution float32 copies
+        data = np.empty((moved.shape[0], *target), dtype=np.float32)
+        step = max(1, int(RESIZE_VALUES // (inplane[0] * inplane[1] + target[0] * target[1])))
+        for i in range(0, moved.shape[0], step):
+            chunk = moved[i : i + step].astype(np.float32) / np.float32(scale)
+            resize_inplane(chunk, target, antialias=True, out=data[i : i + step])
+    else:
+        data = moved.astype(np.float32, order="C")
+        data /= np.float32(scale)
     stride = max(1, int(round(config.slice_spacing_mm / sp[ax])))
     profile = getattr(config, "intensity_profile", None)
     score = ood_score(data, float(volume.min()), profile)
