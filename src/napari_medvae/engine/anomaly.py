@@ -310,7 +310,7 @@ def threshold_candidates(heatmap: np.ndarray, spacing: Sequence[float], threshol
     relabel = np.zeros(n + 1, dtype=np.int32)  # old label -> rank by peak (0 = dropped)
     for new, (old, _, _) in enumerate(keep, start=1):
         relabel[old] = new
-    labels = np.zeros(heatmap.shape, dtype=np.int32)
+    labels = lab.astype(np.int32, copy=False)  # relabelled in place: no second whole-volume label array
     labels[where] = relabel[ids]
     rows = []
     for new, (old, peak, count) in enumerate(keep, start=1):
@@ -347,12 +347,12 @@ def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain
     p.check()
     score, ratio = score_and_ratio(model, prep, p, bm)
     heat = prep.to_original(score / np.float32(thr), denormalise=False)
-    heat = np.clip(heat, 0, None)
+    np.clip(heat, 0, None, out=heat)  # in place: a 512 x 512 x 400 heatmap is 0.42 GB per copy
     if bm is not None:
         heat[~bm] = 0.0
     hp = model.config.anomaly.get("healthy_peak")
     labels, rows = threshold_candidates(heat, sp, threshold, geometry, healthy_peak=hp)
     p.step()
     warning = ratio_warning(ratio)
-    return AnomalyResult(heat.astype(np.float32), labels, rows, threshold, hp,
+    return AnomalyResult(heat.astype(np.float32, copy=False), labels, rows, threshold, hp,
                          None if ratio is None else round(ratio, 3), [warning] if warning else [])
