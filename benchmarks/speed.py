@@ -1,6 +1,7 @@
 """Speed benchmark: every figure of the performance issue, with its target and PASS/FAIL, medians of N runs.
 
     python benchmarks/speed.py [--model PATH] [--repeats 3] [--out benchmarks/results/speed.md] [--quick]
+                               [--only GROUP[,GROUP...]]
 
 Times are end to end from array in to array out (checks, normalisation, resampling, network,
 post-processing), in this process on the CPU after one warm-up call; GPU rows are added when
@@ -8,6 +9,12 @@ torch sees a CUDA device. The CT-sized run and the start-up check run in child p
 (peak resident memory; a clean ``sys.modules``). The size sweep times its four sizes in interleaved
 rounds (at least 5) so that the machine's drift falls on all of them, and compares each size's fastest round. ``--quick`` (CI) runs 1 repeat,
 a 2 mm base for the size sweep, and skips BM4D and the CT-sized volume.
+
+Group ``cli-memory`` runs every operation through the ``medvae`` command on a 512×512×400 float32 volume
+written to a temporary folder, one child process per operation, and reads each child's own peak resident
+memory (``os.wait4``'s ``ru_maxrss``) against 3 GB (10^9 bytes); ``cli-startup`` times ``medvae --help`` and a
+refusal (an input file that does not exist) in child processes. ``--only`` runs just the named groups (see
+``GROUPS``) and prints the table, writing it only where ``--out`` says.
 """
 
 from __future__ import annotations
@@ -29,6 +36,11 @@ sys.path.insert(0, str(HERE))
 import _data  # noqa: E402
 
 BM4D_REFERENCE_S = 56.0  # DESIGN.md: BM4D on the 2 mm MNI T1 (5 % Rician) on this project's 2-core CPU
+# the table's row groups, in order (``--only``)
+GROUPS = ("cpu", "bm4d", "size", "ct", "cli-memory", "napari", "cli-startup", "gpu")
+CT_SHAPE = (400, 512, 512)  # (z, y, x): a 512×512×400 volume, the size of a CT or a fine MRI
+RSS_LIMIT_GB = 3.0  # peak resident memory allowed for one operation on it (issue 33, item 10)
+STARTUP_LIMIT_S = 1.0  # seconds for ``medvae --help`` and for a refusal (interpreter start included)
 
 
 def interleaved_runs(fns: dict, repeats: int) -> dict:
@@ -66,14 +78,14 @@ vol = _data.ct_sized_volume((400, 512, 512))
 tpl = _data.templates(1.0).t1.shape
 spacing = tuple(s / n for s, n in zip(tpl, vol.shape))  # the same head, finer grid
 _data.templates.cache_clear()
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 t = time.perf_counter()
 out = {call}
 sec = time.perf_counter() - t
 out = getattr(out, "heatmap", out)
 assert out.shape == vol.shape
 print(json.dumps({{"seconds": sec, "rss_before_gb": rss0,
-                  "maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}}))
+                  "maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}}))
 """
 
 STARTUP_CHILD = r"""
@@ -95,6 +107,139 @@ print(json.dumps({"seconds": dt, "torch_before": torch_before, "torch": "torch" 
 """
 
 
+def medvae_command() -> list[str]:
+    """The ``medvae`` command as users run it: the console script beside this interpreter, else the same entry point."""
+    exe = Path(sys.executable).with_name("medvae")
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-c", "import sys; from napari_medvae.cli import main; sys.exit(main())"]
+
+
+# Runs the command given after the timeout, reaps it with os.wait4 (that child's own resource usage) and prints a JSON
+# line after the child's own output. A lean parent on purpose: on Linux a child's ru_maxrss starts from its parent's RSS
+# at the fork (vfork + exec keeps the high-water mark), so spawned straight from this process (model and volumes
+# loaded, 1-2 GB) every child read at least that much.
+SPAWN_CHILD = r"""
+import json, os, subprocess, sys, threading, time
+t = time.perf_counter()
+p = subprocess.Popen(sys.argv[2:])
+timer = threading.Timer(float(sys.argv[1]), p.kill)
+timer.start()
+_, status, usage = os.wait4(p.pid, 0)
+timer.cancel()
+p.returncode = os.waitstatus_to_exitcode(status)
+print(json.dumps({"rc": p.returncode, "seconds": time.perf_counter() - t, "maxrss": usage.ru_maxrss}), flush=True)
+"""
+
+
+def run_child(cmd: list[str], timeout: float) -> tuple[int, float, float, str, str]:
+    """Run ``cmd``; return (exit code, seconds, its peak RSS in GB (10^9 bytes), its stdout, its stderr).
+
+    ``cmd`` runs under a small Python parent (``SPAWN_CHILD``, about 10 MB, which the peak includes) that reads the
+    child's own ``ru_maxrss`` with ``os.wait4``: neither this process's memory nor an earlier child's counts
+    (``RUSAGE_CHILDREN`` would give the largest child so far). Killed after ``timeout`` seconds (exit code -9).
+    """
+    res = subprocess.run([sys.executable, "-c", SPAWN_CHILD, str(timeout), *cmd], capture_output=True, text=True,
+                         timeout=timeout + 120)
+    lines = res.stdout.splitlines()
+    info = json.loads(lines[-1])
+    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return info["rc"], info["seconds"], info["maxrss"] * unit / 1e9, "\n".join(lines[:-1]), res.stderr
+
+
+def write_ct_inputs(folder: Path) -> dict[str, Path]:
+    """The 512×512×400 float32 test files (NIfTI, 0.47 mm head) for the ``medvae`` memory rows: the volume, a copy
+    with 5 % Rician noise (denoising), one with every 10th slice blank (missing slices) and a painted 10×30×30 mm
+    box (uint8 mask). Built slice by slice, so this process never holds more than one volume and a mask."""
+    from napari_medvae.io import Geometry, write_volume
+
+    vol = _data.ct_sized_volume(CT_SHAPE)
+    tpl = _data.templates(1.0).t1.shape
+    spacing = tuple(s / n for s, n in zip(tpl, vol.shape, strict=True))  # the same head, finer grid
+    _data.templates.cache_clear()
+    geo = Geometry(spacing=spacing)
+    paths = {k: folder / f"{k}.nii" for k in ("volume", "noisy", "holed", "mask")}
+    write_volume(paths["volume"], vol, geo)
+    rng = np.random.default_rng(_data.SEED_SPEED + 4)
+    sigma = np.float32(0.05 * float(vol.max()))
+    noisy = np.empty_like(vol)
+    for k in range(vol.shape[0]):  # Rician: |x + n1 + i n2|
+        a = vol[k] + sigma * rng.standard_normal(vol.shape[1:], dtype=np.float32)
+        b = sigma * rng.standard_normal(vol.shape[1:], dtype=np.float32)
+        noisy[k] = np.sqrt(a * a + b * b)
+    write_volume(paths["noisy"], noisy, geo)
+    del noisy
+    vol[5::10] = 0  # blank slices: found by --missing-slices auto
+    write_volume(paths["holed"], vol, geo)
+    del vol
+    mask = np.zeros(CT_SHAPE, np.uint8)
+    c = np.array(CT_SHAPE) // 2
+    half = [int(round(mm / 2 / s)) for mm, s in zip((10.0, 30.0, 30.0), spacing, strict=True)]
+    mask[tuple(slice(ci - h, ci + h) for ci, h in zip(c, half, strict=True))] = 1
+    write_volume(paths["mask"], mask, geo)
+    return paths
+
+
+def cli_memory_rows(row, model_path: str | None) -> None:
+    """One row per operation: ``medvae OP`` on the 512×512×400 files in a child process, its peak RSS ≤ 3 GB."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="medvae-speed-") as tmp:
+        folder = Path(tmp)
+        f = write_ct_inputs(folder)
+        out = str(folder / "out.nii")
+        ops = [
+            ("reconstruct", ["reconstruct", f["volume"]]),
+            ("denoise (input with 5 % Rician noise)", ["denoise", f["noisy"]]),
+            ("inpaint a painted 10×30×30 mm region (--mask)", ["inpaint", f["volume"], "--mask", f["mask"]]),
+            ("inpaint missing slices (every 10th blank, --missing-slices auto)",
+             ["inpaint", f["holed"], "--missing-slices", "auto"]),
+            ("anomaly (heatmap, --labels and --report)",
+             ["anomaly", f["volume"], "--labels", folder / "labels.nii", "--report", folder / "report.json"]),
+            ("uncertainty (8 posterior samples)", ["uncertainty", f["volume"]]),
+        ]
+        for name, args in ops:
+            cmd = [*medvae_command(), *map(str, args), "-o", out, "--force", "-q"]
+            if model_path:
+                cmd += ["--model", model_path]
+            rc, sec, gb, _out, err = run_child(cmd, timeout=1800)
+            fig = f"medvae CLI, 512×512×400 float32 (0.47 mm head), {name}: peak RSS"
+            target = f"≤ {RSS_LIMIT_GB:g} GB"
+            if rc != 0:
+                last = (err.strip().splitlines() or ["?"])[-1][:160]
+                row(fig, f"failed (exit {rc}) after {sec:.0f} s, peak RSS {gb:.2f} GB", target, False, last)
+                continue
+            row(fig, f"{gb:.2f} GB ({sec:.0f} s)", target, gb <= RSS_LIMIT_GB,
+                "child process per operation, read with os.wait4 (ru_maxrss; GB = 10^9 bytes); the whole command: "
+                "imports, reading the .nii, the model, writing the output; --force skips the out-of-distribution guard")
+
+
+def cli_startup_rows(row, reps: int) -> None:
+    """``medvae --help`` and a refusal (input file missing), each timed in ``reps`` child processes (median)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="medvae-speed-") as tmp:
+        missing = Path(tmp) / "does_not_exist.nii"
+        cases = [("medvae --help", ["--help"], 0, ""),
+                 ("medvae reconstruct with an input file that does not exist (refusal)",
+                  ["reconstruct", str(missing), "-o", str(Path(tmp) / "out.nii")], 2, "medvae: error")]
+        for fig, args, want_rc, want_err in cases:
+            ts, bad = [], ""
+            for _ in range(reps):
+                rc, sec, _gb, _out, err = run_child([*medvae_command(), *args], timeout=120)
+                if rc != want_rc or want_err not in err:
+                    bad = f"exit {rc} (expected {want_rc}): {(err.strip().splitlines() or [''])[-1][:160]}"
+                    break
+                ts.append(sec)
+            target = f"≤ {STARTUP_LIMIT_S:g} s, exit {want_rc}"
+            if bad:
+                row(f"start-up: {fig}", "wrong outcome", target, False, bad)
+                continue
+            t = statistics.median(ts)
+            row(f"start-up: {fig}", f"{t:.2f} s", target, t <= STARTUP_LIMIT_S,
+                f"median of {len(ts)} child process(es), interpreter start included: {' '.join(medvae_command())}")
+
+
 def manifest_modules() -> list[str]:
     """The python modules napari imports for this plugin's contributions (from the npe2 manifest)."""
     import yaml
@@ -113,17 +258,23 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="model .safetensors (default: the shipped model)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median; at least 3 unless --quick)")
     ap.add_argument("--quick", action="store_true", help="CI mode: 1 repeat, 2 mm size sweep, no BM4D, no CT volume")
-    ap.add_argument("--out", type=Path, help="markdown file (default benchmarks/results/speed[_quick].md)")
+    ap.add_argument("--out", type=Path, help="markdown file (default benchmarks/results/speed[_quick].md; with --only: "
+                                             "none, the table is printed)")
+    ap.add_argument("--only", help=f"run only these row groups, comma-separated: {', '.join(GROUPS)}")
     a = ap.parse_args(argv)
+    only = set(GROUPS) if a.only is None else {g.strip() for g in a.only.split(",") if g.strip()}
+    if not only or only - set(GROUPS):
+        ap.error(f"--only takes groups from {', '.join(GROUPS)}, not {a.only!r}")
     reps = 1 if a.quick else max(3, a.repeats)
-    out_path = a.out or HERE / "results" / ("speed_quick.md" if a.quick else "speed.md")
+    out_path = a.out or (None if a.only is not None else HERE / "results" / ("speed_quick.md" if a.quick else "speed.md"))
     t_start = time.perf_counter()
 
     import torch
 
     from napari_medvae.engine import anomaly, denoise, inpaint, load_model, reconstruct, synth
 
-    model = load_model(a.model, device="cpu")
+    in_process = only & {"cpu", "bm4d", "size", "gpu"}
+    model = load_model(a.model, device="cpu") if in_process else None
     rows: list[tuple] = []
 
     def row(fig, value, target, ok, note=""):
@@ -139,6 +290,8 @@ def main(argv=None) -> int:
         }
 
     # --- the 1 mm brain (the MNI152 T1 itself, 197×233×189) ---------------------------------------
+    if not in_process:
+        return finish(a, argv, model, reps, rows, row, only, out_path, t_start)
     tpl1 = _data.templates(1.0)
     vol1 = tpl1.t1.astype(np.float32)
     sp1 = tuple(float(s) for s in tpl1.spacing)
@@ -160,7 +313,7 @@ def main(argv=None) -> int:
                ("fill missing slices", f"fill all {len(missing)} missing slices (every 10th) of that volume", 5.0),
                ("painted region", "fill a painted 10-slice region (10×30×30 mm) of that volume", 2.0)]
     t_cpu = {}
-    for key, fig, tgt in figures:
+    for key, fig, tgt in figures if "cpu" in only else ():
         t_cpu[key] = t = median_time(cpu[key], reps)
         row(f"CPU: {fig}", f"{t:.2f} s", f"≤ {tgt:g} s", t <= tgt,
             "" if t <= tgt else f"{t / tgt:.1f}× the target")
@@ -169,9 +322,11 @@ def main(argv=None) -> int:
     vol2, _, _, sp2 = _data.subject(_data.SEED_SPEED + 1)
     sigma = 0.05 * float(vol2.max())
     noisy2 = synth.rician(vol2, sigma, np.random.default_rng(_data.SEED_SPEED + 2))
-    t_den = median_time(lambda: denoise(model, noisy2, sp2), reps)
+    t_den = median_time(lambda: denoise(model, noisy2, sp2), reps) if "bm4d" in only else 0.0
     fig = "denoise ÷ BM4D, 2 mm volume, 5 % Rician"
-    if not a.quick and importlib.util.find_spec("bm4d"):
+    if "bm4d" not in only:
+        pass
+    elif not a.quick and importlib.util.find_spec("bm4d"):
         import bm4d
 
         t0 = time.perf_counter()
@@ -185,7 +340,28 @@ def main(argv=None) -> int:
             "n/a (reference)", f"BM4D {why}: divided by the 56 s DESIGN.md measured on this CPU, not a same-run figure")
 
     # --- cost vs volume size ---------------------------------------------------------------------
-    base, bsp = (vol2, sp2) if a.quick else (vol1, sp1)
+    if "size" in only:
+        size_sweep(a, reps, model, reconstruct, row, (vol2, sp2) if a.quick else (vol1, sp1))
+
+    # --- GPU -------------------------------------------------------------------------------------
+    if "gpu" not in only:
+        pass
+    elif torch.cuda.is_available():
+        g = load_model(a.model, device="cuda")
+        gops = ops(g, vol1, sp1, missing, mask, noisy1)
+        gops["fill missing slices"] = ops(g, holed, sp1, missing, mask, noisy1)["fill missing slices"]
+        for key, fig, _ in figures:
+            t = median_time(gops[key], reps)
+            row(f"GPU ({torch.cuda.get_device_name(0)}): {fig}", f"{t:.3f} s", "≤ 0.3 s", t <= 0.3)
+    else:
+        row("GPU: every operation on the 1 mm brain", "not measured (no GPU lent)", "≤ 0.3 s", "n/a",
+            "torch.cuda.is_available() is False on this machine")
+    return finish(a, argv, model, reps, rows, row, only, out_path, t_start)
+
+
+def size_sweep(a, reps: int, model, reconstruct, row, base_sp) -> None:
+    """The cost-vs-size row: reconstruct at 0.5×, 1×, 2×, 4× the voxels of ``base_sp`` (volume, spacing)."""
+    base, bsp = base_sp
     # The engine skips slices without signal, so every size keeps the base's fraction of slices with brain:
     # 0.5x = every other slice (twice the slice spacing), 2x and 4x = mirrored copies stacked along z.
     sizes = {0.5: (np.ascontiguousarray(base[::2]), (2 * bsp[0], *bsp[1:]))}
@@ -213,26 +389,61 @@ def main(argv=None) -> int:
         + "; ratios of the medians: " + ", ".join(f"{r:.2f}" for r in median_ratios.values())
         + "; 0.5×: every other slice; 2×, 4×: mirrored copies along z (same fraction of slices with brain)")
 
-    # --- CT-sized volume, peak RSS in a child process --------------------------------------------
+
+def ct_row(a, row, only) -> None:
+    """The CT-sized reconstruct in a child process (engine call, no CLI): time and peak RSS."""
+    if "ct" not in only:
+        return
     if a.quick:
         row("512×512×400 float32 volume, reconstruct", "skipped (--quick)", "completes, peak RSS ≤ 3 GB", "n/a")
     else:
         call = "reconstruct(model, vol, spacing, force=True)"
         code = CT_CHILD.format(op="reconstruct", call=call)
-        res = subprocess.run([sys.executable, "-c", code, a.model or "-", str(HERE)], capture_output=True, text=True,
-                             timeout=1200)
-        if res.returncode == 0:
-            info = json.loads(res.stdout.strip().splitlines()[-1])
+        rc, _sec, _gb, out, err = run_child([sys.executable, "-c", code, a.model or "-", str(HERE)], timeout=1200)
+        if rc == 0:
+            info = json.loads(out.strip().splitlines()[-1])
             row("CPU: 512×512×400 float32 volume (0.47 mm head), reconstruct",
                 f"{info['seconds']:.1f} s, peak RSS {info['maxrss_gb']:.2f} GB",
                 "completes, peak RSS ≤ 3 GB", info["maxrss_gb"] <= 3,
-                f"child process; RSS {info['rss_before_gb']:.2f} GB before the call (model + input); "
-                "force=True skips the out-of-distribution guard")
+                f"child process (engine call, no CLI); RSS {info['rss_before_gb']:.2f} GB before the call (model + "
+                "input); GB = 10^9 bytes; force=True skips the out-of-distribution guard")
         else:
-            err = (res.stderr.strip().splitlines() or ["?"])[-1][:160]
+            err = (err.strip().splitlines() or ["?"])[-1][:160]
             row("CPU: 512×512×400 float32 volume, reconstruct", "failed", "completes, peak RSS ≤ 3 GB", False, err)
 
-    # --- napari start-up: import cost of the manifest's modules, torch not imported --------------
+
+def finish(a, argv, model, reps: int, rows: list, row, only, out_path: Path | None, t_start: float) -> int:
+    """The child-process groups (CT-sized reconstruct, CLI memory, napari and CLI start-up), then the table: printed,
+    and written to ``out_path`` unless it is None."""
+    ct_row(a, row, only)
+    if "cli-memory" in only:
+        if a.quick:
+            row("medvae CLI, 512×512×400 float32: peak RSS of every operation", "skipped (--quick)",
+                f"≤ {RSS_LIMIT_GB:g} GB each", "n/a")
+        else:
+            cli_memory_rows(row, a.model)
+    if "napari" in only:
+        napari_row(row, reps)
+    if "cli-startup" in only:
+        cli_startup_rows(row, reps)
+    cmd = " ".join(["python benchmarks/speed.py", *argv])
+    name = _data.model_id(model) if model is not None else "(the model the `medvae` children load: "
+    name += "" if model is not None else (f"{a.model})" if a.model else "the shipped one)")
+    md = [f"Command: `{cmd}`", "",
+          f"Model {name}; {_data.machine()}; median of {reps} run(s) after a warm-up call (size sweep: fastest of its rounds); "
+          f"total {time.perf_counter() - t_start:.0f} s.", "",
+          "| figure | measured | target | result | note |", "|---|---|---|---|---|"]
+    md += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    text = "\n".join(md) + "\n"
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(text)
+    print(text)
+    return 0
+
+
+def napari_row(row, reps: int) -> None:
+    """napari start-up: import cost of the manifest's modules (child processes), and whether torch comes with them."""
     mods = manifest_modules()
     ts, info = [], {}
     for _ in range(reps):
@@ -254,30 +465,6 @@ def main(argv=None) -> int:
         row(fig, f"{t:.3f} s; torch imported: {'yes' if info['torch'] else 'no'}", "≤ 0.3 s, torch not imported", ok,
             f"{', '.join(mods)}; napari, Qt and magicgui imported first (not counted)"
             + ("; torch was already imported by napari itself" if info["torch_before"] else ""))
-
-    # --- GPU -------------------------------------------------------------------------------------
-    if torch.cuda.is_available():
-        g = load_model(a.model, device="cuda")
-        gops = ops(g, vol1, sp1, missing, mask, noisy1)
-        gops["fill missing slices"] = ops(g, holed, sp1, missing, mask, noisy1)["fill missing slices"]
-        for key, fig, _ in figures:
-            t = median_time(gops[key], reps)
-            row(f"GPU ({torch.cuda.get_device_name(0)}): {fig}", f"{t:.3f} s", "≤ 0.3 s", t <= 0.3)
-    else:
-        row("GPU: every operation on the 1 mm brain", "not measured (no GPU lent)", "≤ 0.3 s", "n/a",
-            "torch.cuda.is_available() is False on this machine")
-
-    cmd = " ".join(["python benchmarks/speed.py", *argv])
-    md = [f"Command: `{cmd}`", "",
-          f"Model {_data.model_id(model)}; {_data.machine()}; median of {reps} run(s) after a warm-up call (size sweep: fastest of its rounds); "
-          f"total {time.perf_counter() - t_start:.0f} s.", "",
-          "| figure | measured | target | result | note |", "|---|---|---|---|---|"]
-    md += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    text = "\n".join(md) + "\n"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(text)
-    print(text)
-    return 0
 
 
 if __name__ == "__main__":
