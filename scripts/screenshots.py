@@ -1,5 +1,5 @@
 """Open napari (a real window; run under Xvfb on a headless machine), run every widget on the sample data
-and save a screenshot of each to docs/screenshots/.
+and save a screenshot of each to docs/screenshots/ (anomaly_real_head.png: the real head with skull in sample_data).
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
 
@@ -18,7 +18,9 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "screenshots"
+SAMPLES = ROOT / "sample_data"
 PLUGIN = "napari-medvae"
 
 
@@ -58,6 +60,7 @@ def reset(viewer) -> None:
 
 
 def anomaly(viewer) -> None:
+    """The synthetic lesion sample: candidates as cyan outlines on the heatmap, the image kept selected."""
     viewer.open_sample(PLUGIN, "lesion")
     viewer.layers["mni_t1_lesion truth"].visible = False
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Anomaly review")
@@ -66,8 +69,21 @@ def anomaly(viewer) -> None:
     wait(lambda: "mni_t1_lesion candidates" in viewer.layers and not w.job.running)
     viewer.reset_view()
     w.table.setCurrentCell(0, 0)  # as a radiologist clicking the first candidate: the view jumps there
-    viewer.layers.selection.active = viewer.layers["mni_t1_lesion anomaly"]
     shot(viewer, "anomaly")
+
+
+def anomaly_real_head(viewer) -> None:
+    """A real T1 with skull: the widget extracts the brain ('<source> brain', outlined), the heatmap stays inside."""
+    layer = viewer.open(str(SAMPLES / "real_t1_head_ds011_sub-01_2mm.nii.gz"), plugin=PLUGIN)[0]
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Anomaly review")
+    w.source.setCurrentText(layer.name)
+    assert w.skull.currentText() == "auto"
+    w.run_btn.click()
+    wait(lambda: f"{layer.name} brain" in viewer.layers and not w.job.running)
+    viewer.reset_view()
+    if w.table.rowCount():
+        w.table.setCurrentCell(0, 0)  # the view jumps to the highest candidate
+    shot(viewer, "anomaly_real_head")
 
 
 def progress(viewer) -> None:
@@ -100,6 +116,8 @@ def inpaint(viewer) -> None:
     viewer.open_sample(PLUGIN, "missing")
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Inpaint")
     w.source.setCurrentText("mni_t1_missing")
+    w.axis.set_value(0)  # named anatomically: 'axial (file axis 2, napari axis 0)'
+    w.around.setValue(1)  # 'Current slice' ± 1 is offered beside the field; the blank slices are detected here
     w.detect_btn.click()
     wait(lambda: w.slices.text() != "auto" and not w.job.running)
     w.run_btn.click()
@@ -115,19 +133,24 @@ def inpaint(viewer) -> None:
 
 
 def generate(viewer) -> None:
+    """Two volumes from the prior, placed on a reference image ('Place on'); grid: reference beside the samples."""
+    viewer.open_sample(PLUGIN, "healthy")
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")
     w.n.setValue(2)
+    w.reference.setCurrentText("mni_t1_healthy")
     w.btn.click()
     wait(lambda: any(la.name.startswith("medvae samples") for la in viewer.layers) and not w.job.running)
-    assert np.isfinite(viewer.layers[0].data).all()
-    viewer.dims.set_point(1, viewer.layers[0].data.shape[1] // 2 * viewer.layers[0].scale[1])
+    samples = next(la for la in viewer.layers if la.name.startswith("medvae samples"))
+    assert np.isfinite(samples.data).all()
+    viewer.canvas.grid.enabled = True
     viewer.reset_view()
     shot(viewer, "generate")
 
 
 def model(viewer, tmp: Path) -> None:
+    """Fine-tune for a few steps (loss curves), then show the shipped model's card again."""
     viewer.open_sample(PLUGIN, "healthy")
-    viewer.open(str(Path(__file__).resolve().parents[1] / "sample_data" / "mni_t1_lesion_truth.nii.gz"), plugin=PLUGIN)
+    viewer.open(str(SAMPLES / "mni_t1_lesion_truth.nii.gz"), plugin=PLUGIN)
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")
     wait(lambda: not w.job.running)
     for i in range(w.layers.count()):
@@ -135,6 +158,10 @@ def model(viewer, tmp: Path) -> None:
     w.steps.setValue(12)
     w.out.setText(str(tmp / "finetuned"))
     w.train_btn.click()
+    wait(lambda: not w.job.running)
+    # back to the shipped model: its card (what every user sees first) beside the fine-tuning run's loss curves
+    w.path.setText("")
+    w.load_btn.click()
     wait(lambda: not w.job.running)
     viewer.reset_view()
     shot(viewer, "model")
@@ -144,7 +171,7 @@ def main() -> None:
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1500, 950)
     pump(1.0)
-    for step in (anomaly, progress, denoise, inpaint, generate):
+    for step in (anomaly, anomaly_real_head, progress, denoise, inpaint, generate):
         step(viewer)
         reset(viewer)
     with tempfile.TemporaryDirectory() as tmp:
