@@ -50,7 +50,7 @@ def _summary_lines(c: dict) -> list[str]:
         "### What it was trained on",
         "",
         f"- Scans: {c.get('modality', '?')}"
-        + (f", {n_train} healthy training volumes." if n_train else "."),
+        + (f", {n_train} healthy training volume{'' if n_train == 1 else 's'}." if n_train else "."),
         *([f"- Training data, in its trainer's words: {data.rstrip('.')}."] if data else []),
         *([f"- Calibrated on healthy brains it did not train on ({t['calibrated_on']})."]
           if t.get("calibrated_on") else []),

@@ -49,6 +49,8 @@ def nifti_affine(direction: Sequence[float], origin: Sequence[float], spacing_zy
 
 @lru_cache(maxsize=2)
 def _extractor(device: str):
+    import warnings
+
     try:
         from deepbet import BrainExtraction
     except ImportError as exc:  # deepbet is a dependency; a broken install lands here
@@ -56,7 +58,11 @@ def _extractor(device: str):
             "brain extraction needs the 'deepbet' package (pip install deepbet); it is missing or broken: "
             f"{exc}"
         ) from None
-    return BrainExtraction(no_gpu=device == "cpu")
+    with warnings.catch_warnings():  # deepbet's TorchScript load warns of torch.jit's deprecation: not the user's concern
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return BrainExtraction(no_gpu=device == "cpu")
 
 
 def extract_brain(volume: np.ndarray, spacing: Sequence[float], direction: Sequence[float] | None = None,

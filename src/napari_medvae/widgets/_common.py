@@ -517,6 +517,7 @@ class JobBar(QWidget):
             pass
 
 
+BRAIN_COLOUR = "lime"  # the extracted brain's outline: distinct from the cyan candidates and the inferno heatmap
 SKULL_TIP = ("Heads with skull: extract the brain (deepbet) and run the model on it only; the scalp, skull and neck "
              "are left as they were. 'auto' does so when the volume is larger than an extracted brain (over 2.2 l).")
 
@@ -542,7 +543,10 @@ def add_brain_layer(viewer, mask, source_name: str, geo: dict) -> None:
     name = f"{source_name} brain"
     if name in viewer.layers:
         return
+    from napari.utils.colormaps import DirectLabelColormap
+
     kw = {k: v for k, v in geo.items() if k != "metadata"}
-    layer = viewer.add_labels(mask.astype(np.uint8), name=name, opacity=0.3, **kw)
+    one_colour = DirectLabelColormap(color_dict={None: BRAIN_COLOUR, 0: "transparent"})
+    layer = viewer.add_labels(mask.astype(np.uint8), name=name, opacity=0.8, colormap=one_colour, **kw)
     layer.contour = 1
     layer.mode = "pan_zoom"
