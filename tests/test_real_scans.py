@@ -104,3 +104,10 @@ def test_restore_outside_keeps_the_input_outside_the_brain():
     assert stripped[1, 1, 1] == 13 and (stripped[~mask] == 0).all() and stripped.dtype == vol.dtype
     out = skullstrip.restore_outside(np.full((3, 3, 3), -1.0, np.float32), vol, mask)
     assert out[1, 1, 1] == -1 and (out[~mask] == vol[~mask]).all()
+
+
+@pytest.mark.parametrize("vol", [np.zeros((4, 4, 4)), np.full((20, 20, 20), np.nan), np.ones((20, 20, 20)),
+                                 np.zeros((20, 20))])
+def test_skull_detection_leaves_bad_input_to_the_engines_checks(vol):
+    assert skullstrip.foreground_ml(vol, (1.0, 1.0, 1.0)) == 0.0
+    assert skullstrip.brain_for(vol, (1.0, 1.0, 1.0)) is None

@@ -23,11 +23,22 @@ from ..errors import InputError
 STRIPPED_MAX_ML = 2200.0  # foreground above this (ml) = a head with skull; adult brains are 1.0-1.9 l
 
 
+MIN_SIDE = 16  # voxels: smaller volumes are left to the engine's own checks (and its clear refusal)
+
+
 def foreground_ml(volume: np.ndarray, spacing: Sequence[float]) -> float:
-    """Volume (ml) of the filled Otsu foreground, on a 2x-subsampled copy for speed."""
+    """Volume (ml) of the filled Otsu foreground, on a 2x-subsampled copy for speed.
+
+    0.0 for anything that is not a finite, non-constant 3D volume of at least ``MIN_SIDE`` voxels a side: such
+    input is refused later by the engine's checks, with their specific message.
+    """
     from skimage.filters import threshold_otsu
 
+    if volume.ndim != 3 or min(volume.shape) < MIN_SIDE or not np.issubdtype(volume.dtype, np.number):
+        return 0.0
     sub = np.asarray(volume[::2, ::2, ::2], dtype=np.float32)
+    if not np.isfinite(sub).all() or sub.min() == sub.max():
+        return 0.0
     fg = ndi.binary_fill_holes(ndi.binary_closing(sub > threshold_otsu(sub), iterations=2))
     return float(fg.sum()) * 8.0 * float(np.prod(spacing)) / 1000.0
 

@@ -153,7 +153,7 @@ class AnomalyWidget(QWidget):
         samples = self.samples.value()
         force = _common.force()
         skull = self.skull.currentText()
-        direction, origin = layer_direction_origin(layer)
+        direction, origin = layer_direction_origin(layer)  # (None, origin 0) for a layer that is no 3D volume
 
         def job(progress, cancel):
             from ..engine import anomaly, skullstrip, uncertainty

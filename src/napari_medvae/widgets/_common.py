@@ -530,11 +530,19 @@ def skull_combo() -> QComboBox:
     return box
 
 
-def layer_direction_origin(layer) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The layer's direction cosines and origin (SimpleITK/LPS order), as io.Geometry has them."""
+def layer_direction_origin(layer) -> tuple[tuple[float, ...] | None, tuple[float, ...]]:
+    """The layer's direction cosines and origin (SimpleITK/LPS order), as io.Geometry has them.
+
+    (None, (0, 0, 0)) when the layer has no 3D geometry: the job then refuses the layer itself, with the
+    engine's message, through the usual error notification.
+    """
+    from ..errors import InputError
     from ..io import Geometry
 
-    geo = Geometry.from_layer_kwargs(layer.scale, layer.translate, layer.affine, layer.metadata)
+    try:
+        geo = Geometry.from_layer_kwargs(layer.scale, layer.translate, layer.affine, layer.metadata)
+    except InputError:
+        return None, (0.0, 0.0, 0.0)
     return tuple(geo.direction), tuple(geo.origin)
 
 

@@ -6,8 +6,9 @@ shows for that layer), axes are named axial / coronal / sagittal where the file'
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-from napari.layers import Labels
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -83,31 +84,38 @@ class AxisCombo(QComboBox):
         self.setCurrentIndex(max(idx, 0))
 
 
-class PaintLabels(Labels):
-    """A Labels layer whose 2D painting lands on the slice napari shows, also on a tilted (oblique) grid.
+@functools.lru_cache(maxsize=1)
+def paint_labels_class():
+    """The PaintLabels layer class, made on first use: importing napari.layers costs 0.7 s at plugin import."""
+    from napari.layers import Labels
 
-    napari cuts a layer with a rotated affine as if it were not rotated out of the screen plane (its
-    "non-orthogonal slicing" warning) but maps mouse positions with the full rotation, so a brush
-    stroke lands on another slice than the one on screen and stays invisible. Here world -> data in a
-    2D view follows the display: the sliced dimensions as napari slices them, the on-screen ones as
-    napari draws them. Axis-aligned layers (and 3D views) are unchanged.
-    """
+    class PaintLabels(Labels):
+        """A Labels layer whose 2D painting lands on the slice napari shows, also on a tilted (oblique) grid.
 
-    def world_to_data(self, position):
-        data = super().world_to_data(position)
-        si = self._slice_input
-        if si.ndisplay != 2 or si.is_orthogonal(self._data_to_world.inverse):
-            return data
-        n = self.ndim
-        pos = np.asarray(position, dtype=float)
-        p = pos[-n:] if len(pos) >= n else np.concatenate([np.zeros(n - len(pos)), pos])
-        m = data_to_world_matrix(self)
-        inv = np.linalg.inv(m)
-        nd, disp = list(si.not_displayed), list(si.displayed)
-        out = np.array(data, dtype=float)
-        out[nd] = inv[np.ix_(nd, nd)] @ p[nd] + inv[nd, n]
-        out[disp] = np.linalg.solve(m[np.ix_(disp, disp)], p[disp] - m[disp, n])
-        return out
+        napari cuts a layer with a rotated affine as if it were not rotated out of the screen plane (its
+        "non-orthogonal slicing" warning) but maps mouse positions with the full rotation, so a brush
+        stroke lands on another slice than the one on screen and stays invisible. Here world -> data in a
+        2D view follows the display: the sliced dimensions as napari slices them, the on-screen ones as
+        napari draws them. Axis-aligned layers (and 3D views) are unchanged.
+        """
+
+        def world_to_data(self, position):
+            data = super().world_to_data(position)
+            si = self._slice_input
+            if si.ndisplay != 2 or si.is_orthogonal(self._data_to_world.inverse):
+                return data
+            n = self.ndim
+            pos = np.asarray(position, dtype=float)
+            p = pos[-n:] if len(pos) >= n else np.concatenate([np.zeros(n - len(pos)), pos])
+            m = data_to_world_matrix(self)
+            inv = np.linalg.inv(m)
+            nd, disp = list(si.not_displayed), list(si.displayed)
+            out = np.array(data, dtype=float)
+            out[nd] = inv[np.ix_(nd, nd)] @ p[nd] + inv[nd, n]
+            out[disp] = np.linalg.solve(m[np.ix_(disp, disp)], p[disp] - m[disp, n])
+            return out
+
+    return PaintLabels
 
 
 class InpaintWidget(QWidget):
@@ -115,7 +123,7 @@ class InpaintWidget(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
-        from napari.layers import Image
+        from napari.layers import Image, Labels
 
         self.viewer = napari_viewer
         self.source = LayerCombo(napari_viewer, Image)
@@ -193,7 +201,7 @@ class InpaintWidget(QWidget):
         layer = self.source.layer()
         if not need(layer):
             return
-        lab = PaintLabels(np.zeros(layer.data.shape, dtype=np.uint8), name=f"{layer.name} mask",
+        lab = paint_labels_class()(np.zeros(layer.data.shape, dtype=np.uint8), name=f"{layer.name} mask",
                           **layer_geometry(layer))
         self.viewer.add_layer(lab)
         lab.mode = "paint"

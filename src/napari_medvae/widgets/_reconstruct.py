@@ -64,7 +64,7 @@ class ReconstructWidget(QWidget):
         axis = axis_value(self.axis)
         force = _common.force()
         skull = self.skull.currentText()
-        direction, origin = layer_direction_origin(layer)
+        direction, origin = layer_direction_origin(layer)  # (None, origin 0) for a layer that is no 3D volume
         source_name = layer.name
 
         def job(progress, cancel):
