@@ -1,4 +1,4 @@
-"""Write docs/benchmarks.md from the benchmark tables in benchmarks/results/ (quality_real, speed_real, quality, speed).
+"""Write docs/benchmarks.md from the benchmark tables in benchmarks/results/ (quality_real, quality, speed).
 
 The tables are written by ``python benchmarks/quality.py`` and ``python benchmarks/speed.py``; this script only
 wraps them in a page, so the page cannot drift from them. tests/test_docs.py checks that docs/benchmarks.md
@@ -19,9 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "docs" / "benchmarks.md"
-SOURCES = {"quality_real": RESULTS / "quality_real.md", "speed_real": RESULTS / "speed_real.md",
-           "quality": RESULTS / "quality.md", "speed": RESULTS / "speed.md"}
-ORDER = ("quality_real", "speed_real", "quality", "speed")
+SOURCES = {"quality_real": RESULTS / "quality_real.md", "quality": RESULTS / "quality.md", "speed": RESULTS / "speed.md"}
+ORDER = ("quality_real", "quality", "speed")
 
 INTRO = """\
 # Benchmarks
@@ -49,12 +48,6 @@ SECTIONS = {
 `python benchmarks/quality.py --real-only --real-subjects 3` (needs `python scripts/fetch_real_data.py CLONE`
 first; about 30 min on a 2-core CPU with BM4D and dipy).
 """,
-    "speed_real": """\
-## Speed on a real scan
-
-`python benchmarks/speed.py --only real --out benchmarks/results/speed_real.md`: each operation on a whole real
-1 mm scan, with brain extraction, as the CLI and the widgets run it (median of 3 runs after a warm-up).
-""",
     "quality": """\
 ## Quality on synthetic scans
 
@@ -64,8 +57,9 @@ whose rows are skipped without them; `--quick` is the CI mode).
     "speed": """\
 ## Speed
 
-`python benchmarks/speed.py` (about 2-4 min; `--quick` is the CI mode). End-to-end times, array in and array out,
-after a warm-up call.
+`python benchmarks/speed.py` (about 6-10 min; `--quick` is the CI mode; `--only real` the real-scan rows, which
+need `scripts/fetch_real_data.py`). End-to-end times after a warm-up call: the real-scan rows include brain
+extraction, as the CLI and the widgets run it.
 """,
 }
 
