@@ -301,12 +301,7 @@ def main(argv=None) -> int:
     vol1 = tpl1.t1.astype(np.float32)
     sp1 = tuple(float(s) for s in tpl1.spacing)
     shape = "×".join(str(s) for s in vol1.shape[::-1])
-    missing = list(range(5, vol1.shape[0] - 5, 10))
-    holed = vol1.copy()
-    holed[missing] = 0
-    mask = np.zeros(vol1.shape, bool)
-    c = np.array(vol1.shape) // 2
-    mask[c[0] - 5: c[0] + 5, c[1] - 15: c[1] + 15, c[2] - 15: c[2] + 15] = True
+    missing, holed, mask = holes(vol1, margin=5)
     # denoising is timed on a noisy copy: on the noise-free template the background holds no noise floor, so
     # the block-matching stage has far less to do than on a real magnitude image (4.3 vs 5.2 s when this was added)
     noisy1 = synth.rician(vol1, 0.05 * float(vol1.max()), np.random.default_rng(_data.SEED_SPEED + 3))
@@ -364,6 +359,17 @@ def main(argv=None) -> int:
     return finish(a, argv, model, reps, rows, row, only, out_path, t_start)
 
 
+def holes(vol: np.ndarray, margin: int):
+    """(every 10th slice from ``margin`` on, the volume with them blanked, a central 10×30×30-voxel box mask)."""
+    missing = list(range(margin, vol.shape[0] - margin, 10))
+    holed = vol.copy()
+    holed[missing] = 0
+    mask = np.zeros(vol.shape, bool)
+    c = np.array(vol.shape) // 2
+    mask[c[0] - 5: c[0] + 5, c[1] - 15: c[1] + 15, c[2] - 15: c[2] + 15] = True
+    return missing, holed, mask
+
+
 def real_rows(row, model, ops, reps: int) -> None:
     """Each operation on a real 1 mm scan at full size, brain extraction (deepbet) included, as the CLI runs it."""
     import _real
@@ -379,12 +385,7 @@ def real_rows(row, model, ops, reps: int) -> None:
     vol = vol.astype(np.float32)
     shape = "×".join(str(n) for n in vol.shape[::-1])
     noisy = synth.rician(vol, 0.05 * float(vol.max()), np.random.default_rng(_data.SEED_SPEED + 5))
-    missing = list(range(40, vol.shape[0] - 40, 10))
-    holed = vol.copy()
-    holed[missing] = 0
-    mask = np.zeros(vol.shape, bool)
-    c = np.array(vol.shape) // 2
-    mask[c[0] - 5: c[0] + 5, c[1] - 15: c[1] + 15, c[2] - 15: c[2] + 15] = True
+    missing, holed, mask = holes(vol, margin=40)
 
     def with_brain(fn, v):
         def run():
