@@ -508,7 +508,7 @@ def train(tc: TrainConfig, callback: Callback | None = None, cancel: Callable[[]
             info["val_loss"] = val_loss
             history.append({"step": step + 1, "loss": float(loss.detach()), "val_loss": val_loss,
                              "seconds": round(time.time() - t_train, 1)})
-            log.debug("step %d/%d loss %.4f val %.4f", step + 1, tc.steps, float(loss), val_loss)
+            log.debug("step %d/%d loss %.4f val %.4f", step + 1, tc.steps, float(loss.detach()), val_loss)
             _save_state(tc.out, net, opt, step + 1, history)
         if callback is not None and rank == 0:
             callback(info)
