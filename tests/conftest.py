@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,17 @@ def head_data(tmp_path_factory, read):
     for i in range(2):
         write_volume(d / f"v{i}.nii.gz", np.roll(vol, i * 4, axis=2), Geometry.identity((2.0, 2.0, 2.0)))
     return d
+
+
+@pytest.fixture
+def slow_forward(monkeypatch):
+    """Every batch of slices takes at least 0.3 s more: jobs last several seconds, still running when a test acts."""
+    import napari_medvae.engine.runner as runner
+
+    real = runner._forward
+
+    def forward(*args, **kw):
+        time.sleep(0.3)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(runner, "_forward", forward)

@@ -14,20 +14,6 @@ from plugin_helpers import TIMEOUT_MS, Notifications, dock, open_volume
 pytestmark = pytest.mark.napari
 
 
-@pytest.fixture
-def slow_forward(monkeypatch):
-    """Every batch of slices takes at least 0.3 s more: jobs last several seconds."""
-    import napari_medvae.engine.runner as runner
-
-    real = runner._forward
-
-    def forward(*args, **kw):
-        time.sleep(0.3)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(runner, "_forward", forward)
-
-
 def _start_reconstruct(viewer, qtbot, sample_dir):
     src = open_volume(viewer, sample_dir / "mni_t1_healthy.nii.gz")
     w = dock(viewer, "Reconstruct & Denoise")

@@ -39,20 +39,6 @@ def test_closing_the_viewer_during_every_widgets_job_exits_cleanly(tmp_path):
     print(f"exit took {ended - closed:.1f} s after the close")
 
 
-@pytest.fixture
-def slow_forward(monkeypatch):
-    """Every batch of slices takes at least 0.3 s more: the job is still running when the test acts."""
-    import napari_medvae.engine.runner as runner
-
-    real = runner._forward
-
-    def forward(*args, **kw):
-        time.sleep(0.3)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(runner, "_forward", forward)
-
-
 def _start_anomaly(viewer, qtbot, sample_dir):
     src = open_volume(viewer, sample_dir / "mni_t1_healthy.nii.gz")
     w = dock(viewer, "Anomaly review")

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import warnings
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -931,21 +931,8 @@ def write_volume(
     data = _prepare_array(array)
     if ext in _MGH_EXTS:
         data = _mgh_array(data, p)
-        tmp = _temp_name(parent, stem, ext)  # nibabel picks gzip (.mgz) or not (.mgh) from the name
-        try:
-            _mgh_write(data, geom, tmp, p)
-            os.replace(tmp, p)
-        except VolumeWriteError:
-            raise
-        except OSError as exc:
-            raise VolumeWriteError(f"cannot write {str(p)!r}: {exc.strerror or exc}") from None
-        finally:
-            if tmp.exists():
-                try:
-                    tmp.unlink()
-                except OSError:
-                    pass
-        return p.resolve()
+        # nibabel picks gzip (.mgz) or not (.mgh) from the temporary file's name, which keeps the extension
+        return _write_via_temp(p, _temp_name(parent, stem, ext), lambda tmp: _mgh_write(data, geom, tmp, p))
     image = sitk.GetImageFromArray(data, isVector=False)
     _apply_geometry(image, geom)
     compress = _COMPRESS_BY_EXT[ext]
@@ -967,9 +954,13 @@ def write_volume(
             shutil.rmtree(tmpdir, ignore_errors=True)
         return p.resolve()
 
-    tmp = _temp_name(parent, stem, ext)
+    return _write_via_temp(p, _temp_name(parent, stem, ext), lambda tmp: _sitk_write(image, tmp, ext, compress, p))
+
+
+def _write_via_temp(p: Path, tmp: Path, write: Callable[[Path], None]) -> Path:
+    """Atomic write: ``write(tmp)`` then rename over ``p``; the temporary file never outlives a failure."""
     try:
-        _sitk_write(image, tmp, ext, compress, p)
+        write(tmp)
         os.replace(tmp, p)
     except VolumeWriteError:
         raise
