@@ -331,8 +331,8 @@ def test_no_symmetry_on_a_finer_grid_says_it_changes_nothing(tmp_path, sample_di
 def test_no_symmetry_note_follows_the_engine_rule(model):
     """The CLI's note agrees with the engine: the region prior (and so the mirror image) serves exactly the
     volumes that engine.preprocess.prepare keeps on their grid, with slices at the model's spacing."""
-    from napari_medvae.cli import _symmetry_note
     from napari_medvae.engine.preprocess import prepare
+    from napari_medvae.service import symmetry_note as _symmetry_note
 
     rng = np.random.default_rng(0)
     cfg = model.config
@@ -347,7 +347,7 @@ def test_no_symmetry_note_follows_the_engine_rule(model):
 
 
 def test_candidate_rows_give_the_file_voxel_order():
-    from napari_medvae.results import candidate_rows, label_volume
+    from napari_medvae.service import candidate_rows, label_volume
 
     rows = candidate_rows([{"label": 1, "voxels": 3, "centroid_voxel_zyx": [4.0, 5.5, 6.25]}])
     assert rows == [{"label": 1, "voxels": 3, "centroid_voxel_ijk": [6.25, 5.5, 4.0]}]

@@ -7,7 +7,8 @@ import pytest
 
 from napari_medvae.errors import InputError
 from napari_medvae.io import Geometry
-from napari_medvae.montage import Overlay, Panel, colormap, plan_cut, render, save_png, take
+from napari_medvae.montage import Overlay, Panel, colormap, plan_cut, render, take
+from napari_medvae.service import save_png
 
 RAS_AS_LPS = (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)  # a NIfTI stored RAS (as the sample data), read in LPS
 

@@ -35,20 +35,17 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from . import slices as sl
 from .errors import InputError, MedVAEError
+from .service import Item, find_volumes, split_ext
 
 log = logging.getLogger("medvae")
 
 OPERATIONS = ("reconstruct", "denoise", "inpaint", "anomaly", "uncertainty")
 MANIFEST = "manifest.jsonl"
-DICOM_OUTPUT_EXT = ".nii.gz"
 
 # options each operation accepts (besides axis and force)
 _OPTIONS = {
@@ -61,67 +58,14 @@ _OPTIONS = {
 _COMMON = {"axis", "force"}
 
 
-@dataclass(frozen=True)
-class Item:
-    """One volume of the cohort: its path, and its relative input/output paths (POSIX strings)."""
-
-    path: Path
-    rel: str
-    out_rel: str
-
-
 # ---------------------------------------------------------------------------------------------
-# discovery
-
-
-def _split_ext(name: str) -> tuple[str, str] | None:
-    from .io import SUPPORTED_EXTENSIONS
-
-    lower = name.lower()
-    for ext in sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True):
-        if lower.endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)], name[-len(ext):]
-    return None
-
-
-def _looks_like_dicom(path: Path) -> bool:
-    if path.suffix.lower() in (".dcm", ".ima"):
-        return True
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def find_volumes(input_dir: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None) -> list[Item]:
-    """Sorted volumes under ``input_dir``: supported files, plus folders of DICOM files (one volume each).
-
-    Hidden files/folders (names starting with '.') and the ``exclude`` folder are ignored.
-    """
-    root = Path(input_dir).resolve()
-    skip = Path(exclude).resolve() if exclude is not None else None
-    items: list[Item] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (skip is None or here / d != skip))
-        files = [f for f in sorted(filenames) if not f.startswith(".")]
-        volumes = [f for f in files if _split_ext(f) is not None]
-        for f in volumes:
-            rel = (here / f).relative_to(root).as_posix()
-            items.append(Item(here / f, rel, rel))
-        if not volumes and here != root and files and any(_looks_like_dicom(here / f) for f in files[:5]):
-            rel = here.relative_to(root).as_posix()
-            items.append(Item(here, rel, rel + DICOM_OUTPUT_EXT))
-            dirnames[:] = []  # the series folder is one volume
-    return sorted(items, key=lambda it: it.rel)
+# discovery: service.find_volumes (one walk for batch, training and the Model widget)
 
 
 def labels_rel(out_rel: str) -> str:
     """``sub/a.nii.gz`` -> ``sub/a_labels.nii.gz`` (anomaly candidates written next to the heatmap)."""
     d, _, name = out_rel.rpartition("/")
-    stem, ext = _split_ext(name) or (name, "")
+    stem, ext = split_ext(name) or (name, "")
     return (d + "/" if d else "") + f"{stem}_labels{ext}"
 
 
@@ -164,7 +108,7 @@ class _Manifest:
 
 def _remove_stale_temps(out: Path) -> None:
     """Remove temporary files that a killed run left for this output (``.<stem>.tmp-*``, see io.write_volume)."""
-    split = _split_ext(out.name)
+    split = split_ext(out.name)
     if split is None or not out.parent.is_dir():
         return
     import shutil
@@ -197,8 +141,6 @@ def _check_options(operation: str, options: dict) -> dict:
             raise InputError("batch inpaint needs exactly one of --missing-slices auto or --mask-dir DIR")
         if ms is not None and str(ms).strip().lower() != "auto":
             raise InputError("batch inpaint takes --missing-slices auto only (a slice list fits one volume; use inpaint)")
-        if ms is not None and opts.get("no_symmetry"):
-            raise InputError("--no-symmetry applies to painted masks (--mask-dir) only, not to missing slices")
     for key in ("mask_dir", "brain_mask_dir"):
         if key in opts and not Path(opts[key]).is_dir():
             raise InputError(f"--{key.replace('_', '-')} {opts[key]} is not a folder")
@@ -207,74 +149,50 @@ def _check_options(operation: str, options: dict) -> dict:
             sl.parse_axis(opts["axis"])
         except InputError as exc:
             raise InputError(f"--axis: {exc}") from None
-    if "samples" in opts and int(opts["samples"]) < 1:
-        raise InputError(f"--samples must be at least 1, not {opts['samples']}")
     return opts
 
 
-def _companion(kind: str, root: str, item: Item, vol_shape: tuple, geo) -> np.ndarray:
-    from .io import read_on_grid
-
+def _companion(kind: str, root: str, item: Item) -> Path:
+    """The mask or brain mask of ``item``: the same relative path under ``root`` (refused when missing)."""
     p = Path(root) / item.rel
     if not p.exists():
         raise InputError(f"no {kind} {p} for this volume (expected the same relative path under {root})")
-    return read_on_grid(p, vol_shape, geo, kind)
+    return p
 
 
-def _process(operation: str, item: Item, out: Path, labels_out: Path | None, model, opts: dict) -> dict:
+def _request(operation: str, opts: dict):
+    """The service request of ``operation`` from the batch options (checked once, before any file is read)."""
+    from . import service
+
+    axis = None if opts.get("axis") is None else str(opts["axis"])  # a file axis (0-2) or a plane name, per file
+    common = {"axis": axis, "force": bool(opts.get("force", False)), "skull_strip": "never"}
+    if operation == "inpaint":
+        return service.InpaintRequest(missing_slices="auto" if "missing_slices" in opts else None,
+                                      symmetry=not opts.get("no_symmetry", False), if_none_blank="skip", **common)
+    if operation == "anomaly":
+        return service.AnomalyRequest(threshold=float(opts.get("threshold", 1.0)), **common)
+    if operation == "uncertainty":
+        return service.UncertaintyRequest(samples=int(opts.get("samples", 8)), seed=int(opts.get("seed", 0)), **common)
+    cls = service.ReconstructRequest if operation == "reconstruct" else service.DenoiseRequest
+    return cls(**common)
+
+
+def _process(request, item: Item, out: Path, labels_out: Path | None, model, opts: dict) -> dict:
     """Run one file; write its output(s) atomically; return the extra manifest fields."""
-    from .engine import anomaly, denoise, detect_blank_slices, inpaint, reconstruct, uncertainty
-    from .engine.preprocess import check_axis
-    from .io import read_volume, write_volume
-    from .output_dtype import cast_like
-    from .results import label_volume
+    from . import service
 
-    vol, geo = read_volume(item.path)
-    try:
-        axis = sl.parse_axis(opts.get("axis"), geo.direction)
-    except InputError as exc:
-        raise InputError(f"--axis: {exc}") from None
-    force = bool(opts.get("force", False))
+    mask = _companion("mask", opts["mask_dir"], item) if "mask_dir" in opts else None
+    brain = _companion("brain mask", opts["brain_mask_dir"], item) if "brain_mask_dir" in opts else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    extra: dict = {}
-    if operation in ("reconstruct", "denoise"):
-        fn = reconstruct if operation == "reconstruct" else denoise
-        write_volume(out, cast_like(fn(model, vol, geo.spacing, axis=axis, force=force), vol.dtype), geo)
-    elif operation == "inpaint":
-        kw: dict = {}
-        if "mask_dir" in opts:
-            kw["mask"] = _companion("mask", opts["mask_dir"], item, vol.shape, geo)
-            kw["symmetry"] = not opts.get("no_symmetry", False)
-        else:
-            ax = axis if axis is not None else check_axis(None, geo.spacing)
-            slices = detect_blank_slices(vol, ax)
-            if not slices:
-                return {"status": "skipped",
-                        "reason": f"no blank slices along {sl.describe_axis(ax, geo.direction)}; nothing to inpaint"}
-            kw["missing_slices"], kw["axis"] = slices, ax
-            extra["missing_slices"] = [int(s) for s in slices]
-        write_volume(out, cast_like(inpaint(model, vol, geo.spacing, force=force, **kw), vol.dtype), geo)
-    elif operation == "anomaly":
-        bm = _companion("brain mask", opts["brain_mask_dir"], item, vol.shape, geo) if "brain_mask_dir" in opts else None
-        res = anomaly(model, vol, geo.spacing, brain_mask=bm, axis=axis, threshold=float(opts.get("threshold", 1.0)),
-                      geometry=geo, force=force)
-        if labels_out is not None:  # labels first: the heatmap's presence marks the file as done
-            write_volume(labels_out, label_volume(res.labels), geo)
-        write_volume(out, res.heatmap, geo)
-        sizes = [float(c["volume_mm3"]) for c in res.candidates]
-        extra.update(max_score=round(float(res.heatmap.max()), 4), n_candidates=len(res.candidates),
-                     largest_candidate_mm3=max(sizes) if sizes else 0.0)
-        if res.n_above_healthy is not None:
-            extra["n_above_healthy"] = res.n_above_healthy
-        if res.residual_ratio is not None:
-            extra["residual_ratio"] = res.residual_ratio
-        if res.warnings:
-            extra["warnings"] = res.warnings
-    else:  # uncertainty
-        res = uncertainty(model, vol, geo.spacing, samples=int(opts.get("samples", 8)), seed=int(opts.get("seed", 0)),
-                          axis=axis, force=force)
-        write_volume(out, res, geo)
-    return extra
+    res = service.run_file(request, item.path, out, model=model, mask_path=mask, brain_mask_path=brain,
+                           labels_path=labels_out)  # labels first: the heatmap's presence marks the file as done
+    if isinstance(res, service.AnomalyResult):
+        return res.manifest_fields()
+    if isinstance(res, service.InpaintResult) and res.slices is not None:
+        if res.nothing_to_fill:
+            return {"status": "skipped", "reason": f"no blank slices along {res.where}; nothing to inpaint"}
+        return {"missing_slices": [int(s) for s in res.slices]}
+    return {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,6 +231,7 @@ def run_batch(
     "rank", "world_size"}`` for this process.
     """
     opts = _check_options(operation, dict(options or {}))
+    request = _request(operation, opts)  # the operation's own rules (e.g. --samples 2-64), in the service
     src = Path(input_dir).expanduser()
     dst = Path(output_dir).expanduser()
     if not src.is_dir():
@@ -346,9 +265,9 @@ def run_batch(
 
     model = None
     if not all(finished(it) for it in mine):  # once per process, only if there is work; a bad model is a bad argument
-        from .engine import load_model
+        from .service import get_model
 
-        model = load_model(model_path, device=_rank_device(device, world, local))
+        model = get_model(model_path, _rank_device(device, world, local))
         log.info("model %s on %s", model.config.name, model.device)
     dst.mkdir(exist_ok=True)
     summary = {"total": len(mine), "ok": 0, "error": 0, "skipped": 0, "failed": [], "manifest": str(manifest_path),
@@ -370,7 +289,7 @@ def run_batch(
                 if labels_out is not None:
                     _remove_stale_temps(labels_out)
                 try:
-                    row.update(_process(operation, item, out, labels_out, model, opts))
+                    row.update(_process(request, item, out, labels_out, model, opts))
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except MedVAEError as exc:

@@ -12,7 +12,6 @@ Slice numbers and axes follow ``napari_medvae.slices`` (one convention with the 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -24,8 +23,7 @@ from pathlib import Path
 from . import __version__
 from . import slices as sl
 from .errors import Cancelled, InputError, MedVAEError
-from .output_dtype import cast_like  # shared with the napari writer
-from .results import candidate_rows, label_volume
+from .service import volume_paths
 
 EXIT_BAD_INPUT = 2
 EXIT_SOME_FAILED = 1  # medvae batch: some files failed (see the manifest)
@@ -60,20 +58,6 @@ class _Bar:
             self.bar.close()
 
 
-def _axis(args, geo) -> int | None:
-    """``--axis`` (auto, a file axis 0/1/2 or axial/coronal/sagittal) -> the array axis, for this file's geometry."""
-    try:
-        return sl.parse_axis(args.axis, geo.direction)
-    except InputError as exc:
-        raise InputError(f"--axis: {exc}") from None
-
-
-def _read(path: str, volume_index: int | None, series_uid: str | None = None):
-    from .io import read_volume
-
-    return read_volume(path, volume_index=volume_index, series_uid=series_uid)
-
-
 def _out(path: str, *inputs: str | None) -> Path:
     from .io import check_output_path
 
@@ -90,49 +74,32 @@ def _check_mask_out(args, out: Path, *inputs: str | None) -> Path | None:
     return path
 
 
-def _brain(args, vol, geo, given=None):
-    """(volume the network sees, brain mask or None): heads with skull are skull-stripped (``--skull-strip``).
-
-    ``given``: a brain mask the user passed (used as it is). The mask used is written to ``--brain-mask-out``.
-    """
-    import numpy as np
-
-    from .engine import skullstrip
-
-    seen, mask = skullstrip.prepare_head(vol, geo.spacing, geo.direction, geo.origin, args.skull_strip, given)
-    if mask is not None and given is None:
-        ml = float(mask.sum()) * float(np.prod(geo.spacing)) / 1000.0
-        _say(args, f"head with skull: brain extracted ({ml:.0f} ml); the scalp, skull and neck are left as they were")
-    if args.brain_mask_out:
-        if mask is None:
-            raise InputError("--brain-mask-out: no brain mask was made (the volume looks skull-stripped); "
-                             "use --skull-strip always to extract the brain anyway")
-        from .io import write_volume
-
-        write_volume(args.brain_mask_out, mask.astype(np.uint8), geo)
-    return seen, mask
-
-
-def _model(args):
-    from .engine import load_model  # the first torch import of a command: after its inputs were checked
-
-    t = time.time()
-    model = load_model(args.model, device=args.device)
-    logging.getLogger("medvae").info("model %s on %s (%.1fs)", model.config.name, model.device, time.time() - t)
-    return model
-
-
-def _run(desc: str, args, fn: Callable[..., object], **kw):
-    bar = _Bar(desc, not args.quiet)
-    try:
-        return fn(progress=bar, **kw)
-    finally:
-        bar.close()
-
-
 def _say(args, msg: str) -> None:
     if not args.quiet:
         print(msg)
+
+
+def _note(msg: str) -> None:
+    """A note on stderr (even with -q): an option that changes nothing for this input."""
+    print(f"medvae: note: {msg}", file=sys.stderr)
+
+
+def _options(args) -> dict:
+    """The request options every volume command shares: ``--axis``, ``--force``, ``--skull-strip``."""
+    return {"axis": args.axis, "force": args.force, "skull_strip": args.skull_strip}
+
+
+def _run_file(desc: str, args, request, out: Path, **kw):
+    """``service.run_file`` on ``args.input`` with the shared flags and a progress bar."""
+    from .service import run_file
+
+    bar = _Bar(desc, not args.quiet)
+    try:
+        return run_file(request, args.input, out, model_path=args.model, device=args.device,
+                        volume_index=args.volume_index, series_uid=args.series_uid, brain_mask_out=args.brain_mask_out,
+                        progress=bar, say=lambda msg: _say(args, msg), note=_note, **kw)
+    finally:
+        bar.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,23 +108,12 @@ def _say(args, msg: str) -> None:
 
 def cmd_volume_op(args) -> int:
     """reconstruct / denoise: IN -> OUT on the same grid and dtype."""
-    from .io import write_volume
+    from .service import DenoiseRequest, ReconstructRequest
 
+    request = (ReconstructRequest if args.command == "reconstruct" else DenoiseRequest)(**_options(args))
     out = _out(args.output, args.input)
     _check_mask_out(args, out)
-    vol, geo = _read(args.input, args.volume_index, args.series_uid)
-    axis = _axis(args, geo)
-    seen, mask = _brain(args, vol, geo)
-    model = _model(args)
-    from .engine import denoise, reconstruct
-
-    fn = reconstruct if args.command == "reconstruct" else denoise
-    res = _run(args.command, args, fn, model=model, volume=seen, spacing=geo.spacing, axis=axis, force=args.force)
-    if mask is not None:
-        from .engine.skullstrip import restore_outside
-
-        res = restore_outside(res, vol, mask)
-    write_volume(out, cast_like(res, vol.dtype), geo)
+    _run_file(args.command, args, request, out)
     _say(args, f"wrote {out}")
     return 0
 
@@ -170,90 +126,27 @@ def parse_slices(text: str) -> list[int] | str:
         raise InputError(f"--missing-slices: {exc}") from None
 
 
-def _symmetry_note(model, shape, spacing, axis: int | None) -> str | None:
-    """Why ``--no-symmetry`` cannot change this volume's fill, or None where it can.
-
-    The other hemisphere serves the region prior only, and the engine uses the prior on volumes on the
-    model's grid (engine.preprocess.prepare does not resample them; slices at the model's spacing,
-    engine.inpaint.prior_fill); other volumes get the classical fill. Mirrors those two rules
-    (tests/test_cli.py checks them against the engine).
-    """
-    from .engine.preprocess import check_axis
-
-    cfg = model.config
-    if getattr(model.net, "region_prior", None) is None:
-        return f"the model {cfg.name} has no region prior, the only fill that uses the other hemisphere"
-    ax = check_axis(axis, spacing)
-    inplane = [(int(n), float(s)) for i, (n, s) in enumerate(zip(shape, spacing, strict=True)) if i != ax]
-    resampled = not all(abs(max(1, round(n * s / cfg.spacing_mm)) - n) <= 1 and abs(s / cfg.spacing_mm - 1) < 0.05
-                        for n, s in inplane)
-    stride = max(1, int(round(cfg.slice_spacing_mm / spacing[ax])))
-    if resampled or stride != 1 or abs(spacing[ax] / cfg.slice_spacing_mm - 1) > 0.1:
-        vox = " x ".join(f"{s:g}" for s in spacing)
-        return (f"its voxels ({vox} mm) are not on the model's grid ({cfg.spacing_mm:g} mm in-plane, slices "
-                f"{cfg.slice_spacing_mm:g} mm apart), so painted regions get the classical (biharmonic) fill, "
-                "which does not use the other hemisphere")
-    return None
-
-
 def cmd_inpaint(args) -> int:
-    from .io import read_on_grid, write_volume
+    from .service import InpaintRequest
 
     if (args.mask is None) == (args.missing_slices is None):
         raise InputError("give exactly one of --mask MASK or --missing-slices LIST|auto")
-    if args.no_symmetry and args.mask is None:
-        raise InputError("--no-symmetry applies to painted masks (--mask) only, not to missing slices")
     requested = parse_slices(args.missing_slices) if args.missing_slices is not None else None
+    request = InpaintRequest(missing_slices=requested, symmetry=not args.no_symmetry, **_options(args))
     out = _out(args.output, args.input, args.mask)
     _check_mask_out(args, out)
-    vol, geo = _read(args.input, args.volume_index, args.series_uid)
-    axis = _axis(args, geo)
-    kw: dict = {}
-    if args.mask is not None:
-        kw["mask"] = read_on_grid(args.mask, vol.shape, geo, "mask")
+    res = _run_file("inpaint", args, request, out, mask_path=args.mask)
+    if res.nothing_to_fill:
+        _say(args, f"no blank slices along {res.where}: nothing to fill; wrote {out} (a copy of the input)")
     else:
-        ax = sl.default_axis(geo.spacing) if axis is None else axis
-        where = sl.describe_axis(ax, geo.direction)
-        if requested == "auto":
-            from .engine import detect_blank_slices
-
-            slices = detect_blank_slices(vol, ax)
-            if not slices:
-                # nothing to fill is not an error: the output is the input, unchanged (a copy of its voxels)
-                write_volume(out, vol, geo)
-                _say(args, f"no blank slices along {where}: nothing to fill; wrote {out} (a copy of the input)")
-                return 0
-            _say(args, f"blank slices along {where}: {', '.join(str(i) for i in slices)}")
-        else:
-            try:
-                slices = sl.check_slices(requested, vol.shape, ax, geo.direction)
-            except InputError as exc:
-                raise InputError(f"--missing-slices: {exc}") from None
-        kw["missing_slices"] = slices
-        kw["axis"] = ax
-    seen, mask = _brain(args, vol, geo)
-    model = _model(args)
-    from .engine import inpaint
-
-    if args.no_symmetry:
-        note = _symmetry_note(model, vol.shape, geo.spacing, axis)
-        if note:
-            print(f"medvae: note: --no-symmetry changes nothing for this volume: {note}", file=sys.stderr)
-    res = _run("inpaint", args, inpaint, model=model, volume=seen, spacing=geo.spacing, force=args.force,
-               symmetry=not args.no_symmetry, **kw)
-    if mask is not None:
-        from .engine.skullstrip import restore_outside
-
-        # a painted region reaching out of the brain keeps the engine's (classical) fill there too
-        res = restore_outside(res, vol, (mask | kw["mask"]) if "mask" in kw else mask)
-    write_volume(out, cast_like(res, vol.dtype), geo)
-    _say(args, f"wrote {out}")
+        _say(args, f"wrote {out}")
     return 0
 
 
 def cmd_anomaly(args) -> int:
-    from .io import read_on_grid, write_volume
+    from .service import AnomalyRequest
 
+    request = AnomalyRequest(threshold=args.threshold, **_options(args))
     out = _out(args.output, args.input, args.brain_mask)
     labels_out = _out(args.labels, args.input, args.brain_mask) if args.labels else None
     report_out = Path(args.report).resolve() if args.report else None
@@ -266,105 +159,37 @@ def cmd_anomaly(args) -> int:
     outs = [p for p in (out, labels_out, report_out, mask_out) if p is not None]
     if len(set(outs)) != len(outs):
         raise InputError("heatmap, labels, report and brain mask must be different files")
-    vol, geo = _read(args.input, args.volume_index, args.series_uid)
-    bm = read_on_grid(args.brain_mask, vol.shape, geo, "brain mask") if args.brain_mask else None
-    axis = _axis(args, geo)
-    seen, bm = _brain(args, vol, geo, given=bm)
-    model = _model(args)
-    from .engine import anomaly
-
-    res = _run("anomaly", args, anomaly, model=model, volume=seen, spacing=geo.spacing, brain_mask=bm,
-               axis=axis, threshold=args.threshold, geometry=geo, force=args.force)
-    write_volume(out, res.heatmap, geo)
-    if labels_out:
-        write_volume(labels_out, label_volume(res.labels), geo)
-    if report_out:
-        from .engine.checkpoint import _atomic_write_bytes
-
-        report = {
-            "input": str(Path(args.input).resolve()),
-            "model": model.config.name,
-            "threshold": args.threshold,
-            "units": "heatmap value 1.0 = the model's calibrated healthy threshold",
-            "healthy_peak": res.healthy_peak,
-            "residual_ratio": res.residual_ratio,
-            "warnings": res.warnings,
-            "max_score": float(res.heatmap.max()),
-            "n_candidates": len(res.candidates),
-            "n_above_healthy": res.n_above_healthy,
-            "candidates": candidate_rows(res.candidates),
-        }
-        _atomic_write_bytes(report_out, (json.dumps(report, indent=2) + "\n").encode())
+    res = _run_file("anomaly", args, request, out, brain_mask_path=args.brain_mask, labels_path=labels_out,
+                    report_path=report_out)
     for w in res.warnings:  # even with -q: the map is written, but its calibration does not hold
         print(f"medvae: warning: {w}", file=sys.stderr)
     _say(args, f"wrote {out}" + (f", {labels_out}" if labels_out else "") + (f", {report_out}" if report_out else "")
-         + f"; {len(res.candidates)} candidate(s){_above_text(res)}, max score {float(res.heatmap.max()):.2f}")
+         + f"; {res.summary()}")
     return 0
 
 
-def _above_text(res) -> str:
-    n = res.n_above_healthy
-    return "" if n is None else f" ({n} peaking above {res.healthy_peak:.2f}, the highest in healthy brains)"
-
-
 def cmd_uncertainty(args) -> int:
-    from .io import write_volume
+    from .service import UncertaintyRequest
 
+    request = UncertaintyRequest(samples=args.samples, seed=args.seed, **_options(args))
     out = _out(args.output, args.input)
     _check_mask_out(args, out)
-    vol, geo = _read(args.input, args.volume_index, args.series_uid)
-    axis = _axis(args, geo)
-    seen, mask = _brain(args, vol, geo)
-    model = _model(args)
-    from .engine import uncertainty
-
-    res = _run("uncertainty", args, uncertainty, model=model, volume=seen, spacing=geo.spacing, samples=args.samples,
-               seed=args.seed, axis=axis, force=args.force)
-    if mask is not None:
-        res = (res * mask).astype("float32")  # no uncertainty outside the brain the model saw
-    write_volume(out, res, geo)
+    _run_file("uncertainty", args, request, out)
     _say(args, f"wrote {out}")
     return 0
 
 
 def cmd_sample(args) -> int:
-    from .io import Geometry, write_volume
+    from .service import SampleRequest, run_file
 
-    outdir = Path(args.output)
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"{outdir} exists and is not a directory")
-    if not outdir.parent.resolve().is_dir():
-        raise InputError(f"parent directory of {outdir} does not exist")
-    model = _model(args)
-    from .engine import sample
-
-    vols = _run("sample", args, sample, model=model, n=args.n, seed=args.seed)
-    outdir.mkdir(exist_ok=True)
-    sp = model.config.spacing_mm
-    geo = Geometry(spacing=(model.config.slice_spacing_mm, sp, sp), origin=(0.0, 0.0, 0.0),
-                   direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    for i, v in enumerate(vols):
-        write_volume(outdir / f"sample_{i:03d}.nii.gz", v, geo)
-    _say(args, f"wrote {len(vols)} volume(s) to {outdir}")
+    request = SampleRequest(n=args.n, seed=args.seed)
+    bar = _Bar("sample", not args.quiet)
+    try:
+        res = run_file(request, None, args.output, model_path=args.model, device=args.device, progress=bar)
+    finally:
+        bar.close()
+    _say(args, f"wrote {len(res.outputs)} volume(s) to {Path(args.output)}")
     return 0
-
-
-def _gather(items: Sequence[str]) -> list[str]:
-    from .io import SUPPORTED_EXTENSIONS, is_supported_path
-
-    files: list[str] = []
-    for it in items:
-        p = Path(it)
-        if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(SUPPORTED_EXTENSIONS))
-            if not found:
-                raise InputError(f"{p}: no volumes ({', '.join(SUPPORTED_EXTENSIONS)}) in this folder")
-            files.extend(found)
-        elif p.is_file() and is_supported_path(p):
-            files.append(str(p))
-        else:
-            raise InputError(f"{p}: not a supported volume file or folder")
-    return files
 
 
 def _run_training(args, name: str, run: Callable, val_key: str, val_fmt: str, loss_fmt: str):
@@ -391,7 +216,7 @@ def cmd_train(args) -> int:
     from .engine.train import TrainConfig, train
 
     tc = TrainConfig(
-        train=_gather(args.data), val=_gather(args.val) if args.val else [], out=args.output, steps=args.steps,
+        train=volume_paths(args.data), val=volume_paths(args.val) if args.val else [], out=args.output, steps=args.steps,
         batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed, device=args.device,
         val_every=args.val_every, init=args.init, resume=args.resume, data_description=args.description or "",
         name=args.name or Path(args.output).stem, channels=tuple(args.channels), latent_channels=args.latent_channels, context=args.context,
@@ -420,7 +245,7 @@ def _head_base(args) -> tuple[str | None, Path]:
 
 def _head_options(args, src: str | None) -> dict:
     """The training options both 3D heads share, from the command line."""
-    return dict(train=_gather(args.data), val=_gather(args.val) if args.val else [], out=args.output, model=src,
+    return dict(train=volume_paths(args.data), val=volume_paths(args.val) if args.val else [], out=args.output, model=src,
                 steps=args.steps, batch_size=args.batch_size, lr=args.lr, channels=tuple(args.channels),
                 strides=tuple(args.strides) if args.strides else (2,) * (len(args.channels) - 1),
                 num_res_units=args.res_units, seed=args.seed, device=args.device)
@@ -455,7 +280,7 @@ def cmd_fit_region_prior(args) -> int:
     from .engine.train_region_prior import fit_region_prior
 
     src, _ = _head_base(args)
-    path = fit_region_prior(_gather(args.data), args.output, src, patch=args.patch, per_volume=args.per_volume,
+    path = fit_region_prior(volume_paths(args.data), args.output, src, patch=args.patch, per_volume=args.per_volume,
                             seed=args.seed, power=args.power)
     _say(args, f"wrote {path} and {Path(path).with_suffix('.json')}")
     return 0
@@ -552,16 +377,16 @@ def cmd_calibrate(args) -> int:
         raise InputError("refusing to overwrite the model being calibrated; choose another -o")
     if not out.resolve().parent.is_dir():
         raise InputError(f"output directory {out.resolve().parent} does not exist")
-    path = recalibrate(str(src), _gather(args.healthy), str(out), args.quantile, args.score, args.heal_flip,
+    path = recalibrate(str(src), volume_paths(args.healthy), str(out), args.quantile, args.score, args.heal_flip,
                        args.heal_invert)
     _say(args, f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
 
 def cmd_info(args) -> int:
-    from .engine import load_model
+    from .service import get_model
 
-    model = load_model(args.model_path or args.model, device=args.device)
+    model = get_model(args.model_path or args.model, args.device)
     print(model.card())
     return 0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +47,8 @@ def _montage(path: Path, *, model, lesion: tuple, noisy: tuple, missing: tuple, 
     their own units, orientation letters on every panel.
     """
     from .io import Geometry
-    from .montage import Overlay, Panel, plan_cut, render, save_png
+    from .montage import Overlay, Panel, plan_cut, render
+    from .service import save_png
 
     vol, geo, lmask, rec, heat = lesion
     noisy_vol, den, ngeo = noisy
@@ -99,10 +99,9 @@ def _montage(path: Path, *, model, lesion: tuple, noisy: tuple, missing: tuple, 
 
 def run_demo(out: Path, model_path: str | None = None, device: str = "auto", quiet: bool = False) -> dict:
     """Run reconstruct, denoise, inpaint (slices + region), anomaly, uncertainty and sample; returns a summary."""
-    from .engine import anomaly, denoise, inpaint, load_model, reconstruct, sample, uncertainty
+    from . import service as sv
     from .engine.inpaint import first_guess
-    from .io import Geometry, read_volume, write_volume
-    from .results import candidate_rows, label_volume
+    from .io import Geometry, read_volume
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -111,36 +110,36 @@ def run_demo(out: Path, model_path: str | None = None, device: str = "auto", qui
         raise InputError(f"parent folder of {out} does not exist")
     out.mkdir(exist_ok=True)
     src = sample_data_dir()
-    model = load_model(model_path, device=device)
+    model = sv.get_model(model_path, device)
     say = (lambda *a: None) if quiet else print
     summary: dict = {"model": model.config.name, "device": str(model.device), "outputs": {}, "metrics": {}}
+    plain = {"skull_strip": "never"}  # the sample volumes are brains already
 
-    def timed(name, fn, **kw):
-        t = time.perf_counter()
-        res = fn(model=model, **kw)
-        summary["outputs"][name] = {"seconds": round(time.perf_counter() - t, 2)}
+    def timed(name, request, volume=None, geo=None, **kw):
+        res = sv.run(request, volume, None if geo is None else geo.spacing, model=model, **kw)
+        summary["outputs"][name] = {"seconds": round(res.seconds, 2)}
         return res
 
     lesion, geo = read_volume(src / "mni_t1_lesion.nii.gz")
     truth, _ = read_volume(src / "mni_t1_lesion_truth.nii.gz")
     lmask, _ = read_volume(src / "mni_t1_lesion_mask.nii.gz")
-    rec = timed("reconstruction", reconstruct, volume=lesion, spacing=geo.spacing)
-    write_volume(out / "lesion_reconstruction.nii.gz", rec, geo)
-    an = timed("anomaly", anomaly, volume=lesion, spacing=geo.spacing, geometry=geo)
-    write_volume(out / "lesion_anomaly.nii.gz", an.heatmap, geo)
-    write_volume(out / "lesion_candidates.nii.gz", label_volume(an.labels), geo)
+    rec = timed("reconstruction", sv.ReconstructRequest(**plain), lesion, geo).volume
+    sv.save(out / "lesion_reconstruction.nii.gz", rec, geo)
+    an = timed("anomaly", sv.AnomalyRequest(**plain), lesion, geo, geometry=geo)
+    sv.save(out / "lesion_anomaly.nii.gz", an.heatmap, geo)
+    sv.save(out / "lesion_candidates.nii.gz", an.labels_out(), geo)
     # the same rows as medvae anomaly --report (centroid_voxel_ijk: the file's voxel order)
-    (out / "lesion_candidates.json").write_text(json.dumps(candidate_rows(an.candidates), indent=2) + "\n")
+    sv.save_json(out / "lesion_candidates.json", an.rows())
 
     noisy, ngeo = read_volume(src / "mni_t1_noisy.nii.gz")
     ntruth, _ = read_volume(src / "mni_t1_noisy_truth.nii.gz")
-    den = timed("denoised", denoise, volume=noisy, spacing=ngeo.spacing)
-    write_volume(out / "noisy_denoised.nii.gz", den, ngeo)
+    den = timed("denoised", sv.DenoiseRequest(**plain), noisy, ngeo).volume
+    sv.save(out / "noisy_denoised.nii.gz", den, ngeo)
 
     missing, mgeo = read_volume(src / "mni_t1_missing.nii.gz")
     mtruth, _ = read_volume(src / "mni_t1_missing_truth.nii.gz")
-    filled = timed("inpainted_slices", inpaint, volume=missing, spacing=mgeo.spacing, missing_slices="auto", axis=0)
-    write_volume(out / "missing_inpainted.nii.gz", filled, mgeo)
+    filled = timed("inpainted_slices", sv.InpaintRequest(missing_slices="auto", axis=0, **plain), missing, mgeo).volume
+    sv.save(out / "missing_inpainted.nii.gz", filled, mgeo)
 
     healthy, hgeo = read_volume(src / "mni_t1_healthy.nii.gz")
     region = np.zeros(healthy.shape, dtype=bool)
@@ -148,16 +147,16 @@ def run_demo(out: Path, model_path: str | None = None, device: str = "auto", qui
     zz, yy, xx = np.ogrid[: healthy.shape[0], : healthy.shape[1], : healthy.shape[2]]
     region[((zz - c[0]) ** 2 + (yy - c[1] + 10) ** 2 + (xx - c[2] - 12) ** 2) <= 16] = True
     holed = np.where(region, 0, healthy).astype(healthy.dtype)
-    write_volume(out / "healthy_with_hole.nii.gz", holed, hgeo)
-    write_volume(out / "healthy_hole_mask.nii.gz", region.astype(np.uint8), hgeo)
-    refill = timed("inpainted_region", inpaint, volume=holed, spacing=hgeo.spacing, mask=region)
-    write_volume(out / "healthy_inpainted.nii.gz", refill, hgeo)
+    sv.save(out / "healthy_with_hole.nii.gz", holed, hgeo)
+    sv.save(out / "healthy_hole_mask.nii.gz", region.astype(np.uint8), hgeo)
+    refill = timed("inpainted_region", sv.InpaintRequest(**plain), holed, hgeo, mask=region).volume
+    sv.save(out / "healthy_inpainted.nii.gz", refill, hgeo)
 
-    unc = timed("uncertainty", uncertainty, volume=healthy, spacing=hgeo.spacing, samples=4)
-    write_volume(out / "healthy_uncertainty.nii.gz", unc, hgeo)
-    gen = timed("sample", sample, n=1, seed=0)
-    sp = model.config.spacing_mm
-    write_volume(out / "sample_000.nii.gz", gen[0], Geometry.identity((model.config.slice_spacing_mm, sp, sp)))
+    unc = timed("uncertainty", sv.UncertaintyRequest(samples=4, **plain), healthy, hgeo).volume
+    sv.save(out / "healthy_uncertainty.nii.gz", unc, hgeo)
+    drawn = timed("sample", sv.SampleRequest(n=1, seed=0))
+    gen = drawn.volumes
+    sv.save(out / "sample_000.nii.gz", gen[0], Geometry.identity(drawn.spacing))
 
     brain = truth > 0.1 * truth.max()
     healthy_t = brain & (lmask == 0)
@@ -189,7 +188,7 @@ def run_demo(out: Path, model_path: str | None = None, device: str = "auto", qui
     _montage(out / "montage.png", model=model, lesion=(lesion, geo, lmask, rec, an.heatmap), noisy=(noisy, den, ngeo),
              missing=(missing, filled, mgeo, gap), region=(holed, refill, region, hgeo),
              uncertainty=(healthy, unc), generated=gen[0], grey_max=peak)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    sv.save_json(out / "summary.json", summary)
     say(json.dumps(summary, indent=2))
     say(f"wrote {len(list(out.iterdir()))} files to {out}")
     return summary

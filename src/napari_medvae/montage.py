@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -223,12 +222,3 @@ def _colour_bar(draw, o: Overlay, x: int, y: int, width: int, font) -> None:
         draw.line([(tx, bar_y - 2), (tx, bar_y + bar_h + 2)], fill=(255, 255, 255))
         draw.text((tx, bar_y + bar_h + 3), text, fill=(255, 255, 255), font=font,
                   anchor="ma" if 0 < tx - x < width - 1 else ("la" if tx - x <= 0 else "ra"))
-
-
-def save_png(image, path: Path) -> Path:
-    """Write a Pillow image as PNG atomically (temporary file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", optimize=True)
-    tmp.replace(path)
-    return path
