@@ -36,6 +36,8 @@ def _mm(v: Any) -> str:
 def _summary_lines(c: dict) -> list[str]:
     """The radiologist's part: one Markdown line per heading, paragraph or bullet (no line breaks inside)."""
     arch, an, t = c.get("architecture") or {}, c.get("anomaly") or {}, c.get("training") or {}
+    from .preprocess import NATIVE_TOLERANCE as tol
+
     sp, ssp = c.get("spacing_mm", 2.0), c.get("slice_spacing_mm", 2.0)
     n_train, data = t.get("n_train"), str(t.get("data") or "").strip()
     thr = an.get("threshold")
@@ -57,8 +59,9 @@ def _summary_lines(c: dict) -> list[str]:
         "",
         "### Which scans it takes",
         "",
-        f"- 3D brain scans of the kind above, at any voxel size: every scan is resampled to {_mm(sp)} in-plane "
-        "for the model and the results are put back on the scan's own grid.",
+        f"- 3D brain scans of the kind above, at any voxel size. Scans within {tol:.0%} of {_mm(sp)} in-plane "
+        f"({float(sp) * (1 - tol):.2g}-{float(sp) * (1 + tol):.2g} mm) run on their own grid, at full detail; others are "
+        f"resampled to {_mm(sp)} in-plane for the model and the results put back on the scan's own grid.",
         "- Before any work, a scan whose intensities look unlike the training scans is refused, for example "
         "CT, another MRI contrast (T2, FLAIR, diffusion) or a head whose skull has not been removed. 'Run on "
         "unusual volumes' (CLI: --force) runs it anyway; the results are then unreliable.",
@@ -108,9 +111,10 @@ def _summary_lines(c: dict) -> list[str]:
     lims = [f"- It has seen only {c.get('modality', '?')} scans"
             + (", all synthetic (see above), never a patient's." if "synthetic" in data.lower() else ".")
             + " Anatomy it never saw (surgery, large lesions, atrophy, children) may be flagged or missed."]
-    lims.append(f"- Maps are made at {_mm(sp)} in-plane"
+    lims.append(f"- Maps are made at about {_mm(sp)} in-plane"
                 + (f" and smoothed over {med} voxels: spots smaller than about {med * float(sp):g} mm are blurred "
-                   "or missed." if med else ".") + " Finer scans lose detail in the reconstruction.")
+                   "or missed." if med else ".")
+                + f" Scans finer than {float(sp) * (1 - tol):.2g} mm lose detail in the reconstruction.")
     lims.append("- A filled slice or region is an estimate from the surrounding tissue, not a measurement: never "
                 "read a finding in it.")
     return lines + lims

@@ -28,15 +28,16 @@ HEAL_SCORES = ("healed", "heal")  # those that use the healing head
 class ModelConfig:
     """Everything needed to use a model besides its weights (saved as JSON next to them).
 
-    spacing_mm: in-plane pixel size (mm) the network was trained at; volumes are resampled to it.
+    spacing_mm: in-plane pixel size (mm) the network was trained at; volumes more than 20 % finer or coarser
+    in-plane are resampled to it (engine.preprocess.NATIVE_TOLERANCE), others run on their own grid.
     slice_spacing_mm: distance (mm) between the neighbouring slices the network expects as context.
     normalization: {"method": "percentile", "percentile": p}: intensities divided by the p-th
     percentile of the volume (zero stays zero), outputs multiplied back.
     anomaly: {"threshold": score that maps to 1.0, "quantile": healthy quantile used,
     "median_size": voxels of the median filter, "score": "residual", "combined", "healed" or "heal" (engine.anomaly),
     and for "combined" and "healed" "skip_scale" / "latent_scale": the two VAE residuals' healthy 99th percentiles,
-    for "healed" and "heal" "heal_scale": the healing head's residual's; optional "healthy_peak": the highest candidate peak found in
-    the healthy calibration volumes, and "residual_median": the healthy median of the smoothed reconstruction
+    for "healed" and "heal" "heal_scale": the healing head's residual's; optional "healthy_peaks": each healthy calibration
+    volume's highest candidate peak, "healthy_peak": their robust maximum (engine.train.robust_peak), and "residual_median": the healthy median of the smoothed reconstruction
     residual inside the brain (engine.train.calibrate, engine.anomaly.smooth_residual), "heal_flip": whether
     the healing head's output is averaged over a left-right mirror (engine.anomaly.heal; absent: no),
     "heal_invert": the weight of the inverted-intensity healing in volumes flagged by the residual ratio
@@ -105,6 +106,10 @@ class ModelConfig:
             v = cfg.anomaly.get(k)
             if v is not None and not (isinstance(v, (int, float)) and v > 0):
                 raise ModelError(f"{source}: anomaly.{k} must be a positive number or absent, not {v!r}")
+        peaks = cfg.anomaly.get("healthy_peaks")
+        if peaks is not None and not (isinstance(peaks, list) and all(
+                isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0 for p in peaks)):
+            raise ModelError(f"{source}: anomaly.healthy_peaks must be a list of positive numbers or absent, not {peaks!r}")
         flip = cfg.anomaly.get("heal_flip")
         if flip is not None and (not isinstance(flip, bool) or score not in HEAL_SCORES):
             raise ModelError(f"{source}: anomaly.heal_flip must be true or false and only set for the heal and healed "

@@ -295,8 +295,8 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
 
     ``score`` "combined" (see engine.anomaly) also sets the two VAE residuals' healthy scales (99th percentiles)
     in the model's anomaly settings, "healed" the healing head's residual's scale as well, "heal" that scale alone;
-    "residual" uses the normal reconstruction's residual alone. It also sets ``healthy_peak``: the highest peak of the candidates
-    (engine.anomaly.threshold_candidates at 1.0) that these healthy volumes produce, at least 1, and
+    "residual" uses the normal reconstruction's residual alone. It also sets ``healthy_peaks``: each healthy volume's highest candidate peak
+    (engine.anomaly.threshold_candidates at 1.0; at least 1), ``healthy_peak``: their robust maximum (robust_peak), and
     ``residual_median``: the median of their smoothed reconstruction residual inside the brain
     (engine.anomaly.smooth_residual). ``heal_flip`` (None: keep the model's setting) turns the healing head's
     mirror averaging (engine.anomaly.heal) on or off for the scores calibrated here and for the model's later maps.
@@ -357,13 +357,27 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     scores = final_score(skip, latent, heal, settings)
     threshold = float(np.quantile(scores, quantile))
     grid = (model.config.slice_spacing_mm, model.config.spacing_mm, model.config.spacing_mm)
-    peak = 1.0
-    for i, brain in enumerate(brains):  # the candidates each healthy volume would show
+    peaks = []
+    for i, brain in enumerate(brains):  # the strongest candidate each healthy volume would show
         heat = np.zeros(brain.shape, np.float32)
         heat[brain] = scores[sizes[i] : sizes[i + 1]] / np.float32(threshold)
-        peak = max([peak, *(c["peak"] for c in threshold_candidates(heat, grid)[1])])
-    settings["healthy_peak"] = float(peak)
+        peaks.append(max([1.0, *(c["peak"] for c in threshold_candidates(heat, grid)[1])]))
+    settings["healthy_peak"] = robust_peak(peaks)
+    settings["healthy_peaks"] = [round(float(p), 3) for p in peaks]
     return threshold
+
+
+def robust_peak(peaks: Sequence[float]) -> float:
+    """The healthy maximum from each calibration volume's highest candidate peak.
+
+    With four volumes or more the single highest is left out (the second-highest is used): one unusual healthy
+    volume (a real validation scan peaked at 9.2x the threshold, the next at 3.1x) otherwise sets a maximum no lesion
+    exceeds, and the "above healthy" flag says nothing. With fewer volumes the maximum is used.
+    """
+    ordered = sorted(float(p) for p in peaks)
+    if not ordered:
+        return 1.0
+    return ordered[-2] if len(ordered) >= 4 else ordered[-1]
 
 
 def check_heal_invert(weight: float | None, score: str) -> None:
