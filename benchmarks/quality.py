@@ -27,7 +27,8 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _data  # noqa: E402
 
-from napari_medvae.engine import anomaly, denoise, inpaint, load_model, reconstruct, synth  # noqa: E402
+from napari_medvae.engine import anomaly, denoise, inpaint, reconstruct, synth  # noqa: E402
+from napari_medvae.service import get_model  # noqa: E402
 
 MODEL = "medvae"
 # skimage NLM tuned for PSNR on a separate subject (seed _data.SEED_TUNE, never scored): patch 5 / distance 6
@@ -504,7 +505,7 @@ def main(argv=None) -> int:
         else:
             notes.append(f"{mod} not installed, its rows are skipped (`pip install {mod}`)")
     t0 = time.perf_counter()
-    model = load_model(a.model, device="cpu")
+    model = get_model(a.model, "cpu")
     table = Table()
     if a.real_only:
         real_line = real_section(table, model, n_real, a.quick, baselines, notes)

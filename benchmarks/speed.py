@@ -72,8 +72,9 @@ import json, resource, sys, time
 sys.path.insert(0, sys.argv[2])
 import numpy as np
 import _data
-from napari_medvae.engine import load_model, {op}
-model = load_model(sys.argv[1] if sys.argv[1] != "-" else None, device="cpu")
+from napari_medvae.engine import {op}
+from napari_medvae.service import get_model
+model = get_model(sys.argv[1] if sys.argv[1] != "-" else None, "cpu")
 vol = _data.ct_sized_volume((400, 512, 512))
 tpl = _data.templates(1.0).t1.shape
 spacing = tuple(s / n for s, n in zip(tpl, vol.shape))  # the same head, finer grid
@@ -151,7 +152,8 @@ def write_ct_inputs(folder: Path) -> dict[str, Path]:
     """The 512×512×400 float32 test files (NIfTI, 0.47 mm head) for the ``medvae`` memory rows: the volume, a copy
     with 5 % Rician noise (denoising), one with every 10th slice blank (missing slices) and a painted 10×30×30 mm
     box (uint8 mask). Built slice by slice, so this process never holds more than one volume and a mask."""
-    from napari_medvae.io import Geometry, write_volume
+    from napari_medvae.io import Geometry
+    from napari_medvae.service import save  # the service writes every volume file
 
     vol = _data.ct_sized_volume(CT_SHAPE)
     tpl = _data.templates(1.0).t1.shape
@@ -159,7 +161,7 @@ def write_ct_inputs(folder: Path) -> dict[str, Path]:
     _data.templates.cache_clear()
     geo = Geometry(spacing=spacing)
     paths = {k: folder / f"{k}.nii" for k in ("volume", "noisy", "holed", "mask")}
-    write_volume(paths["volume"], vol, geo)
+    save(paths["volume"], vol, geo)
     rng = np.random.default_rng(_data.SEED_SPEED + 4)
     sigma = np.float32(0.05 * float(vol.max()))
     noisy = np.empty_like(vol)
@@ -167,16 +169,16 @@ def write_ct_inputs(folder: Path) -> dict[str, Path]:
         a = vol[k] + sigma * rng.standard_normal(vol.shape[1:], dtype=np.float32)
         b = sigma * rng.standard_normal(vol.shape[1:], dtype=np.float32)
         noisy[k] = np.sqrt(a * a + b * b)
-    write_volume(paths["noisy"], noisy, geo)
+    save(paths["noisy"], noisy, geo)
     del noisy
     vol[5::10] = 0  # blank slices: found by --missing-slices auto
-    write_volume(paths["holed"], vol, geo)
+    save(paths["holed"], vol, geo)
     del vol
     mask = np.zeros(CT_SHAPE, np.uint8)
     c = np.array(CT_SHAPE) // 2
     half = [int(round(mm / 2 / s)) for mm, s in zip((10.0, 30.0, 30.0), spacing, strict=True)]
     mask[tuple(slice(ci - h, ci + h) for ci, h in zip(c, half, strict=True))] = 1
-    write_volume(paths["mask"], mask, geo)
+    save(paths["mask"], mask, geo)
     return paths
 
 
@@ -273,10 +275,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    from napari_medvae.engine import anomaly, denoise, inpaint, load_model, reconstruct, synth
+    from napari_medvae.engine import anomaly, denoise, inpaint, reconstruct, synth
+    from napari_medvae.service import get_model
 
     in_process = only & {"real", "cpu", "bm4d", "size", "gpu"}
-    model = load_model(a.model, device="cpu") if in_process else None
+    model = get_model(a.model, "cpu") if in_process else None
     rows: list[tuple] = []
 
     def row(fig, value, target, ok, note=""):
@@ -347,7 +350,7 @@ def main(argv=None) -> int:
     if "gpu" not in only:
         pass
     elif torch.cuda.is_available():
-        g = load_model(a.model, device="cuda")
+        g = get_model(a.model, "cuda")
         gops = ops(g, vol1, sp1, missing, mask, noisy1)
         gops["fill missing slices"] = ops(g, holed, sp1, missing, mask, noisy1)["fill missing slices"]
         for key, fig, _ in figures:

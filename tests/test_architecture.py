@@ -223,3 +223,63 @@ def test_widgets_never_import_the_cli(graph):
            for m in sorted(graph.modules) if _in(m, f"{PACKAGE}.widgets")}
     assert {m: ts for m, ts in bad.items() if ts} == {}
     assert f"{PACKAGE}.widgets._inpaint" in bad
+
+
+# --- only the service layer loads models and writes result files ---------------------------------------------
+
+BENCHMARKS = SRC.parent / "benchmarks"
+# what loads an inference model or writes a result file; the service wraps each (get_model, save, save_json)
+LOADS_OR_WRITES = {"load_model", "write_volume", "_atomic_write_bytes"}
+# allowed: the service itself; io and the engine define these functions (the engine also saves trained models)
+OWNERS = (f"{PACKAGE}.service", f"{PACKAGE}.io", f"{PACKAGE}.engine")
+
+
+def loads_or_writes(path: Path) -> list[str]:
+    """``line: name`` for every use of a model loader or file writer in a file: an import of it, a call, or an
+    attribute (``engine.load_model``, ``io.write_volume``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        names = []
+        if isinstance(node, ast.ImportFrom):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.Attribute):
+            names = [node.attr]
+        elif isinstance(node, ast.Name):
+            names = [node.id]
+        found += [f"{node.lineno}: {n}" for n in names if n in LOADS_OR_WRITES]
+    return sorted(set(found))
+
+
+def _callers() -> dict[str, Path]:
+    """Every module of the package outside the owners, and every benchmark script."""
+    files = {_module_name(p, SRC)[0]: p for p in sorted((SRC / PACKAGE).rglob("*.py"))}
+    out = {m: p for m, p in files.items() if not _in(m, *OWNERS)}
+    out |= {f"benchmarks.{p.stem}": p for p in sorted(BENCHMARKS.glob("*.py"))}
+    return out
+
+
+def test_the_loader_and_writer_check_finds_imports_calls_and_attributes(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from napari_medvae.engine import load_model\nimport napari_medvae.io as mio\n"
+                 "def g(x):\n    mio.write_volume('a.nii', x, None)\n    return engine.load_model(None)\n")
+    assert loads_or_writes(f) == ["1: load_model", "4: write_volume", "5: load_model"]
+    f.write_text("from napari_medvae.service import get_model, save\nsave('a.nii', get_model(), None)\n")
+    assert loads_or_writes(f) == []
+
+
+def test_only_the_service_loads_models_and_writes_result_files():
+    """cli, batch, demo, the widgets, the napari writer and the benchmarks go through ``napari_medvae.service``."""
+    callers = _callers()
+    assert {f"{PACKAGE}.cli", f"{PACKAGE}.batch", f"{PACKAGE}.demo", f"{PACKAGE}.widgets._model",
+            f"{PACKAGE}._writer", "benchmarks.quality", "benchmarks.speed"} <= set(callers)  # the rule looked at them
+    bad = {m: loads_or_writes(p) for m, p in callers.items()}
+    assert {m: uses for m, uses in bad.items() if uses} == {}
+
+
+def test_the_service_imports_no_gui_and_no_caller(graph):
+    """service -> engine/io one way: it never imports Qt/napari, the CLI, batch, demo or the widgets."""
+    callers = (f"{PACKAGE}.cli", f"{PACKAGE}.batch", f"{PACKAGE}.demo", f"{PACKAGE}.widgets", *GUI)
+    bad = {m: sorted(t for t in graph.module_level[m] | graph.function_level[m] if _in(t, *callers))
+           for m in sorted(graph.modules) if _in(m, f"{PACKAGE}.service")}
+    assert {m: ts for m, ts in bad.items() if ts} == {}
+    assert f"{PACKAGE}.service.ops" in bad

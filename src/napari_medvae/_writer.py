@@ -6,13 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 
-def _write(path: str, data: Any, meta: dict) -> list[str]:
+def _write(path: str, data: Any, meta: dict, like: Any = None) -> list[str]:
+    """Write through ``service.save`` (cast to ``like`` first, when given), the one writer of result files."""
     import numpy as np
 
-    from .io import Geometry, write_volume
+    from .io import Geometry
+    from .service import save
 
     geo = Geometry.from_layer_kwargs(meta.get("scale"), meta.get("translate"), meta.get("affine"), meta.get("metadata"))
-    return [str(write_volume(path, np.asarray(data), geo))]
+    return [str(save(path, np.asarray(data), geo, like=like))]
 
 
 def _source_dtype(path: str, meta: dict):
@@ -43,14 +45,7 @@ def write_image(path: str, data: Any, meta: dict) -> list[str]:
     A result layer of the Reconstruct & Denoise or Inpaint widget is written in its source's dtype
     (integers rounded and clipped), exactly as ``medvae reconstruct/denoise/inpaint`` write theirs.
     """
-    dtype = _source_dtype(path, meta)
-    if dtype is not None:
-        import numpy as np
-
-        from .output_dtype import cast_like
-
-        data = cast_like(np.asarray(data), dtype)
-    return _write(path, data, meta)
+    return _write(path, data, meta, like=_source_dtype(path, meta))
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:

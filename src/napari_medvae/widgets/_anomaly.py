@@ -156,23 +156,20 @@ class AnomalyWidget(QWidget):
         direction, origin = layer_direction_origin(layer)  # (None, origin 0) for a layer that is no 3D volume
 
         def job(progress, cancel):
-            from ..engine import anomaly, skullstrip, uncertainty
+            from .. import service
 
-            model = get_model()
-            vol, mask = skullstrip.prepare_head(np.asarray(data), spacing, direction, origin, skull, brain)
-            res = anomaly(model, vol, spacing, brain_mask=mask, axis=axis, threshold=thr, force=force,
-                          progress=progress, cancel=cancel)
-            regions = healthy_regions(res.heatmap, spacing, res.healthy_peak)
-            unc = None
-            if with_unc:
-                unc = uncertainty(model, vol, spacing, samples=samples, axis=axis, force=force, progress=progress,
-                                  cancel=cancel)
-            return res, regions, unc, (mask if brain is None else None)
+            request = service.AnomalyRequest(axis=axis, force=force, skull_strip=skull, threshold=thr,
+                                             uncertainty_samples=samples if with_unc else None)
+            res = service.run(request, data, spacing, model=get_model(), direction=direction, origin=origin,
+                              brain_mask=brain, progress=progress, cancel=cancel)
+            return res, healthy_regions(res.heatmap, spacing, res.healthy_peak)
 
         def done(out) -> None:
             from napari.utils.colormaps import DirectLabelColormap
 
-            res, regions, unc, extracted = out
+            res, regions = out
+            unc = res.uncertainty  # 0 outside an extracted brain (the model saw no more)
+            extracted = res.brain_mask if res.extracted else None
             self._spacing = spacing
             self._healthy_peak = res.healthy_peak
             self._healthy_regions = regions
@@ -185,8 +182,6 @@ class AnomalyWidget(QWidget):
             self.labels_layer.contour = 1  # outlines: the lesion inside stays visible
             self.labels_layer.mode = "pan_zoom"  # no paint tool armed on a result layer
             if unc is not None:
-                if extracted is not None:
-                    unc = unc * extracted  # no uncertainty outside the brain the model saw
                 self.viewer.add_image(unc, name=f"{name} uncertainty", colormap="viridis", blending="additive", **geo)
             if extracted is not None:
                 add_brain_layer(self.viewer, extracted, name, geo)
@@ -229,10 +224,10 @@ class AnomalyWidget(QWidget):
             "the highest peak", f"{hp:.2f}, the highest peak"))
         self.table.blockSignals(True)
         self.table.setRowCount(len(rows))
+        from ..service import table_row  # "> healthy": peak above the model's healthy peak, not the threshold
+
         for i, r in enumerate(rows):
-            above = r.get("above_healthy")  # peak > the model's healthy peak: a fixed number, not the threshold
-            seen = "n/a" if above is None else ("yes" if above else "no")
-            for j, v in enumerate((r["label"], round(r["volume_mm3"]), r["peak"], r["voxels"], seen)):
+            for j, v in enumerate(table_row(r)):
                 item = QTableWidgetItem(f"{v:.2f}" if isinstance(v, float) else str(v))
                 item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 self.table.setItem(i, j, item)

@@ -44,14 +44,14 @@ def model_signals() -> ModelSignals:
 def get_model():
     """The model chosen in the Model widget; loaded on first use (shipped default, device 'auto').
 
-    Called inside jobs (worker threads): loading imports torch and reads the weights.
+    Called inside jobs (worker threads): loading imports torch and reads the weights (``service.get_model``).
     """
-    from ..engine import load_model
+    from ..service import get_model as cached
 
     with _LOCK:
         loaded = _SESSION["model"] is None
         if loaded:
-            _SESSION["model"] = load_model(_SESSION["path"], device=_SESSION["device"])
+            _SESSION["model"] = cached(_SESSION["path"], _SESSION["device"])
         model = _SESSION["model"]
     if loaded and _SIGNALS is not None:
         _SIGNALS.changed.emit(model)

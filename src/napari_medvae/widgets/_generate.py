@@ -57,11 +57,10 @@ class GenerateWidget(QWidget):
             centre = layer_centre(ref)
 
         def job(progress, cancel):
-            from ..engine import sample
+            from ..service import SampleRequest, run
 
-            model = get_model()
-            sp = model.config.spacing_mm
-            return sample(model, n, seed=seed, progress=progress, cancel=cancel), (model.config.slice_spacing_mm, sp, sp)
+            res = run(SampleRequest(n=n, seed=seed), model=get_model(), progress=progress, cancel=cancel)
+            return res.volumes, res.spacing
 
         def done(res) -> None:
             vols, spacing = res

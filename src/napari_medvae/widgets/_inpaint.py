@@ -312,7 +312,8 @@ class InpaintWidget(QWidget):
         force = _common.force()
 
         def job(progress, cancel):
-            from ..engine import detect_blank_slices, inpaint
+            from .. import service
+            from ..engine import detect_blank_slices
             from ..engine.inpaint import slices_mask
             from ..engine.preprocess import check_axis
 
@@ -327,11 +328,10 @@ class InpaintWidget(QWidget):
                 else:
                     idx = sl.check_slices(indices, vol.shape, ax, direction)
                 m = slices_mask(vol.shape, idx, ax)
-            out = inpaint(get_model(), vol, spacing, mask=m, axis=ax, symmetry=symmetry, force=force, progress=progress,
-                          cancel=cancel)
-            if only_filled:
-                out = np.where(m, out, 0).astype(out.dtype)
-            return out
+            request = service.InpaintRequest(axis=ax, symmetry=symmetry, only_filled=only_filled, force=force,
+                                             skull_strip="never")
+            return service.run(request, vol, spacing, model=get_model(), mask=m, progress=progress,
+                               cancel=cancel).volume
 
         def done(result) -> None:
             if isinstance(result, tuple):

@@ -94,13 +94,6 @@ class CardView(QTextBrowser):
         return self.toPlainText()
 
 
-def _volume_files(folder: str) -> list[str]:
-    """Supported volume files under ``folder`` (recursive), sorted."""
-    from ..io import SUPPORTED_EXTENSIONS
-
-    return sorted(str(f) for f in Path(folder).rglob("*") if f.is_file() and f.name.lower().endswith(SUPPORTED_EXTENSIONS))
-
-
 class ModelWidget(QWidget):
     """Pick the shipped default or a checkpoint and a device; train / fine-tune on healthy volumes."""
 
@@ -210,9 +203,9 @@ class ModelWidget(QWidget):
         device = self.device.currentText()
 
         def job(progress, cancel):
-            from ..engine import load_model
+            from ..service import get_model
 
-            return load_model(path, device=device)
+            return get_model(path, device)
 
         self.job.start("load model", job, lambda m: set_model(m, path, device))
 
@@ -281,19 +274,15 @@ class ModelWidget(QWidget):
 
             import numpy as np
 
-            from ..engine import load_model
             from ..engine.model import default_model_path
             from ..engine.train import TrainConfig, train
-            from ..errors import InputError
-            from ..io import write_volume
+            from ..service import get_model, save, volume_paths
 
-            files = _volume_files(data) if data else []
-            if data and not files:
-                raise InputError(f"{data}: no volumes (.nii, .nii.gz, .nrrd, .mha, .mhd) in this folder")
+            files = volume_paths([data]) if data else []  # a folder without volumes is refused
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix="medvae_train_") as tmp:
                 for i, (_, arr, geo) in enumerate(layers):  # the engine trains from files
-                    files.append(str(write_volume(Path(tmp) / f"layer{i}.nii.gz", np.asarray(arr), geo)))
+                    files.append(str(save(Path(tmp) / f"layer{i}.nii.gz", np.asarray(arr), geo)))
                 tc = TrainConfig(train=files, out=out, steps=steps, device=device,
                                  init=None if scratch else (init or str(default_model_path())),
                                  val_every=max(1, min(100, steps // 3)), lr=2e-3 if scratch else 5e-4,
@@ -304,7 +293,7 @@ class ModelWidget(QWidget):
                     self._losses.append(info)
 
                 path = train(tc, callback=callback, cancel=cancel)
-            return load_model(path, device=device), str(path)
+            return get_model(path, device), str(path)
 
         def done(res) -> None:
             model, path = res

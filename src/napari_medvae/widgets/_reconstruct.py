@@ -68,15 +68,12 @@ class ReconstructWidget(QWidget):
         source_name = layer.name
 
         def job(progress, cancel):
-            import numpy as np
+            from .. import service
 
-            from ..engine import denoise, reconstruct, skullstrip
-
-            fn = reconstruct if kind == "reconstruction" else denoise
-            vol = np.asarray(data)
-            seen, mask = skullstrip.prepare_head(vol, spacing, direction, origin, skull)
-            res = fn(get_model(), seen, spacing, axis=axis, force=force, progress=progress, cancel=cancel)
-            return (res if mask is None else skullstrip.restore_outside(res, vol, mask)), mask
+            op = service.ReconstructRequest if kind == "reconstruction" else service.DenoiseRequest
+            res = service.run(op(axis=axis, force=force, skull_strip=skull), data, spacing, model=get_model(),
+                              direction=direction, origin=origin, progress=progress, cancel=cancel)
+            return res.volume, res.brain_mask
 
         def done(out) -> None:
             result, mask = out
