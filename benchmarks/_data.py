@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_medvae.engine import synth
+from napari_medvae.engine.training import synth
 
 SEED_T1 = 20000
 SEED_T2 = 20500

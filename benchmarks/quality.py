@@ -27,7 +27,8 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _data  # noqa: E402
 
-from napari_medvae.engine import anomaly, denoise, inpaint, reconstruct, synth  # noqa: E402
+from napari_medvae.engine import anomaly, denoise, inpaint, reconstruct  # noqa: E402
+from napari_medvae.engine.training import synth  # noqa: E402
 from napari_medvae.service import get_model  # noqa: E402
 
 MODEL = "medvae"

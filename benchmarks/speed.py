@@ -275,7 +275,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from napari_medvae.engine import anomaly, denoise, inpaint, reconstruct, synth
+    from napari_medvae.engine import anomaly, denoise, inpaint, reconstruct
+    from napari_medvae.engine.training import synth
     from napari_medvae.service import get_model
 
     in_process = only & {"real", "cpu", "bm4d", "size", "gpu"}
@@ -377,7 +378,8 @@ def real_rows(row, model, ops, reps: int) -> None:
     """Each operation on a real 1 mm scan at full size, brain extraction (deepbet) included, as the CLI runs it."""
     import _real
 
-    from napari_medvae.engine import skullstrip, synth
+    from napari_medvae.engine.prep import skullstrip
+    from napari_medvae.engine.training import synth
     from napari_medvae.io import read_volume
 
     if not _real.available():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_medvae.engine import synth
+from napari_medvae.engine.training import synth
 from napari_medvae.io import Geometry, write_volume
 
 TRAIN_SEEDS = range(1, 1000)

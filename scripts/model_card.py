@@ -1,6 +1,6 @@
 """Write docs/model_card.md: the card of a model (default: the shipped one) from its JSON config.
 
-The card is rendered by ``napari_medvae.engine.card.model_card`` (the same text ``medvae info`` prints and
+The card is rendered by ``napari_medvae.engine.model.card.model_card`` (the same text ``medvae info`` prints and
 the Model widget summarises); tests/test_checkpoint.py checks that docs/model_card.md equals it.
 """
 
@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from napari_medvae.engine.card import model_card
+from napari_medvae.engine.model.card import model_card
 from napari_medvae.errors import ModelError
 
 ROOT = Path(__file__).resolve().parents[1]

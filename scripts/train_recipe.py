@@ -51,29 +51,29 @@ def run_stage(st: dict, prev: str | None, train: list[str], val: list[str], out:
     seed = int(opts.pop("seed", recipe.get("seed", 0)))
     kind = st["stage"]
     if kind == "vae":
-        from napari_medvae.engine.train import TrainConfig
-        from napari_medvae.engine.train import train as train_vae
+        from napari_medvae.engine.training.vae import TrainConfig
+        from napari_medvae.engine.training.vae import train as train_vae
 
         train_vae(TrainConfig(train=train, val=val, out=out, seed=seed, name=recipe["name"],
                               data_description=recipe.get("description", ""), device="cpu", **opts))
     elif kind == "region_prior":
-        from napari_medvae.engine.train_region_prior import fit_region_prior
+        from napari_medvae.engine.training.region_prior import fit_region_prior
 
         fit_region_prior(train, out, prev, seed=seed, **opts)
     elif kind == "calibrate":
-        from napari_medvae.engine.train import recalibrate
+        from napari_medvae.engine.training.calibrate import recalibrate
 
         recalibrate(prev, val, out, opts.get("quantile", 0.999), opts.get("score"), opts.get("heal_flip"),
                     opts.get("heal_invert"))
     else:
         module, fn, cfg = {
-            "slice_head": ("train_slice_head", "train_slice_head", "SliceHeadTrainConfig"),
-            "denoiser": ("train_denoiser", "train_denoiser", "DenoiserTrainConfig"),
-            "heal_head": ("train_heal_head", "train_heal_head", "HealHeadTrainConfig"),
+            "slice_head": ("slice_head", "train_slice_head", "SliceHeadTrainConfig"),
+            "denoiser": ("denoiser", "train_denoiser", "DenoiserTrainConfig"),
+            "heal_head": ("heal_head", "train_heal_head", "HealHeadTrainConfig"),
         }[kind]
         import importlib
 
-        mod = importlib.import_module(f"napari_medvae.engine.{module}")
+        mod = importlib.import_module(f"napari_medvae.engine.training.{module}")
         for k in ("patch", "noise_range"):
             if k in opts:
                 opts[k] = tuple(opts[k])

@@ -59,7 +59,7 @@ def head_data(tmp_path_factory, read):
 @pytest.fixture
 def slow_forward(monkeypatch):
     """Every batch of slices takes at least 0.3 s more: jobs last several seconds, still running when a test acts."""
-    import napari_medvae.engine.runner as runner
+    import napari_medvae.engine.ops.runner as runner
 
     real = runner._forward
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 
@@ -10,11 +9,11 @@ import numpy as np
 import pytest
 
 from napari_medvae.engine import anomaly, load_model
-from napari_medvae.engine.anomaly import RESIDUAL_RATIO_LIMIT, combined_score, ratio_warning
-from napari_medvae.engine.checkpoint import load_checkpoint
-from napari_medvae.engine.model import default_model_path
-from napari_medvae.engine.preprocess import prepare
-from napari_medvae.engine.train import calibrate
+from napari_medvae.engine.model.checkpoint import load_checkpoint
+from napari_medvae.engine.model.loader import default_model_path
+from napari_medvae.engine.ops.anomaly import RESIDUAL_RATIO_LIMIT, combined_score, ratio_warning
+from napari_medvae.engine.prep.preprocess import prepare
+from napari_medvae.engine.training.calibrate import calibrate
 from napari_medvae.errors import InputError, ModelError
 
 
@@ -51,7 +50,7 @@ def test_models_calibrated_with_the_healed_score_still_work(tmp_path, read, mode
 
 
 def test_heal_score_is_the_healing_residual_over_its_scale(model, read, monkeypatch):
-    anom = importlib.import_module("napari_medvae.engine.anomaly")
+    from napari_medvae.engine.ops import anomaly as anom
 
     vol, geo = read("mni_t1_lesion.nii.gz")
     prep = prepare(vol, geo.spacing, model.config, None)
@@ -144,7 +143,7 @@ def test_thin_slices_are_scored_at_the_model_spacing_and_interpolated(model, rea
 
 def test_automatic_brain_mask_reaches_the_brain_edge():
     """Lesions near the brain's surface must be scored: the automatic mask keeps the boundary rim."""
-    from napari_medvae.engine.anomaly import auto_brain_mask
+    from napari_medvae.engine.ops.anomaly import auto_brain_mask
 
     z, y, x = np.ogrid[:40, :48, :48]
     r = np.sqrt((z - 20.0) ** 2 + (y - 24.0) ** 2 + (x - 24.0) ** 2)
@@ -157,7 +156,7 @@ def test_automatic_brain_mask_reaches_the_brain_edge():
 
 
 def _t2_like():
-    from napari_medvae.engine import synth
+    from napari_medvae.engine.training import synth
 
     tpl = synth.load_templates(2.0)
     img, _, _ = synth.make_subject(tpl, 9001, contrast="t2")  # the healthy sample's subject, in a T2-like contrast
@@ -187,7 +186,7 @@ def test_ratio_warning_limits_and_models_without_a_residual_median(tmp_path, rea
 
 
 def test_recalibrate_refuses_an_unknown_score_before_reading_anything(tmp_path):
-    from napari_medvae.engine.train import recalibrate
+    from napari_medvae.engine.training.calibrate import recalibrate
 
     with pytest.raises(InputError, match="anomaly score must be one of"):
         recalibrate(str(default_model_path()), [str(tmp_path / "missing.nii.gz")], str(tmp_path / "out"), score="fancy")

@@ -1,12 +1,13 @@
 """The package's import graph, read from the source with ``ast`` (nothing is imported).
 
 Rules (issue 32): no import cycle in ``src/``; ``engine/`` and ``io.py`` never import Qt, napari or magicgui;
-the widgets never import the CLI. Imports are recorded in two kinds: *module-level* (run when the module is
+the widgets never import the CLI; the engine imports none of its callers; the engine's sub-packages form layers
+(``ENGINE_LAYERS``): each imports only the ones below it, so inference never imports training. Imports are recorded in two kinds: *module-level* (run when the module is
 imported: the module body, class bodies, ``if``/``try`` blocks at module level) and *function-level* (inside a
 function, run when it is called). ``if TYPE_CHECKING:`` blocks never run and are ignored.
 
 An edge goes to the most specific module of the package that the statement names, as import-linter's grimp
-does: ``from .engine.model import load_model`` is an edge to ``napari_medvae.engine.model``;
+does: ``from .engine.model.loader import load_model`` is an edge to ``napari_medvae.engine.model.loader``;
 ``from . import kriging`` inside ``engine/classical`` to ``napari_medvae.engine.classical.kriging``.
 """
 
@@ -215,7 +216,7 @@ def test_engine_and_io_import_no_gui(graph, kind):
     bad = {m: sorted(t for t in getattr(graph, kind)[m] if _in(t, *GUI))
            for m in sorted(graph.modules) if _in(m, f"{PACKAGE}.engine", f"{PACKAGE}.io")}
     assert {m: ts for m, ts in bad.items() if ts} == {}
-    assert f"{PACKAGE}.io" in bad and f"{PACKAGE}.engine.anomaly" in bad  # the rule looked at them
+    assert f"{PACKAGE}.io" in bad and f"{PACKAGE}.engine.ops.anomaly" in bad  # the rule looked at them
 
 
 def test_widgets_never_import_the_cli(graph):
@@ -223,6 +224,60 @@ def test_widgets_never_import_the_cli(graph):
            for m in sorted(graph.modules) if _in(m, f"{PACKAGE}.widgets")}
     assert {m: ts for m, ts in bad.items() if ts} == {}
     assert f"{PACKAGE}.widgets._inpaint" in bad
+
+
+# engine/ bottom to top: input preparation, classical maths, the model, the operations, training and calibration
+ENGINE_LAYERS = ("prep", "classical", "model", "ops", "training")
+
+
+def _engine_layer(module: str) -> int | None:
+    """The index in ENGINE_LAYERS of an engine sub-package's module (None outside them, e.g. engine/__init__)."""
+    parts = module.split(".")
+    if len(parts) > 2 and parts[1] == "engine" and parts[2] in ENGINE_LAYERS:
+        return ENGINE_LAYERS.index(parts[2])
+    return None
+
+
+def test_engine_layers_import_only_downwards(graph):
+    """Module- and function-level imports alike: ops never reaches into training, the model never into ops."""
+    bad = {}
+    for m in sorted(graph.modules):
+        lm = _engine_layer(m)
+        if lm is not None:
+            up = sorted(t for t in graph.module_level[m] | graph.function_level[m]
+                        if (lt := _engine_layer(t)) is not None and lt > lm)
+            if up:
+                bad[m] = up
+    assert bad == {}
+    assert {_engine_layer(m) for m in graph.modules} >= set(range(len(ENGINE_LAYERS)))  # every layer exists
+
+
+def test_inference_never_imports_training(graph):
+    inference = [m for m in sorted(graph.modules) if _in(m, f"{PACKAGE}.engine.model", f"{PACKAGE}.engine.ops")]
+    bad = {m: sorted(t for t in graph.module_level[m] | graph.function_level[m] if _in(t, f"{PACKAGE}.engine.training"))
+           for m in inference}
+    assert {m: ts for m, ts in bad.items() if ts} == {}
+    assert f"{PACKAGE}.engine.ops.anomaly" in bad and f"{PACKAGE}.engine.model.loader" in bad
+
+
+def test_the_engine_imports_none_of_its_callers(graph):
+    """engine -> nothing above it: not the service, the CLI, batch, the demo or the widgets."""
+    callers = tuple(f"{PACKAGE}.{c}" for c in ("service", "cli", "batch", "demo", "widgets", "_writer", "_reader"))
+    bad = {m: sorted(t for t in graph.module_level[m] | graph.function_level[m] if _in(t, *callers))
+           for m in sorted(graph.modules) if _in(m, f"{PACKAGE}.engine")}
+    assert {m: ts for m, ts in bad.items() if ts} == {}
+    assert f"{PACKAGE}.engine.training.vae" in bad
+
+
+def test_engine_functions_do_not_shadow_modules():
+    """``engine.anomaly`` is the function and ``engine.ops.anomaly`` the module; the sub-packages re-export nothing."""
+    import napari_medvae.engine as engine
+
+    for name in engine.__all__:
+        assert not isinstance(getattr(engine, name), type(engine)), name
+    for sub in ENGINE_LAYERS:
+        init = SRC / PACKAGE / "engine" / sub / "__init__.py"
+        assert not [s for s in ast.parse(init.read_text()).body if not isinstance(s, ast.Expr)], sub  # docstring only
 
 
 # --- only the service layer loads models and writes result files ---------------------------------------------

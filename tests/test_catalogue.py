@@ -617,7 +617,7 @@ def _(c):
 @case("model-wrong-shapes", "Model", "weights whose tensors have wrong shapes", "refused: names the tensor and both shapes",
       error=r"tensor '.*' has shape \(1,")
 def _(c):
-    from napari_medvae.engine.checkpoint import load_checkpoint, save_checkpoint
+    from napari_medvae.engine.model.checkpoint import load_checkpoint, save_checkpoint
 
     cfg, state = load_checkpoint(model_copy(c))
     k = next(iter(state))
@@ -680,7 +680,7 @@ def _(c):
 def _oom_when(mp: pytest.MonkeyPatch, when: Callable) -> None:
     import torch
 
-    import napari_medvae.engine.runner as runner
+    import napari_medvae.engine.ops.runner as runner
 
     real = runner._forward
 

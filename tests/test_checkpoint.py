@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from napari_medvae.engine import ModelError, default_model_path, load_model
-from napari_medvae.engine.checkpoint import load_checkpoint, save_checkpoint
+from napari_medvae.engine.model.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture()
@@ -114,7 +114,7 @@ def test_refuses_other_extensions(tmp_path):
         load_model(tmp_path / "model.onnx")
 
 
-# ---------------------------------------------------------------- the model card (engine.card)
+# ---------------------------------------------------------------- the model card (engine.model.card)
 
 _JARGON = ("SliceVAE", "latent", "quantile", "0.999", "UNet", "KL", "skip", "percentile", "residual")
 
@@ -127,7 +127,7 @@ def test_docs_model_card_equals_the_generator_for_the_shipped_model():
     """docs/model_card.md is generated (python scripts/model_card.py); it must not drift from the model's JSON."""
     from pathlib import Path
 
-    from napari_medvae.engine.card import model_card
+    from napari_medvae.engine.model.card import model_card
 
     docs = Path(__file__).resolve().parents[1] / "docs" / "model_card.md"
     expected = model_card(_shipped_config(), default_model_path())
@@ -135,7 +135,7 @@ def test_docs_model_card_equals_the_generator_for_the_shipped_model():
 
 
 def test_card_summary_is_plain_language_and_the_technical_part_follows():
-    from napari_medvae.engine.card import SUMMARY_TITLE, TECHNICAL_TITLE, card_summary, model_card
+    from napari_medvae.engine.model.card import SUMMARY_TITLE, TECHNICAL_TITLE, card_summary, model_card
 
     cfg = _shipped_config()
     summary = card_summary(cfg)
@@ -152,7 +152,7 @@ def test_card_summary_is_plain_language_and_the_technical_part_follows():
 
 
 def test_card_of_an_uncalibrated_model_says_its_heatmap_has_no_limit():
-    from napari_medvae.engine.card import card_summary
+    from napari_medvae.engine.model.card import card_summary
 
     cfg = _shipped_config()
     cfg["anomaly"] = {"threshold": None, "quantile": 0.999, "median_size": 3}
@@ -167,7 +167,7 @@ def test_card_of_an_uncalibrated_model_says_its_heatmap_has_no_limit():
     (42, "ModelConfig or its JSON dict, not int"),
 ])
 def test_card_refuses_what_is_not_a_model_config(config, msg):
-    from napari_medvae.engine.card import model_card
+    from napari_medvae.engine.model.card import model_card
 
     with pytest.raises(ModelError, match=msg):
         model_card(config)
@@ -175,7 +175,7 @@ def test_card_refuses_what_is_not_a_model_config(config, msg):
 
 def test_medvae_info_prints_the_card(capsys):
     from napari_medvae.cli import main
-    from napari_medvae.engine.card import card_summary
+    from napari_medvae.engine.model.card import card_summary
 
     assert main(["info", "--device", "cpu"]) == 0
     out = capsys.readouterr().out

@@ -115,7 +115,7 @@ def test_anomaly_writes_heatmap_labels_and_report(tmp_path, sample_dir):
 
 
 def test_anomaly_on_another_contrast_warns_but_writes(tmp_path, capsys):
-    from napari_medvae.engine import synth
+    from napari_medvae.engine.training import synth
     from napari_medvae.io import Geometry, write_volume
 
     tpl = synth.load_templates(2.0)
@@ -267,7 +267,7 @@ def test_calibrate_score_option(tmp_path, sample_dir, capsys):
         main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "c"), "--score", "fancy"])
     err = capsys.readouterr().err
     assert "invalid choice: 'fancy'" in err and not (tmp_path / "c.safetensors").exists()
-    from napari_medvae.engine.checkpoint import ANOMALY_SCORES
+    from napari_medvae.engine.model.checkpoint import ANOMALY_SCORES
 
     listed = err.split("choose from ")[1].split(")")[0].replace("'", "").split(", ")
     assert sorted(listed) == sorted(ANOMALY_SCORES)  # the CLI offers exactly the scores the engine knows
@@ -330,8 +330,8 @@ def test_no_symmetry_on_a_finer_grid_says_it_changes_nothing(tmp_path, sample_di
 
 def test_no_symmetry_note_follows_the_engine_rule(model):
     """The CLI's note agrees with the engine: the region prior (and so the mirror image) serves exactly the
-    volumes that engine.preprocess.prepare keeps on their grid, with slices at the model's spacing."""
-    from napari_medvae.engine.preprocess import prepare
+    volumes that engine.prep.preprocess.prepare keeps on their grid, with slices at the model's spacing."""
+    from napari_medvae.engine.prep.preprocess import prepare
     from napari_medvae.service import symmetry_note as _symmetry_note
 
     rng = np.random.default_rng(0)

@@ -11,11 +11,11 @@ import torch
 
 from napari_medvae.cli import main
 from napari_medvae.engine import denoise, load_model
-from napari_medvae.engine.checkpoint import load_checkpoint
-from napari_medvae.engine.denoise import head_correction
-from napari_medvae.engine.model import from_config
-from napari_medvae.engine.networks import DenoiserConfig, SliceVAEConfig
-from napari_medvae.engine.train_denoiser import DenoiserTrainConfig, train_denoiser
+from napari_medvae.engine.model.checkpoint import load_checkpoint
+from napari_medvae.engine.model.loader import from_config
+from napari_medvae.engine.model.networks import DenoiserConfig, SliceVAEConfig
+from napari_medvae.engine.ops.denoise import head_correction
+from napari_medvae.engine.training.denoiser import DenoiserTrainConfig, train_denoiser
 from napari_medvae.errors import Cancelled, InputError, ModelError
 
 
@@ -133,7 +133,7 @@ def test_denoiser_config_round_trips():
 
 
 def test_cli_train_denoiser_refuses_to_overwrite_the_shipped_model(head_data, capsys):
-    from napari_medvae.engine.model import default_model_path
+    from napari_medvae.engine.model.loader import default_model_path
 
     rc = main(["train-denoiser", "--data", str(head_data), "-o", str(default_model_path().with_suffix(""))])
     assert rc != 0

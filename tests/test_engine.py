@@ -70,7 +70,7 @@ def test_1mm_missing_slices_keep_the_cubic_fill_on_the_volume_grid(model):
     """The model grid is 2 mm in-plane: missing slices of a 1 mm volume get the cubic fill on its own grid. The whole
     fill from the 2 mm grid was 3-8 dB below cubic interpolation on 1 mm tuning subjects (single slices 30.2 vs
     38.0 dB); on this crop 27.6 vs 29.1 dB."""
-    from napari_medvae.engine import synth
+    from napari_medvae.engine.training import synth
 
     tpl = synth.load_templates(1.0)
     truth = tpl.t1[60:110].astype(np.float32)
@@ -82,7 +82,7 @@ def test_1mm_missing_slices_keep_the_cubic_fill_on_the_volume_grid(model):
     m = np.zeros(truth.shape, bool)
     m[missing] = True
     m &= tpl.brain[60:110]
-    from napari_medvae.engine.inpaint import first_guess
+    from napari_medvae.engine.ops.inpaint import first_guess
 
     cubic = first_guess(holed, np.broadcast_to(np.isin(np.arange(50), missing)[:, None, None], truth.shape))
     peak = float(truth.max())
@@ -122,9 +122,7 @@ def test_denoise_improves_psnr_and_keeps_grid(model, read):
 
 def test_noisy_volumes_get_a_second_finer_round_of_block_matching(model, read, monkeypatch):
     """At 5 % noise the estimated sigma calls for the second round of stage 4, and it pays for itself."""
-    import importlib
-
-    dn = importlib.import_module("napari_medvae.engine.denoise")
+    from napari_medvae.engine.ops import denoise as dn
     vol, geo = read("mni_t1_noisy.nii.gz")
     truth, _ = read("mni_t1_noisy_truth.nii.gz")
     b = _brain(truth)
@@ -147,7 +145,7 @@ def test_denoise_keeps_the_in_plane_detail_of_1mm_volumes(model):
 
     Without it the 2 mm round trip alone capped the 1 mm brain at 28.0 dB, below its 3 %-noise input (30.4 dB).
     """
-    from napari_medvae.engine import synth
+    from napari_medvae.engine.training import synth
 
     tpl = synth.load_templates(1.0)
     clean = tpl.t1[60:120].astype(np.float32)  # 60 axial slices of the 1 mm MNI T1
@@ -160,7 +158,7 @@ def test_denoise_keeps_the_in_plane_detail_of_1mm_volumes(model):
 
 
 def test_restore_detail_drops_noise_and_keeps_structure():
-    from napari_medvae.engine.denoise import detail_noise_power, highpass_inplane, restore_detail
+    from napari_medvae.engine.ops.denoise import detail_noise_power, highpass_inplane, restore_detail
 
     rng = np.random.default_rng(0)
     small = (20, 24)
@@ -191,8 +189,8 @@ def test_denoise_leaves_no_noise_halo_around_the_brain(model, read):
 
 def test_signal_box_skips_the_noise_floor_of_magnitude_images(read):
     """A noisy background (Rician floor above 2 % of the scale) is not signal: the box stays around the head."""
-    from napari_medvae.engine import synth
-    from napari_medvae.engine.runner import signal_box, signal_mask
+    from napari_medvae.engine.ops.runner import signal_box, signal_mask
+    from napari_medvae.engine.training import synth
 
     vol, _ = read("mni_t1_healthy.nii.gz")
     x = vol.astype(np.float32) / float(np.percentile(vol, 99.5))
@@ -219,7 +217,7 @@ def test_signal_box_skips_the_noise_floor_of_magnitude_images(read):
 
 
 def test_background_blend_switches_between_the_estimates():
-    from napari_medvae.engine.denoise import BG_RAMP, background_blend
+    from napari_medvae.engine.ops.denoise import BG_RAMP, background_blend
 
     est = np.array([0.0, BG_RAMP[0], (BG_RAMP[0] + BG_RAMP[1]) / 2, BG_RAMP[1], 0.5], np.float32)
     filt = est + np.float32(0.1)
@@ -348,7 +346,7 @@ def test_bad_device():
 
 
 def test_ct_like_volume_is_refused_unless_forced(model, read):
-    from napari_medvae.engine.ood import OutOfDistributionError
+    from napari_medvae.engine.prep.ood import OutOfDistributionError
 
     vol, geo = read("mni_t1_healthy.nii.gz")
     ct = vol.astype(np.int16) * 4 - 1000  # Hounsfield-like: air at -1000
@@ -359,8 +357,8 @@ def test_ct_like_volume_is_refused_unless_forced(model, read):
 
 
 def test_sample_volumes_are_in_distribution(model, read):
-    from napari_medvae.engine.ood import ood_score
-    from napari_medvae.engine.preprocess import prepare
+    from napari_medvae.engine.prep.ood import ood_score
+    from napari_medvae.engine.prep.preprocess import prepare
 
     for name in ("mni_t1_healthy.nii.gz", "mni_t1_noisy.nii.gz", "mni_t1_lesion.nii.gz", "mni_t1_missing.nii.gz"):
         vol, geo = read(name)
@@ -370,8 +368,8 @@ def test_sample_volumes_are_in_distribution(model, read):
 
 
 def test_noise_sigma_estimates_rician_noise(read):
-    from napari_medvae.engine import synth
-    from napari_medvae.engine.denoise import noise_sigma
+    from napari_medvae.engine.ops.denoise import noise_sigma
+    from napari_medvae.engine.training import synth
 
     vol, _ = read("mni_t1_healthy.nii.gz")
     x = vol.astype(np.float32) / float(vol.max())
@@ -382,7 +380,7 @@ def test_noise_sigma_estimates_rician_noise(read):
 
 
 def test_wiener_dct_slabs_agree_and_trust_a_perfect_pilot(read):
-    from napari_medvae.engine.denoise import wiener_dct
+    from napari_medvae.engine.ops.denoise import wiener_dct
 
     vol, _ = read("mni_t1_healthy.nii.gz")
     x = vol.astype(np.float32) / float(vol.max())
@@ -399,7 +397,7 @@ def test_wiener_dct_slabs_agree_and_trust_a_perfect_pilot(read):
 def test_collaborative_wiener_slabs_agree_and_beat_the_block_grid(read):
     from scipy import ndimage as ndi
 
-    from napari_medvae.engine.denoise import collaborative_wiener, wiener_dct
+    from napari_medvae.engine.ops.denoise import collaborative_wiener, wiener_dct
 
     vol, _ = read("mni_t1_healthy.nii.gz")
     x = vol.astype(np.float32) / float(vol.max())
@@ -417,7 +415,7 @@ def test_collaborative_wiener_slabs_agree_and_beat_the_block_grid(read):
 
 
 def test_collaborative_wiener_handles_volumes_smaller_than_its_search(read):
-    from napari_medvae.engine.denoise import collaborative_wiener
+    from napari_medvae.engine.ops.denoise import collaborative_wiener
 
     rng = np.random.default_rng(1)
     for shape in [(3, 3, 3), (3, 9, 40), (5, 4, 6)]:
@@ -443,10 +441,10 @@ def test_denoise_keeps_lesions(model, read):
 def test_inpaint_keeps_the_classical_fill_when_it_cannot_be_validated(model, read, monkeypatch):
     """Half the slices missing: the mask cannot be moved onto known tissue, so the network is not trusted."""
     from napari_medvae.engine import inpaint as inpaint_fn
-    from napari_medvae.engine import preprocess
-    from napari_medvae.engine.inpaint import first_guess, validation_mask
+    from napari_medvae.engine.ops.inpaint import first_guess, validation_mask
+    from napari_medvae.engine.prep import preprocess
 
-    mod = __import__("napari_medvae.engine.inpaint", fromlist=["refine"])
+    mod = __import__("napari_medvae.engine.ops.inpaint", fromlist=["refine"])
     vol, geo = read("mni_t1_healthy.nii.gz")
     sub = np.ascontiguousarray(vol[30:42])
     missing = list(range(3, 9))
@@ -466,9 +464,7 @@ def test_inpaint_keeps_the_classical_fill_when_it_cannot_be_validated(model, rea
 
 def test_block_matching_steps_follow_the_slice_spacing():
     """Slices closer than the model's get reference blocks further apart along them (no gap between blocks)."""
-    import importlib
-
-    dn = importlib.import_module("napari_medvae.engine.denoise")
+    from napari_medvae.engine.ops import denoise as dn
     assert dn._bm_steps(3, 1) == 3
     assert dn._bm_steps(3, 2) == (dn.BM_BLOCK, 3, 3)
     assert dn._bm_steps(2, 2) == (dn.BM_BLOCK, 2, 2)
@@ -481,9 +477,7 @@ def test_block_matching_steps_follow_the_slice_spacing():
 
 def test_wiener_steps_per_axis():
     """Stage 2 with blocks further apart along the slices matches the isotropic filter closely; bad steps are refused."""
-    import importlib
-
-    dn = importlib.import_module("napari_medvae.engine.denoise")
+    from napari_medvae.engine.ops import denoise as dn
     rng = np.random.default_rng(1)
     zz, yy, xx = np.mgrid[:24, :20, :18]
     x = (0.5 + 0.3 * np.sin(zz / 4.0) * np.cos(yy / 3.0) + 0.1 * (xx > 9)).astype(np.float32)

@@ -9,7 +9,7 @@ import pytest
 
 def _old_to_original(prep, arr, denormalise=True):
     """The former whole-volume Prepared.to_original (resize, multiply, move the axis, copy)."""
-    from napari_medvae.engine.preprocess import resize_inplane
+    from napari_medvae.engine.prep.preprocess import resize_inplane
 
     out = arr
     if prep.resampled:
@@ -23,8 +23,8 @@ def _old_to_original(prep, arr, denormalise=True):
 @pytest.mark.parametrize("resampled", [False, True])
 @pytest.mark.parametrize("denormalise", [False, True])
 def test_to_original_writes_the_same_volume_without_temporaries(axis, resampled, denormalise, monkeypatch):
-    from napari_medvae.engine import preprocess
-    from napari_medvae.engine.preprocess import Prepared
+    from napari_medvae.engine.prep import preprocess
+    from napari_medvae.engine.prep.preprocess import Prepared
 
     monkeypatch.setattr(preprocess, "RESIZE_VALUES", 2000)  # several chunks of slices
     shape = (9, 20, 24)
@@ -42,7 +42,7 @@ def test_to_original_writes_the_same_volume_without_temporaries(axis, resampled,
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
 @pytest.mark.parametrize("axis", [0, 2])
 def test_prepare_normalises_in_chunks_like_the_whole_volume(model, read, dtype, axis, monkeypatch):
-    from napari_medvae.engine import preprocess
+    from napari_medvae.engine.prep import preprocess
 
     vol, _ = read("mni_t1_healthy.nii.gz")
     vol = np.clip(vol, 0, 255).astype(dtype)
@@ -64,7 +64,7 @@ def test_prepare_normalises_in_chunks_like_the_whole_volume(model, read, dtype, 
 
 @pytest.mark.parametrize("shape", [(17, 20, 22), (16, 21, 19)])
 def test_noise_sigma_in_slabs_equals_the_whole_volume(shape):
-    from napari_medvae.engine.denoise import noise_sigma
+    from napari_medvae.engine.ops.denoise import noise_sigma
 
     rng = np.random.default_rng(0)
     x = rng.normal(1.0, 0.1, shape).astype(np.float32)
@@ -78,8 +78,8 @@ def test_noise_sigma_in_slabs_equals_the_whole_volume(shape):
 
 @pytest.mark.parametrize("axis", [0, 2])
 def test_add_detail_in_chunks_equals_one_chunk_and_works_in_place(model, read, axis):
-    from napari_medvae.engine.denoise import add_detail
-    from napari_medvae.engine.preprocess import prepare
+    from napari_medvae.engine.ops.denoise import add_detail
+    from napari_medvae.engine.prep.preprocess import prepare
 
     vol, _ = read("mni_t1_noisy.nii.gz")
     vol = vol.astype(np.float32)
@@ -99,24 +99,23 @@ def test_add_detail_in_chunks_equals_one_chunk_and_works_in_place(model, read, a
 
 @pytest.mark.parametrize("known", [3, 12])  # linear (fewer than 4 known slices) and cubic interpolation
 def test_first_guess_interpolates_in_row_chunks_like_the_whole_volume(known, monkeypatch):
-    import importlib
+    from napari_medvae.engine.classical import fill
 
-    inpaint = importlib.import_module("napari_medvae.engine.inpaint")  # the module, not the function of that name
     rng = np.random.default_rng(1)
     data = rng.random((known + 4, 13, 11)).astype(np.float32)
     mask = np.zeros(data.shape, bool)
     mask[[1, 3, 5, known + 2]] = True  # whole missing slices
     mask[known + 3, 4:7, 3:6] = True  # and a partial region
-    whole = inpaint.first_guess(data, mask)
-    monkeypatch.setattr(inpaint, "FIRST_GUESS_VALUES", 30)  # one row at a time
-    chunked = inpaint.first_guess(data, mask)
+    whole = fill.first_guess(data, mask)
+    monkeypatch.setattr(fill, "FIRST_GUESS_VALUES", 30)  # one row at a time
+    chunked = fill.first_guess(data, mask)
     np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(chunked[~mask], data[~mask])
     assert chunked.dtype == np.float32
 
 
 def test_biharmonic_fill_labels_only_the_mask_box_and_fills_each_region():
-    from napari_medvae.engine.inpaint import biharmonic_fill
+    from napari_medvae.engine.classical.fill import biharmonic_fill
 
     z, y, x = np.mgrid[:20, :24, :28].astype(np.float32)
     vol = 1.0 + 0.02 * z + 0.03 * y + 0.01 * x  # linear: the biharmonic fill reproduces it

@@ -3,7 +3,6 @@ anomaly maps use it; bad options and configs are refused."""
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import numpy as np
@@ -13,12 +12,14 @@ from scipy import ndimage as ndi
 
 from napari_medvae.cli import main
 from napari_medvae.engine import anomaly, load_model
-from napari_medvae.engine.anomaly import final_score, heal, healed_score
-from napari_medvae.engine.checkpoint import load_checkpoint
-from napari_medvae.engine.model import from_config
-from napari_medvae.engine.networks import HealHeadConfig, SliceVAEConfig
-from napari_medvae.engine.train import calibrate
-from napari_medvae.engine.train_heal_head import (
+from napari_medvae.engine.model.checkpoint import load_checkpoint
+from napari_medvae.engine.model.loader import from_config
+from napari_medvae.engine.model.networks import HealHeadConfig, SliceVAEConfig
+from napari_medvae.engine.ops import anomaly as anom
+from napari_medvae.engine.ops.anomaly import final_score, heal, healed_score
+from napari_medvae.engine.training import heal_head as thh
+from napari_medvae.engine.training.calibrate import calibrate
+from napari_medvae.engine.training.heal_head import (
     HealHeadTrainConfig,
     blob_weights,
     corrupt,
@@ -28,9 +29,6 @@ from napari_medvae.engine.train_heal_head import (
     white_matter_centres,
 )
 from napari_medvae.errors import Cancelled, InputError, ModelError
-
-thh = importlib.import_module("napari_medvae.engine.train_heal_head")
-anom = importlib.import_module("napari_medvae.engine.anomaly")
 
 
 def _opts(head_data, out, **kw) -> dict:

@@ -52,7 +52,7 @@ def test_anomaly_heatmap_candidates_threshold_and_jump(make_napari_viewer, qtbot
 
 
 def test_uncalibrated_volumes_are_flagged(make_napari_viewer, qtbot):
-    from napari_medvae.engine import synth
+    from napari_medvae.engine.training import synth
 
     tpl = synth.load_templates(2.0)
     img, _, _ = synth.make_subject(tpl, 9001, contrast="t2")  # a contrast the model never saw
@@ -89,7 +89,7 @@ def _fake_anomaly(monkeypatch, heat: np.ndarray, spacing, healthy_peak: float | 
                   warnings: tuple[str, ...] = ()) -> None:
     """engine.anomaly returns ``heat`` (and its candidates at the threshold asked for)."""
     import napari_medvae.engine as engine
-    from napari_medvae.engine.anomaly import AnomalyResult, threshold_candidates
+    from napari_medvae.engine.ops.anomaly import AnomalyResult, threshold_candidates
 
     def anomaly(model, volume, sp, *, threshold=1.0, **kw):
         labels, rows = threshold_candidates(heat, sp, threshold, healthy_peak=healthy_peak)
@@ -175,7 +175,7 @@ def test_uncalibrated_warning_pop_up_is_complete_and_the_widget_has_the_full_tex
     from napari._qt.dialogs.qt_notification import NapariQtNotification
     from qtpy.QtWidgets import QLabel
 
-    from napari_medvae.engine.anomaly import ratio_warning
+    from napari_medvae.engine.ops.anomaly import ratio_warning
 
     full = ratio_warning(2.4)
     _fake_anomaly(monkeypatch, _two_peak_heatmap(), (1.0, 1.0, 1.0), warnings=(full,))

@@ -78,7 +78,7 @@ def test_closing_the_viewer_cancels_the_job(make_napari_viewer, qtbot, sample_di
 def test_out_of_memory_warns_and_still_adds_the_layer(make_napari_viewer, qtbot, sample_dir, monkeypatch):
     import torch
 
-    import napari_medvae.engine.runner as runner
+    import napari_medvae.engine.ops.runner as runner
 
     real = runner._forward
 

@@ -15,7 +15,7 @@ def _plain(markdown_line: str) -> str:
 
 
 def test_model_widget_shows_the_whole_radiologist_summary(make_napari_viewer, qtbot):
-    from napari_medvae.engine.card import card_summary
+    from napari_medvae.engine.model.card import card_summary
     from napari_medvae.widgets import _common
 
     viewer = make_napari_viewer(show=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_medvae.engine import skullstrip
+from napari_medvae.engine.prep import skullstrip
 from napari_medvae.errors import InputError
 from napari_medvae.io import read_volume
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import numpy as np
@@ -12,9 +11,8 @@ from scipy import ndimage as ndi
 
 from napari_medvae.engine import inpaint
 from napari_medvae.engine.classical import kriging
+from napari_medvae.engine.ops import inpaint as inp
 from napari_medvae.errors import InputError, ModelError
-
-inp = importlib.import_module("napari_medvae.engine.inpaint")
 
 
 def _fields(n: int, seed: int, shape=(28, 28, 28)) -> list[np.ndarray]:
@@ -231,7 +229,7 @@ def test_shipped_model_fills_painted_regions_better_than_biharmonic(model, read)
 def test_1mm_inpainting_keeps_the_classical_fill_on_the_volume_grid(model):
     """The model grid is 2 mm in-plane: the fill of a 1 mm volume is the classical fill on its own grid (the whole fill
     from the 2 mm grid was 3.2 dB worse than it on a 1 mm tuning subject)."""
-    from napari_medvae.engine import synth
+    from napari_medvae.engine.training import synth
 
     tpl = synth.load_templates(1.0)
     truth = tpl.t1[70:110].astype(np.float32)
@@ -263,7 +261,7 @@ def test_1mm_large_painted_regions_keep_the_biharmonic_fill_on_the_volume_grid(m
     """Large painted regions of a 1 mm volume: filling them on the 2 mm grid lost 3.2 dB against biharmonic on the
     1 mm grid (30 mm ball in a tuning subject; on this crop the 2 mm grid's biharmonic fill is 14.1 dB, the 1 mm grid's
     20.1 dB); skimage took 5.2 s there, the conjugate-gradient fill 0.17 s."""
-    from napari_medvae.engine import synth
+    from napari_medvae.engine.training import synth
 
     tpl = synth.load_templates(1.0)
     truth = tpl.t1[60:110].astype(np.float32)
@@ -277,7 +275,7 @@ def test_1mm_large_painted_regions_keep_the_biharmonic_fill_on_the_volume_grid(m
 
 
 def test_model_json_with_a_bad_region_prior_is_refused(tmp_path, model):
-    from napari_medvae.engine.checkpoint import load_checkpoint, save_checkpoint
+    from napari_medvae.engine.model.checkpoint import load_checkpoint, save_checkpoint
 
     path = save_checkpoint(tmp_path / "m", model.config, model.net.state_dict())
     cfg = json.loads(path.with_suffix(".json").read_text())
@@ -295,7 +293,7 @@ def test_model_json_with_a_bad_region_prior_is_refused(tmp_path, model):
         load_checkpoint(path)
     cfg["architecture"]["region_prior"] = {"patch": 15}  # models written before the power: 1
     path.with_suffix(".json").write_text(json.dumps(cfg))
-    from napari_medvae.engine.networks import RegionPriorConfig
+    from napari_medvae.engine.model.networks import RegionPriorConfig
 
     assert RegionPriorConfig.from_dict(load_checkpoint(path)[0].architecture["region_prior"]).power == 1.0
 
@@ -324,8 +322,8 @@ def test_cli_fits_a_region_prior(tmp_path, head_data, capsys):
 
 def test_models_without_a_prior_keep_the_old_path(model, read, monkeypatch):
     """No prior: inpainting never calls kriging.fill."""
-    from napari_medvae.engine.checkpoint import ModelConfig
-    from napari_medvae.engine.model import from_config
+    from napari_medvae.engine.model.checkpoint import ModelConfig
+    from napari_medvae.engine.model.loader import from_config
 
     vol, geo = read("mni_t1_healthy.nii.gz")
     d = model.config.to_dict()

@@ -37,7 +37,7 @@ def test_requests_are_frozen_and_typed():
 
 
 def test_skull_modes_match_the_engine():
-    from napari_medvae.engine.skullstrip import SKULL_MODES
+    from napari_medvae.engine.prep.skullstrip import SKULL_MODES
 
     assert service.SKULL_MODES == SKULL_MODES
 
@@ -53,8 +53,8 @@ def test_batch_refuses_one_uncertainty_sample_before_writing(tmp_path, sample_di
 
 
 def test_model_cache_loads_once_per_file_and_device(tmp_path):
-    from napari_medvae.engine.checkpoint import load_checkpoint, save_checkpoint
-    from napari_medvae.engine.model import default_model_path
+    from napari_medvae.engine.model.checkpoint import load_checkpoint, save_checkpoint
+    from napari_medvae.engine.model.loader import default_model_path
 
     service.clear_models()
     a = service.get_model(None, "cpu")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import numpy as np
@@ -11,13 +10,12 @@ import torch
 
 from napari_medvae.cli import main
 from napari_medvae.engine import inpaint, load_model
-from napari_medvae.engine.checkpoint import load_checkpoint
-from napari_medvae.engine.inpaint import blend_weights, first_guess, slice_head_fill
-from napari_medvae.engine.networks import SliceHeadConfig, SliceVAEConfig
-from napari_medvae.engine.train_slice_head import SliceHeadTrainConfig, train_slice_head
+from napari_medvae.engine.model.checkpoint import load_checkpoint
+from napari_medvae.engine.model.networks import SliceHeadConfig, SliceVAEConfig
+from napari_medvae.engine.ops import inpaint as inp
+from napari_medvae.engine.ops.inpaint import blend_weights, first_guess, slice_head_fill
+from napari_medvae.engine.training.slice_head import SliceHeadTrainConfig, train_slice_head
 from napari_medvae.errors import Cancelled, InputError, ModelError
-
-inp = importlib.import_module("napari_medvae.engine.inpaint")
 
 
 @pytest.fixture(scope="module")

@@ -134,7 +134,7 @@ def test_shown_slice_uses_the_sliced_dimension_only():
 
 
 def test_default_axis_is_the_engines():
-    from napari_medvae.engine.preprocess import default_axis
+    from napari_medvae.engine.prep.preprocess import default_axis
 
     for spacing in [(1, 1, 1), (2, 1, 1), (1, 3, 1), (1, 1, 5), (1, 2, 2), (2.0, 2.0005, 1.0), (0.9, 0.9, 0.91)]:
         assert sl.default_axis(spacing) == default_axis(spacing), spacing

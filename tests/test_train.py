@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_medvae.engine import load_model
-from napari_medvae.engine.train import TrainConfig, corrupt, train
+from napari_medvae.engine.training.vae import TrainConfig, corrupt, train
 from napari_medvae.io import Geometry, write_volume
 
 

@@ -213,7 +213,7 @@ def _run_training(args, name: str, run: Callable, val_key: str, val_fmt: str, lo
 
 
 def cmd_train(args) -> int:
-    from .engine.train import TrainConfig, train
+    from .engine.training.vae import TrainConfig, train
 
     tc = TrainConfig(
         train=volume_paths(args.data), val=volume_paths(args.val) if args.val else [], out=args.output, steps=args.steps,
@@ -232,7 +232,7 @@ def cmd_train(args) -> int:
 
 def _head_base(args) -> tuple[str | None, Path]:
     """The model a head is added to, refusing to overwrite it or to write into a missing folder."""
-    from .engine.model import default_model_path
+    from .engine.model.loader import default_model_path
 
     src = args.model_path or args.model
     base = Path(src) if src else default_model_path()
@@ -258,7 +258,7 @@ def _train_head(args, name: str, fn: Callable, tc) -> int:
 
 
 def cmd_train_slice_head(args) -> int:
-    from .engine.train_slice_head import SliceHeadTrainConfig, train_slice_head
+    from .engine.training.slice_head import SliceHeadTrainConfig, train_slice_head
 
     src, _ = _head_base(args)
     return _train_head(args, "train-slice-head", train_slice_head,
@@ -266,7 +266,7 @@ def cmd_train_slice_head(args) -> int:
 
 
 def cmd_train_heal_head(args) -> int:
-    from .engine.train_heal_head import HealHeadTrainConfig, train_heal_head
+    from .engine.training.heal_head import HealHeadTrainConfig, train_heal_head
 
     src, _ = _head_base(args)
     return _train_head(args, "train-heal-head", train_heal_head,
@@ -277,7 +277,7 @@ def cmd_train_heal_head(args) -> int:
 
 
 def cmd_fit_region_prior(args) -> int:
-    from .engine.train_region_prior import fit_region_prior
+    from .engine.training.region_prior import fit_region_prior
 
     src, _ = _head_base(args)
     path = fit_region_prior(volume_paths(args.data), args.output, src, patch=args.patch, per_volume=args.per_volume,
@@ -287,7 +287,7 @@ def cmd_fit_region_prior(args) -> int:
 
 
 def cmd_train_denoiser(args) -> int:
-    from .engine.train_denoiser import DenoiserTrainConfig, train_denoiser
+    from .engine.training.denoiser import DenoiserTrainConfig, train_denoiser
 
     src, _ = _head_base(args)
     return _train_head(args, "train-denoiser", train_denoiser,
@@ -368,8 +368,8 @@ def _sum_over_ranks(*values: int) -> list[int]:
 
 
 def cmd_calibrate(args) -> int:
-    from .engine.model import default_model_path
-    from .engine.train import recalibrate
+    from .engine.model.loader import default_model_path
+    from .engine.training.calibrate import recalibrate
 
     src = Path(args.model_path or args.model or default_model_path())
     out = Path(args.output)

@@ -100,7 +100,7 @@ def _montage(path: Path, *, model, lesion: tuple, noisy: tuple, missing: tuple, 
 def run_demo(out: Path, model_path: str | None = None, device: str = "auto", quiet: bool = False) -> dict:
     """Run reconstruct, denoise, inpaint (slices + region), anomaly, uncertainty and sample; returns a summary."""
     from . import service as sv
-    from .engine.inpaint import first_guess
+    from .engine.classical.fill import first_guess
     from .io import Geometry, read_volume
 
     out = Path(out)

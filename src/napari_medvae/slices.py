@@ -134,7 +134,7 @@ def describe_axis(array_axis: int, direction: Sequence[float] | None = None) -> 
 def default_axis(spacing: Sequence[float]) -> int:
     """The automatic slice axis (napari array axis): the largest voxel spacing, ties -> the first array axis.
 
-    The engine's rule (``engine.preprocess.default_axis``, tests check they agree), here without importing torch.
+    The engine's rule (``engine.prep.preprocess.default_axis``, tests check they agree), here without importing torch.
     """
     sp = np.asarray(spacing, dtype=float)
     return int(np.flatnonzero(np.isclose(sp, sp.max(), rtol=1e-3))[0])

@@ -5,12 +5,12 @@ taken along (None = the one with the largest spacing, ties -> 0).
 """
 
 from ..errors import Cancelled, InputError, ModelError
-from .anomaly import AnomalyResult, anomaly, threshold_candidates
-from .denoise import denoise
-from .inpaint import detect_blank_slices, inpaint
-from .model import Model, default_model_path, load_model, resolve_device
-from .reconstruct import reconstruct
-from .sample import sample, uncertainty
+from .model.loader import Model, default_model_path, load_model, resolve_device
+from .ops.anomaly import AnomalyResult, anomaly, threshold_candidates
+from .ops.denoise import denoise
+from .ops.inpaint import detect_blank_slices, inpaint
+from .ops.reconstruct import reconstruct
+from .ops.sample import sample, uncertainty
 
 __all__ = [
     "AnomalyResult",

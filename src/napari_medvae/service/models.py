@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..engine.model import Model
+    from ..engine.model.loader import Model
 
 MAX_MODELS = 4  # least recently used models beyond this are dropped (their memory freed when unreferenced)
 
@@ -28,7 +28,7 @@ _LOCK = threading.Lock()
 
 def _key(path: str | os.PathLike[str] | None, device: str) -> tuple:
     """(weights path, its and its config's mtimes, device): None stands for the shipped model."""
-    from ..engine.model import default_model_path
+    from ..engine.model.loader import default_model_path
 
     p = Path(path).expanduser() if path else default_model_path()
     p = p.with_suffix(".safetensors") if p.suffix in ("", ".json") else p

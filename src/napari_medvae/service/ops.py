@@ -56,7 +56,7 @@ def save(path: str | os.PathLike[str], volume: np.ndarray, geometry: Any, like: 
 def save_json(path: str | os.PathLike[str], document: Any) -> Path:
     """Write ``document`` as indented JSON (with a final newline) atomically; returns the path."""
     # the engine's atomic writer: torch is loaded by then (every caller has run a model)
-    from ..engine.checkpoint import _atomic_write_bytes
+    from ..engine.model.checkpoint import _atomic_write_bytes
 
     p = Path(path)
     _atomic_write_bytes(p, (json.dumps(document, indent=2) + "\n").encode())
@@ -96,7 +96,7 @@ def _head(request: rq.VolumeRequest, volume: np.ndarray, spacing, direction, ori
     """(volume the network sees, brain mask or None): skull stripping, or the brain mask the caller gave."""
     if given is None and request.skull_strip == "never":
         return volume, None
-    from ..engine import skullstrip
+    from ..engine.prep import skullstrip
 
     seen, mask = skullstrip.prepare_head(volume, spacing, direction, origin, request.skull_strip, given)
     if mask is not None and given is None and say is not None:
@@ -109,11 +109,11 @@ def symmetry_note(model: Any, shape: Sequence[int], spacing: Sequence[float], ax
     """Why turning the other hemisphere off cannot change this volume's fill, or None where it can.
 
     The other hemisphere serves the region prior only, and the engine uses the prior on volumes on the
-    model's grid (engine.preprocess.prepare does not resample them; slices at the model's spacing,
-    engine.inpaint.prior_fill); other volumes get the classical fill. Mirrors those two rules
+    model's grid (engine.prep.preprocess.prepare does not resample them; slices at the model's spacing,
+    engine.ops.inpaint.prior_fill); other volumes get the classical fill. Mirrors those two rules
     (tests/test_cli.py checks them against the engine).
     """
-    from ..engine.preprocess import check_axis
+    from ..engine.prep.preprocess import check_axis
 
     cfg = model.config
     if getattr(model.net, "region_prior", None) is None:
@@ -203,11 +203,11 @@ def _execute(request: rq.VolumeRequest, model: Any, volume: np.ndarray, seen: np
             filled = mask
         else:
             res, secs = _timed(engine.inpaint, model, seen, sp, missing_slices=list(slices), axis=axis, **kw)
-            from ..engine.inpaint import slices_mask
+            from ..engine.ops.inpaint import slices_mask
 
             filled = slices_mask(volume.shape, list(slices), axis) if request.only_filled else None
         if bm is not None:
-            from ..engine.skullstrip import restore_outside
+            from ..engine.prep.skullstrip import restore_outside
 
             # a painted region reaching out of the brain keeps the engine's (classical) fill there too
             res = restore_outside(res, volume, bm if mask is None else (bm | mask))
@@ -218,7 +218,7 @@ def _execute(request: rq.VolumeRequest, model: Any, volume: np.ndarray, seen: np
     fn = engine.reconstruct if isinstance(request, rq.ReconstructRequest) else engine.denoise
     res, secs = _timed(fn, model, seen, sp, axis=axis, **kw)
     if bm is not None:
-        from ..engine.skullstrip import restore_outside
+        from ..engine.prep.skullstrip import restore_outside
 
         res = restore_outside(res, volume, bm)
     return VolumeResult(res, bm, extracted, secs)

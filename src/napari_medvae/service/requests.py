@@ -13,7 +13,7 @@ from numbers import Integral, Real
 
 from ..errors import InputError
 
-SKULL_MODES = ("auto", "always", "never")  # engine.skullstrip's modes (that module imports torch)
+SKULL_MODES = ("auto", "always", "never")  # engine.prep.skullstrip's modes (that module imports torch)
 UNCERTAINTY_SAMPLES = (2, 64)  # posterior samples an uncertainty map may take (the engine's limits)
 SAMPLE_VOLUMES = (1, 64)  # volumes one ``sample`` request may draw (the engine's limits)
 

@@ -204,7 +204,7 @@ class AnomalyWidget(QWidget):
 
     def rethreshold(self) -> None:
         """Re-label the existing heatmap at the current threshold (no network run); update the table."""
-        from ..engine.anomaly import threshold_candidates
+        from ..engine.ops.anomaly import threshold_candidates
 
         if self.heat_layer is None or self.heat_layer not in self.viewer.layers:
             return
@@ -261,6 +261,6 @@ def healthy_regions(heatmap: np.ndarray, spacing, healthy_peak: float | None) ->
     """
     if healthy_peak is None:
         return None
-    from ..engine.anomaly import threshold_candidates
+    from ..engine.ops.anomaly import threshold_candidates
 
     return len(threshold_candidates(heatmap, spacing, float(healthy_peak))[1])

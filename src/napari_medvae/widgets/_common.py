@@ -523,7 +523,7 @@ SKULL_TIP = ("Heads with skull: extract the brain (deepbet) and run the model on
 
 
 def skull_combo() -> QComboBox:
-    """Skull stripping: auto / always / never (engine.skullstrip.SKULL_MODES)."""
+    """Skull stripping: auto / always / never (engine.prep.skullstrip.SKULL_MODES)."""
     box = QComboBox()
     box.addItems(["auto", "always", "never"])
     box.setToolTip(SKULL_TIP)

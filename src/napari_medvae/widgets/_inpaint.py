@@ -256,7 +256,7 @@ class InpaintWidget(QWidget):
 
         def job(progress, cancel):
             from ..engine import detect_blank_slices
-            from ..engine.preprocess import check_axis
+            from ..engine.prep.preprocess import check_axis
 
             ax = check_axis(axis, spacing)
             return detect_blank_slices(np.asarray(data), ax), ax
@@ -314,8 +314,8 @@ class InpaintWidget(QWidget):
         def job(progress, cancel):
             from .. import service
             from ..engine import detect_blank_slices
-            from ..engine.inpaint import slices_mask
-            from ..engine.preprocess import check_axis
+            from ..engine.ops.inpaint import slices_mask
+            from ..engine.prep.preprocess import check_axis
 
             vol = np.asarray(data)
             m, ax = mask, axis

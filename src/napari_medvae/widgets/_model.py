@@ -216,7 +216,7 @@ class ModelWidget(QWidget):
         label, warn = _common.device_text(model, _common._SESSION["device"])
         self.device_label.setText(label)
         self.warning.setText(warn)
-        from ..engine.card import card_summary
+        from ..engine.model.card import card_summary
 
         self.card.set_card(card_summary(model.config))
 
@@ -274,8 +274,8 @@ class ModelWidget(QWidget):
 
             import numpy as np
 
-            from ..engine.model import default_model_path
-            from ..engine.train import TrainConfig, train
+            from ..engine.model.loader import default_model_path
+            from ..engine.training.vae import TrainConfig, train
             from ..service import get_model, save, volume_paths
 
             files = volume_paths([data]) if data else []  # a folder without volumes is refused

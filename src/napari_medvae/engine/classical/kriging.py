@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..brainmask import auto_brain_mask
+from ..prep.brainmask import auto_brain_mask
 
 MARGIN = 2  # known voxels required between a region and the cube's faces
 # known voxels used: those within REACH steps (6-neighbourhood) of the region; on the tuning subjects (painted regions,

@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import InputError
+from ...errors import InputError
 
 STRIPPED_MAX_ML = 2200.0  # foreground above this (ml) = a head with skull; adult brains are 1.0-1.9 l
 MIN_SIDE = 16  # voxels: smaller volumes are left to the engine's own checks (and its clear refusal)

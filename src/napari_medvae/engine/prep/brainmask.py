@@ -18,7 +18,7 @@ def auto_brain_mask(x: np.ndarray) -> np.ndarray:
 
     Not eroded: lesions near the brain's surface lie partly in its outer rim, and skipping a 2-voxel rim gave them a
     score of 0 there (hypo-intense lesions' AUROC on the tuning subjects, with a healing head trained on T1 patches
-    only: 0.969 with the rim skipped, 0.987 without). The calibration (engine.train.calibrate) uses this same mask.
+    only: 0.969 with the rim skipped, 0.987 without). The calibration (engine.training.calibrate.calibrate) uses this same mask.
     """
     sig = ndi.gaussian_filter(x, SMOOTHING) > SIGNAL_LEVEL
     return ndi.binary_fill_holes(sig)

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ...errors import InputError
+from ..model.loader import Model, load_model, resolve_device
+from ..model.networks import DenoiserConfig
 from .heads import HeadTrainConfig, attach_head, save_with_record, train_head_loop
-from .model import Model, load_model, resolve_device
-from .networks import DenoiserConfig
 
 log = logging.getLogger(__name__)
 VAL_LEVELS = (0.03, 0.05, 0.09)
@@ -53,9 +53,9 @@ class DenoiserTrainConfig(HeadTrainConfig):
 def _pairs(model: Model, paths: Sequence[str], copies: int, rng: np.random.Generator, noise_range, lesion_prob: float,
            levels: Sequence[float] | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float, int]]:
     """(noisy, Wiener estimate, clean, sigma, stride) on the model grid for noisy copies of each volume."""
-    from ..io import read_volume
-    from .denoise import wiener_stage
-    from .preprocess import prepare
+    from ...io import read_volume
+    from ..ops.denoise import wiener_stage
+    from ..prep.preprocess import prepare
     from .synth import add_lesion, rician
 
     out = []
@@ -78,7 +78,7 @@ def _pairs(model: Model, paths: Sequence[str], copies: int, rng: np.random.Gener
             est, sigma = wiener_stage(model, prep)
             target = np.ascontiguousarray(np.moveaxis(clean, prep.axis, 0)) / np.float32(prep.scale)
             if prep.resampled:
-                from .preprocess import resize_inplane
+                from ..prep.preprocess import resize_inplane
 
                 target = resize_inplane(target, prep.data.shape[1:], antialias=True)
             out.append((prep.data, est, target.astype(np.float32), sigma, prep.stride))
@@ -93,7 +93,7 @@ def _psnr(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> float:
 
 def head_psnr(model: Model, pairs) -> tuple[float, float]:
     """Mean PSNR inside the signal (clean > 0.05) of the Wiener estimates and of the head's outputs."""
-    from .denoise import head_correction
+    from ..ops.denoise import head_correction
 
     before, after = [], []
     for noisy, est, clean, sigma, stride in pairs:

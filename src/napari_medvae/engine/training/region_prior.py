@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
-from .checkpoint import save_checkpoint
+from ...errors import InputError
+from ..model.checkpoint import save_checkpoint
+from ..model.networks import RegionPriorConfig
 from .heads import attach_head, grid_volumes
-from .networks import RegionPriorConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,8 @@ def fit_region_prior(train: Sequence[str], out: str, model: str | None = None, *
 
     Every other weight is copied unchanged. Returns the new weights path.
     """
-    from .classical import kriging
-    from .model import load_model
+    from ..classical import kriging
+    from ..model.loader import load_model
 
     if not train:
         raise InputError("no training volumes given for the region prior")

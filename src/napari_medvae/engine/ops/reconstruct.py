@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .model import Model
-from .preprocess import Prepared, prepare
+from ..model.loader import Model
+from ..prep.preprocess import Prepared, prepare
 from .runner import CancelFn, Progress, ProgressFn, run_network
 
 

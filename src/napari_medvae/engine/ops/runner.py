@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..errors import Cancelled, InputError
-from .model import Model
+from ...errors import Cancelled, InputError
+from ..model.loader import Model
 
 log = logging.getLogger(__name__)
 

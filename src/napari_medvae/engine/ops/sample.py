@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from ..errors import InputError
-from .model import Model
-from .preprocess import prepare
+from ...errors import InputError
+from ..model.loader import Model
+from ..prep.preprocess import prepare
 from .runner import CancelFn, Progress, ProgressFn, run_network
 
 

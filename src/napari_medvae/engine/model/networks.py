@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
-from .classical.kriging import check_patch, check_power, covariance, octant_index, support
+from ..classical.kriging import check_patch, check_power, covariance, octant_index, support
 
 
 @dataclass

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,12 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
-from ..errors import Cancelled, InputError
-from .checkpoint import ANOMALY_SCORES, HEAL_SCORES, ModelConfig, save_checkpoint
-from .model import Model, from_config, load_model, resolve_device
-from .networks import SliceVAEConfig
-from .preprocess import prepare
+from ... import __version__
+from ...errors import Cancelled, InputError
+from ..model.checkpoint import ModelConfig, save_checkpoint
+from ..model.loader import from_config, load_model, resolve_device
+from ..model.networks import SliceVAEConfig
+from .calibrate import calibrate_model
+from .volumes import load_volumes
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +80,6 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------------------
 # data
-
-
-def load_volumes(paths: Sequence[str], cfg: ModelConfig, cache_workers: int = 0) -> list[tuple[np.ndarray, int]]:
-    """Read + normalise + resample volumes through a MONAI CacheDataset; returns (model-grid array, stride)."""
-    from monai.data import CacheDataset
-    from monai.transforms import Lambda
-
-    from ..io import read_volume
-
-    def _load(item: dict) -> dict:
-        arr, geom = read_volume(item["path"])
-        prep = prepare(arr, geom.spacing, cfg, None)
-        return {"image": prep.data, "stride": prep.stride}
-
-    ds = CacheDataset([{"path": str(p)} for p in paths], transform=Lambda(_load),
-                      num_workers=cache_workers, progress=False)
-    return [(ds[i]["image"], int(ds[i]["stride"])) for i in range(len(ds))]
 
 
 def _ellipse(h: int, w: int, rng: np.random.Generator, rmin: float, rmax: float) -> np.ndarray:
@@ -247,7 +231,7 @@ def _state_paths(out: str) -> tuple[Path, Path]:
 def _save_state(out: str, net, opt, step: int, history: list) -> None:
     from safetensors.torch import save
 
-    from .checkpoint import _atomic_write_bytes
+    from ..model.checkpoint import _atomic_write_bytes
 
     tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     for i, group in enumerate(opt.param_groups):
@@ -281,156 +265,6 @@ def _load_state(out: str, net, opt) -> tuple[int, list]:
                     "exp_avg_sq": tensors[key + "exp_avg_sq"].to(p.device),
                 }
     return step, list(meta.get("history", []))
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-SCORES = ANOMALY_SCORES
-
-
-def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float, score: str = "combined",
-              heal_flip: bool | None = None, heal_invert: float | None = None) -> float:
-    """Anomaly threshold: ``quantile`` of healthy voxel scores inside the brain (model grid).
-
-    ``score`` "combined" (see engine.anomaly) also sets the two VAE residuals' healthy scales (99th percentiles)
-    in the model's anomaly settings, "healed" the healing head's residual's scale as well, "heal" that scale alone;
-    "residual" uses the normal reconstruction's residual alone. It also sets ``healthy_peaks``: each healthy volume's highest candidate peak
-    (engine.anomaly.threshold_candidates at 1.0; at least 1), ``healthy_peak``: their robust maximum (robust_peak), and
-    ``residual_median``: the median of their smoothed reconstruction residual inside the brain
-    (engine.anomaly.smooth_residual). ``heal_flip`` (None: keep the model's setting) turns the healing head's
-    mirror averaging (engine.anomaly.heal) on or off for the scores calibrated here and for the model's later maps.
-    ``heal_invert`` (None: keep the model's setting; 0 turns it off) is the weight of the inverted-intensity healing
-    in volumes flagged by the residual ratio (engine.anomaly.heal_blended); healthy calibration volumes are not.
-    The healing head's scores also set ``brain_quantiles``: the mean over these volumes of their intensity quantiles
-    inside the brain (engine.anomaly.brain_quantiles), onto which that inverted healing maps a volume's intensities.
-    """
-    from .anomaly import brain_quantiles, final_score, raw_scores, threshold_candidates
-    from .brainmask import auto_brain_mask
-    from .runner import Progress
-
-    if score not in SCORES:
-        raise InputError(f"anomaly score must be one of {', '.join(SCORES)}, not {score!r}")
-    if score in HEAL_SCORES and model.net.heal_head is None:
-        raise InputError(f"the '{score}' anomaly score needs a model with a healing head (medvae train-heal-head)")
-    if heal_flip is not None and score not in HEAL_SCORES:
-        raise InputError(f"heal_flip applies to the healing head's scores (heal, healed), not to '{score}'")
-    check_heal_invert(heal_invert, score)
-    settings = model.config.anomaly
-    if score not in HEAL_SCORES:
-        settings.pop("heal_flip", None)
-        settings.pop("heal_invert", None)
-        settings.pop("brain_quantiles", None)
-    else:
-        if heal_flip is not None:
-            settings["heal_flip"] = bool(heal_flip)
-        if heal_invert is not None:
-            if heal_invert > 0:
-                settings["heal_invert"] = float(heal_invert)
-            else:
-                settings.pop("heal_invert", None)
-    raw: list[list[np.ndarray]] = [[], [], []]
-    smooth: list[np.ndarray] = []
-    brains = []
-    for v, stride in volumes:  # the same passes as engine.anomaly.score_prepared
-        data = v[::stride]
-        brain = auto_brain_mask(v)[::stride]
-        brains.append(brain)
-        *parts, sm = raw_scores(model, data, brain, Progress(data.shape[0]), score)
-        smooth.append(sm)
-        for acc, s in zip(raw, parts, strict=True):
-            if s is not None:
-                acc.append(s[brain])
-    sizes = np.cumsum([0] + [int(b.sum()) for b in brains])
-    skip, latent, heal = (np.concatenate(a) if a else None for a in raw)
-    settings["score"] = score
-    settings["residual_median"] = float(np.median(np.concatenate(smooth)))
-    if score in HEAL_SCORES:
-        quantiles = np.mean([brain_quantiles(v[::stride][b]) for (v, stride), b in zip(volumes, brains, strict=True)], axis=0)
-        settings["brain_quantiles"] = [round(float(q), 5) for q in quantiles]
-    used = {"skip_scale": skip if latent is not None else None, "latent_scale": latent, "heal_scale": heal}
-    for key, part in used.items():
-        if part is None:  # a scale this score does not use: none is left from an earlier calibration
-            settings.pop(key, None)
-        else:
-            settings[key] = float(np.quantile(part, 0.99))
-    scores = final_score(skip, latent, heal, settings)
-    threshold = float(np.quantile(scores, quantile))
-    grid = (model.config.slice_spacing_mm, model.config.spacing_mm, model.config.spacing_mm)
-    peaks = []
-    for i, brain in enumerate(brains):  # the strongest candidate each healthy volume would show
-        heat = np.zeros(brain.shape, np.float32)
-        heat[brain] = scores[sizes[i] : sizes[i + 1]] / np.float32(threshold)
-        peaks.append(max([1.0, *(c["peak"] for c in threshold_candidates(heat, grid)[1])]))
-    settings["healthy_peak"] = robust_peak(peaks)
-    settings["healthy_peaks"] = [round(float(p), 3) for p in peaks]
-    return threshold
-
-
-def robust_peak(peaks: Sequence[float]) -> float:
-    """The healthy maximum from each calibration volume's highest candidate peak.
-
-    With four volumes or more the single highest is left out (the second-highest is used): one unusual healthy
-    volume (a real validation scan peaked at 9.2x the threshold, the next at 3.1x) otherwise sets a maximum no lesion
-    exceeds, and the "above healthy" flag says nothing. With fewer volumes the maximum is used.
-    """
-    ordered = sorted(float(p) for p in peaks)
-    if not ordered:
-        return 1.0
-    return ordered[-2] if len(ordered) >= 4 else ordered[-1]
-
-
-def check_heal_invert(weight: float | None, score: str) -> None:
-    """Refuse an inverted-healing weight outside [0, 1) or for a score without the healing head."""
-    if weight is None:
-        return
-    if not (isinstance(weight, (int, float)) and 0 <= weight < 1):
-        raise InputError(f"the inverted-healing weight must be at least 0 and below 1, not {weight}")
-    if weight > 0 and score not in HEAL_SCORES:
-        raise InputError(f"the inverted-healing weight applies to the healing head's scores (heal, healed), not to '{score}'")
-
-
-def default_score(model: Model) -> str:
-    """The anomaly score calibrated when none is asked for: "heal" for models with a healing head, else "combined"."""
-    return "heal" if model.net.heal_head is not None else "combined"
-
-
-def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float = 0.999,
-                    score: str | None = None, heal_flip: bool | None = None,
-                    heal_invert: float | None = None) -> None:
-    """Set the model's anomaly threshold and out-of-distribution intensity profile from healthy volumes.
-
-    ``score``: the anomaly score to calibrate (default: "heal" for models with a healing head, else "combined");
-    ``heal_flip``, ``heal_invert``: see ``calibrate``.
-    """
-    from .ood import intensity_profile
-
-    if score is None:
-        score = default_score(model)
-    model.config.anomaly["quantile"] = quantile
-    model.config.anomaly["threshold"] = calibrate(model, volumes, quantile, score, heal_flip, heal_invert)
-    model.config.intensity_profile = intensity_profile([v for v, _ in volumes])
-
-
-def recalibrate(model_path: str, healthy: Sequence[str], out: str, quantile: float = 0.999,
-                score: str | None = None, heal_flip: bool | None = None,
-                heal_invert: float | None = None) -> Path:
-    """``medvae calibrate``: re-calibrate a model on (local) healthy held-out volumes; writes a new model.
-
-    ``score``: the anomaly score to calibrate (engine.anomaly; default: calibrate_model's); ``heal_flip``: the
-    healing head's mirror averaging (None: keep the model's setting; see ``calibrate``); ``heal_invert``: the
-    inverted-intensity healing's weight (None: keep; see ``calibrate``)."""
-    model = load_model(model_path, device="cpu")
-    if score is not None and score not in SCORES:
-        raise InputError(f"anomaly score must be one of {', '.join(SCORES)}, not {score!r}")
-    if heal_flip is not None and (score or default_score(model)) not in HEAL_SCORES:
-        raise InputError("--heal-flip applies to the healing head's scores (heal, healed) only")
-    check_heal_invert(heal_invert, score or default_score(model))
-    vols = load_volumes(healthy, model.config)
-    calibrate_model(model, vols, quantile, score, heal_flip, heal_invert)
-    model.config.training = {**(model.config.training or {}), "calibrated_on": f"{len(vols)} volumes",
-                             "calibration_files": [Path(p).name for p in healthy]}
-    return save_checkpoint(out, model.config, model.net.state_dict())
 
 
 Callback = Callable[[dict], None]
@@ -592,4 +426,4 @@ def train_config_dict(tc: TrainConfig) -> dict:
     return asdict(tc)
 
 
-__all__ = ["TrainConfig", "train", "calibrate", "corrupt", "SliceSampler", "Cancelled"]
+__all__ = ["TrainConfig", "train", "corrupt", "SliceSampler", "Cancelled"]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ...errors import InputError
 
 BIN_EDGES = np.linspace(0.2, 1.6, 29)
 FOREGROUND = 0.2  # normalised intensity: tissue above it (background and Rician noise floor below)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ...errors import ModelError
 
 FORMAT_VERSION = 1
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, zip (torch.save since 1.6)
@@ -37,12 +37,12 @@ class ModelConfig:
     "median_size": voxels of the median filter, "score": "residual", "combined", "healed" or "heal" (engine.anomaly),
     and for "combined" and "healed" "skip_scale" / "latent_scale": the two VAE residuals' healthy 99th percentiles,
     for "healed" and "heal" "heal_scale": the healing head's residual's; optional "healthy_peaks": each healthy calibration
-    volume's highest candidate peak, "healthy_peak": their robust maximum (engine.train.robust_peak), and "residual_median": the healthy median of the smoothed reconstruction
-    residual inside the brain (engine.train.calibrate, engine.anomaly.smooth_residual), "heal_flip": whether
-    the healing head's output is averaged over a left-right mirror (engine.anomaly.heal; absent: no),
+    volume's highest candidate peak, "healthy_peak": their robust maximum (engine.training.calibrate.robust_peak), and "residual_median": the healthy median of the smoothed reconstruction
+    residual inside the brain (engine.training.calibrate.calibrate, engine.ops.anomaly.smooth_residual), "heal_flip": whether
+    the healing head's output is averaged over a left-right mirror (engine.ops.anomaly.heal; absent: no),
     "heal_invert": the weight of the inverted-intensity healing in volumes flagged by the residual ratio
-    (engine.anomaly.heal_blended; absent: 0), "brain_quantiles": the healthy calibration volumes' intensity
-    quantiles inside the brain, onto which that inverted healing maps a volume (engine.anomaly.heal_inverted;
+    (engine.ops.anomaly.heal_blended; absent: 0), "brain_quantiles": the healthy calibration volumes' intensity
+    quantiles inside the brain, onto which that inverted healing maps a volume (engine.ops.anomaly.heal_inverted;
     absent: no mapping)}.
     intensity_profile: normalised histogram of healthy held-out volumes for the out-of-distribution check.
     """

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import Cancelled, InputError
-from .checkpoint import save_checkpoint
-from .model import Model, from_config
-from .networks import SliceVAEConfig
+from ...errors import Cancelled, InputError
+from ..model.checkpoint import save_checkpoint
+from ..model.loader import Model, from_config
+from ..model.networks import SliceVAEConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class HeadTrainConfig:
 
 def grid_volumes(model: Model, paths) -> list[np.ndarray]:
     """Each volume on the model grid (normalised), split into sub-volumes at the model's slice spacing."""
-    from ..io import read_volume
-    from .preprocess import prepare
+    from ...io import read_volume
+    from ..prep.preprocess import prepare
 
     out = []
     for path in paths:
@@ -127,7 +127,7 @@ class HeadRun:
 
 def start_head(tc: HeadTrainConfig, key: str, config_cls) -> HeadRun:
     """Check ``tc``, seed, attach head ``key`` to the base model and load the volumes on the model grid."""
-    from .model import load_model, resolve_device
+    from ..model.loader import load_model, resolve_device
 
     tc.check()
     rng = np.random.default_rng(tc.seed)

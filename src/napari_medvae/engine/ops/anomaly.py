@@ -48,10 +48,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import InputError
-from .brainmask import auto_brain_mask
-from .model import Model
-from .preprocess import Prepared, check_spacing, prepare
+from ...errors import InputError
+from ..model.loader import Model
+from ..prep.brainmask import auto_brain_mask
+from ..prep.preprocess import Prepared, check_spacing, prepare
 from .runner import CancelFn, Progress, ProgressFn, check_mask, slice_lerp
 
 MIN_CANDIDATE_MM3 = 20.0
@@ -119,7 +119,7 @@ def heal(model: Model, data: np.ndarray, flip: bool | None = None) -> np.ndarray
     for ``data`` mirrored along its last axis (mirrored back): the head was trained with that mirroring, so both are
     estimates of the same healthy volume, and their mean is less noisy (test-time augmentation).
     """
-    from .networks import HealHeadConfig
+    from ..model.networks import HealHeadConfig
     from .runner import run_head3d
 
     if model.net.heal_head is None:

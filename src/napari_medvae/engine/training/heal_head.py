@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from ..errors import InputError
-from .anomaly import heal
+from ...errors import InputError
+from ..model.loader import Model
+from ..model.networks import HealHeadConfig
+from ..ops.anomaly import heal
 from .heads import HeadTrainConfig, psnr_db, save_with_record, start_head, tissue_patch, train_head_loop
-from .model import Model
-from .networks import HealHeadConfig
 
 SIGNAL = 0.02  # normalised intensity counted as signal (loss and validation)
 TISSUE = 0.2  # blobs are centred where the clean intensity is above this
@@ -208,7 +208,8 @@ def train_heal_head(tc: HealHeadTrainConfig, callback: Callable[[dict], None] | 
 
     A base model whose head has the requested architecture is fine-tuned; otherwise a new head (starting as the
     identity) is trained."""
-    from .train import calibrate_model, load_volumes
+    from .calibrate import calibrate_model
+    from .volumes import load_volumes
 
     r = start_head(tc, "heal_head", HealHeadConfig)
     model, head = r.model, r.head

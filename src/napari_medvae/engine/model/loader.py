@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError, ModelError
+from ...errors import InputError, ModelError
 from .checkpoint import ModelConfig, load_checkpoint
 from .networks import SliceVAE, build_network
 
@@ -66,7 +66,7 @@ class Model:
         return self
 
     def card(self) -> str:
-        """The model card (engine.card: radiologist's summary, then technical details) and where it runs."""
+        """The model card (engine.model.card: radiologist's summary, then technical details) and where it runs."""
         from .card import model_card
 
         return (model_card(self.config, self.path)

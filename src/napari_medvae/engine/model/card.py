@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ...errors import ModelError
 from .checkpoint import ModelConfig
 
 SUMMARY_TITLE = "What this model is for"
@@ -36,7 +36,7 @@ def _mm(v: Any) -> str:
 def _summary_lines(c: dict) -> list[str]:
     """The radiologist's part: one Markdown line per heading, paragraph or bullet (no line breaks inside)."""
     arch, an, t = c.get("architecture") or {}, c.get("anomaly") or {}, c.get("training") or {}
-    from .preprocess import NATIVE_TOLERANCE as tol
+    from ..prep.preprocess import NATIVE_TOLERANCE as tol
 
     sp, ssp = c.get("spacing_mm", 2.0), c.get("slice_spacing_mm", 2.0)
     n_train, data = t.get("n_train"), str(t.get("data") or "").strip()
@@ -272,7 +272,7 @@ def card_technical(config: ModelConfig | dict, weights: str | os.PathLike | None
     rows += _head_rows(arch, t)
     out = [f"## {TECHNICAL_TITLE}", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in rows]
-    out += ["", "Generated from the model's JSON config by `napari_medvae.engine.card` (`medvae info` prints it; "
+    out += ["", "Generated from the model's JSON config by `napari_medvae.engine.model.card` (`medvae info` prints it; "
                 "`python scripts/model_card.py` writes docs/model_card.md)."]
     return "\n".join(out) + "\n"
 

@@ -2,7 +2,7 @@
 
 The 2.5D VAE sees each slice with a few neighbours along the slice axis only; across a gap of missing slices
 the shape of the anatomy in the other two directions (how an edge bends from slice to slice) is what tells
-where it goes. The head sees patches in 3D: its input is the classical first guess of ``inpaint.first_guess``
+where it goes. The head sees patches in 3D: its input is the classical first guess of ``classical.fill.first_guess``
 (cubic interpolation along the slice axis) and the mask of missing slices; it learns a correction inside the
 mask. The VAE is frozen (its weights are copied bit for bit).
 
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ...errors import InputError
+from ..model.loader import Model
+from ..model.networks import SliceHeadConfig
 from .heads import HeadTrainConfig, psnr_db, save_with_record, start_head, tissue_patch, train_head_loop
-from .model import Model
-from .networks import SliceHeadConfig
 
 SIGNAL = 0.05  # normalised intensity counted as signal in the loss and the validation PSNR
 
@@ -47,7 +47,7 @@ class SliceHeadTrainConfig(HeadTrainConfig):
 
 def _sample(vols: list[np.ndarray], patch: Sequence[int], rng: np.random.Generator):
     """One training example: (first guess + mask (2, D, H, W), truth (1, D, H, W), loss weight (1, D, H, W))."""
-    from .inpaint import first_guess
+    from ..classical.fill import first_guess
 
     pz = int(patch[0])
     clean = tissue_patch(vols, patch, rng)
@@ -75,7 +75,8 @@ VAL_GAPS = (0.2, 0.35, 0.5, 0.65)  # validation: single slices and 3-slice gaps 
 
 def val_psnr(model: Model, vols: list[np.ndarray]) -> tuple[float, float]:
     """Mean PSNR inside the missing slices (with signal) of ``vols``: cubic fill, and cubic fill + head."""
-    from .inpaint import first_guess, slice_head_fill
+    from ..classical.fill import first_guess
+    from ..ops.inpaint import slice_head_fill
 
     before, after = [], []
     for vol in vols:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ...errors import InputError
 
 MIN_INPLANE = 16  # pixels at model resolution: below this the network has no field of view to use
 RESIZE_VALUES = 32_000_000  # input + output pixels per chunk of slices when resampling in-plane (memory bound)
