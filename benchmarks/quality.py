@@ -372,7 +372,7 @@ def task_anomaly(table, model, subs, label, targets=SYNTHETIC_TARGETS, radius_sc
             auc, ap, dice = mean(v, 0), mean(v, 1), mean(v, 2)
             tgt = vd = extra = ""
             if k.startswith(MODEL):
-                extra = candidates_text(cands[case]) if model.config.anomaly.get("healthy_peak") else ""
+                extra = candidates_text(cands[case]) if model.config.anomaly.healthy_peak else ""
                 tgt = detection_target(thr[0], targets)
                 fails = detection_fails(auc, ap, dice, thr[0], targets)
                 vd = verdict(not fails, ", ".join(fails) + ("; AUPRC target > 1 is unreachable" if 2 * thr[0] > 1 else ""))
@@ -387,7 +387,7 @@ def task_anomaly(table, model, subs, label, targets=SYNTHETIC_TARGETS, radius_sc
     auc, ap, dice = mean(mv, 0), mean(mv, 1), mean(mv, 2)
     tap = mean(best_thr, 1)
     fails = detection_fails(auc, ap, dice, tap, targets)
-    extra = candidates_text([c for v in cands.values() for c in v]) if model.config.anomaly.get("healthy_peak") else ""
+    extra = candidates_text([c for v in cands.values() for c in v]) if model.config.anomaly.healthy_peak else ""
     table.add(f"{label}anomaly, all cases combined ({plural(len(mv))})", f"{MODEL} anomaly heatmap",
               f"AUROC {auc:.3f}, AUPRC {ap:.3f}, best Dice {dice:.3f}{extra}", mean(mv, 3),
               detection_target(tap, targets), verdict(not fails, ", ".join(fails)))

@@ -7,13 +7,13 @@ the Model widget summarises); tests/test_checkpoint.py checks that docs/model_ca
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 from napari_medvae.engine.model.card import model_card
+from napari_medvae.engine.model.checkpoint import read_config
 from napari_medvae.errors import ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,14 +21,10 @@ SHIPPED = ROOT / "src" / "napari_medvae" / "models" / "default.json"
 
 
 def render(config: Path) -> str:
-    """The card of the model whose JSON config is ``config`` (its weights file is named beside it)."""
+    """The card of the model whose JSON config is ``config`` (its weights and provenance files beside it)."""
     if config.suffix != ".json" or not config.is_file():
         raise ModelError(f"{config}: expected a model's .json config file (e.g. {SHIPPED.relative_to(ROOT)})")
-    try:
-        cfg = json.loads(config.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{config}: not valid JSON ({e})") from e
-    return model_card(cfg, config.with_suffix(".safetensors"))
+    return model_card(read_config(config), config.with_suffix(".safetensors"))
 
 
 def main(argv: list[str] | None = None) -> int:

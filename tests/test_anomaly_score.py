@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_medvae.engine import anomaly, load_model
-from napari_medvae.engine.model.checkpoint import load_checkpoint
+from napari_medvae.engine.model.checkpoint import AnomalySettings, load_checkpoint
 from napari_medvae.engine.model.loader import default_model_path
 from napari_medvae.engine.ops.anomaly import RESIDUAL_RATIO_LIMIT, combined_score, ratio_warning
 from napari_medvae.engine.prep.preprocess import prepare
@@ -29,9 +29,9 @@ def _copy_model(tmp_path, edit) -> str:
 
 def test_shipped_model_uses_the_calibrated_heal_score(model):
     a = model.config.anomaly
-    assert a["score"] == "heal" and model.net.heal_head is not None
-    assert a["heal_scale"] > 0 and a["threshold"] > 0 and a["heal_flip"] is True  # calibrated mirror-averaged
-    assert "skip_scale" not in a and "latent_scale" not in a  # scales the score does not use are not kept
+    assert a.score == "heal" and model.net.heal_head is not None
+    assert a.heal_scale > 0 and a.threshold > 0 and a.heal_flip is True  # calibrated mirror-averaged
+    assert a.skip_scale is None and a.latent_scale is None  # scales the score does not use are not kept
 
 
 def test_models_calibrated_with_the_healed_score_still_work(tmp_path, read, model):
@@ -41,8 +41,8 @@ def test_models_calibrated_with_the_healed_score_still_work(tmp_path, read, mode
     v = prepare(vol, geo.spacing, model.config, None).data
     m = load_model(None, device="cpu")
     thr = calibrate(m, [(v, 1)], 0.999, score="healed")
-    assert m.config.anomaly["skip_scale"] > 0 and m.config.anomaly["latent_scale"] > 0
-    m.config.anomaly["threshold"] = thr
+    assert m.config.anomaly.skip_scale > 0 and m.config.anomaly.latent_scale > 0
+    m.config.anomaly.threshold = thr
     heal_only = anomaly(model, vol, geo.spacing).heatmap
     both = anomaly(m, vol, geo.spacing).heatmap
     assert both.shape == vol.shape and both[lesion > 0].max() > 1.0
@@ -57,14 +57,14 @@ def test_heal_score_is_the_healing_residual_over_its_scale(model, read, monkeypa
     brain = anom.auto_brain_mask(prep.data)
     skip, lat, h, _ = anom.raw_scores(model, prep.data, brain, anom.Progress(1), "heal")
     assert skip is None and lat is None and h.shape == prep.data.shape
-    expect = anom.residual_score(prep.data, anom.heal(model, prep.data), brain, model.config.anomaly["median_size"])
+    expect = anom.residual_score(prep.data, anom.heal(model, prep.data), brain, model.config.anomaly.median_size)
     np.testing.assert_allclose(h, expect)
     out = anom.final_score(None, None, h, model.config.anomaly)
-    np.testing.assert_allclose(out, h / model.config.anomaly["heal_scale"], rtol=1e-6)
+    np.testing.assert_allclose(out, h / model.config.anomaly.heal_scale, rtol=1e-6)
 
 
 def test_combined_score_needs_both_residuals():
-    s = {"skip_scale": 0.1, "latent_scale": 0.2}
+    s = AnomalySettings(score="combined", skip_scale=0.1, latent_scale=0.2)
     skip = np.array([0.0, 0.1, 0.1, 0.4], np.float32)
     lat = np.array([0.2, 0.0, 0.2, 0.8], np.float32)
     out = combined_score(skip, lat, s)
@@ -106,19 +106,19 @@ def test_calibration_sets_the_scales_and_refuses_unknown_scores(read):
     vol, geo = read("mni_t1_healthy.nii.gz")
     v = prepare(vol, geo.spacing, m.config, None).data  # as the engine sees it (2 mm: the model's grid)
     thr = calibrate(m, [(v, 1)], 0.999)
-    assert thr > 0 and m.config.anomaly["skip_scale"] > 0 and m.config.anomaly["score"] == "combined"
-    assert "heal_scale" not in m.config.anomaly  # the combined score does not use it
-    m.config.anomaly.pop("healthy_peak")
+    assert thr > 0 and m.config.anomaly.skip_scale > 0 and m.config.anomaly.score == "combined"
+    assert m.config.anomaly.heal_scale is None  # the combined score does not use it
+    m.config.anomaly.healthy_peak = None
     thr = calibrate(m, [(v, 1)], 0.999, score="heal")
-    assert thr > 0 and m.config.anomaly["heal_scale"] > 0 and "skip_scale" not in m.config.anomaly
+    assert thr > 0 and m.config.anomaly.heal_scale > 0 and m.config.anomaly.skip_scale is None
     # the healthy peak: the highest candidate peak of the calibration volume itself (at least 1)
-    m.config.anomaly["threshold"] = thr
+    m.config.anomaly.threshold = thr
     res = anomaly(m, vol, geo.spacing)
-    assert m.config.anomaly["healthy_peak"] >= 1.0
+    assert m.config.anomaly.healthy_peak >= 1.0
     assert not any(c["above_healthy"] for c in res.candidates)  # no candidate of the healthy volume is above it
-    assert m.config.anomaly["healthy_peak"] == pytest.approx(max([1.0, *(c["peak"] for c in res.candidates)]), rel=1e-3)
+    assert m.config.anomaly.healthy_peak == pytest.approx(max([1.0, *(c["peak"] for c in res.candidates)]), rel=1e-3)
     # the residual median: this volume, scored against its own calibration, has a residual ratio of 1
-    assert m.config.anomaly["residual_median"] > 0 and res.residual_ratio == pytest.approx(1.0, abs=1e-3)
+    assert m.config.anomaly.residual_median > 0 and res.residual_ratio == pytest.approx(1.0, abs=1e-3)
     assert res.warnings == []
     with pytest.raises(InputError, match="anomaly score"):
         calibrate(m, [(v, 1)], 0.999, score="fancy")

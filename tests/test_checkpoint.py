@@ -24,7 +24,7 @@ def model_copy(tmp_path):
 
 def test_default_model_loads_and_has_calibration():
     m = load_model(None, device="cpu")
-    assert m.config.anomaly["threshold"] > 0
+    assert m.config.anomaly.threshold > 0
     assert "training" in m.card()
 
 
@@ -109,6 +109,53 @@ def test_refuses_wrong_tensor_shapes(tmp_path, model_copy):
         load_model(out)
 
 
+def test_shipped_anomaly_settings_round_trip_to_the_same_json():
+    """The typed settings write back exactly the keys and values the model's JSON has (older models stay readable)."""
+    from napari_medvae.engine.model.checkpoint import AnomalySettings
+
+    raw = json.loads(default_model_path().with_suffix(".json").read_text())["anomaly"]
+    assert AnomalySettings.from_dict(raw).to_dict() == raw
+    peaks = {**raw, "healthy_peaks": [1.2, 3.1, 9.2]}  # what newer calibrations add
+    assert AnomalySettings.from_dict(peaks).healthy_peaks == [1.2, 3.1, 9.2]
+
+
+@pytest.mark.parametrize(("change", "msg"), [
+    ({"healthy_peaks": [1.0, "x"]}, "healthy_peaks"),
+    ({"median_size": 0}, "median_size"),
+    ({"quantile": 1.5}, "quantile"),
+    ({"threshold": -1}, "threshold"),
+    ({"colour": "red"}, "unknown anomaly settings"),
+])
+def test_bad_anomaly_settings_are_refused_at_load(model_copy, change, msg):
+    j = model_copy.with_suffix(".json")
+    cfg = json.loads(j.read_text())
+    cfg["anomaly"] = {**cfg["anomaly"], **change}
+    j.write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match=msg):
+        load_checkpoint(model_copy)
+
+
+def test_saving_moves_the_training_history_into_the_provenance_file(tmp_path, model_copy):
+    from napari_medvae.engine.model.checkpoint import provenance_path, read_config
+
+    j = model_copy.with_suffix(".json")
+    legacy = json.loads(j.read_text())
+    legacy["training"] = {"steps": 7, "data": "two volumes"}  # older models keep their history in the JSON
+    j.write_text(json.dumps(legacy))
+    cfg, state = load_checkpoint(model_copy)
+    assert cfg.training == legacy["training"]
+    out = save_checkpoint(tmp_path / "new", cfg, state)
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert "training" not in saved and saved["anomaly"] == legacy["anomaly"]
+    prov = json.loads(provenance_path(out).read_text())
+    assert prov["training"] == legacy["training"] and provenance_path(out).name == "new.provenance.json"
+    again = read_config(out.with_suffix(".json"))
+    assert again.training == legacy["training"] and again.to_dict() == cfg.to_dict()
+    cfg.training = {}
+    save_checkpoint(tmp_path / "new", cfg, state)
+    assert not provenance_path(out).exists()  # no stale history beside a model that has none
+
+
 def test_refuses_other_extensions(tmp_path):
     with pytest.raises(ModelError, match="not a model file"):
         load_model(tmp_path / "model.onnx")
@@ -120,7 +167,10 @@ _JARGON = ("SliceVAE", "latent", "quantile", "0.999", "UNet", "KL", "skip", "per
 
 
 def _shipped_config() -> dict:
-    return json.loads(default_model_path().with_suffix(".json").read_text())
+    """The shipped model's config as JSON data, its training history (provenance) included."""
+    from napari_medvae.engine.model.checkpoint import read_config
+
+    return read_config(default_model_path().with_suffix(".json")).to_dict()
 
 
 def test_docs_model_card_equals_the_generator_for_the_shipped_model():

@@ -246,7 +246,7 @@ def test_calibrate_writes_a_new_model(tmp_path, sample_dir, capsys):
     out = tmp_path / "recal"
     assert main(["calibrate", "--healthy", str(sample_dir / "mni_t1_healthy.nii.gz"), "-o", str(out), "-q"]) == 0
     m = load_model(out.with_suffix(".safetensors"), device="cpu")
-    assert m.config.anomaly["threshold"] > 0 and m.config.intensity_profile["histogram"]
+    assert m.config.anomaly.threshold > 0 and m.config.intensity_profile["histogram"]
     assert main(["calibrate", "--healthy", str(sample_dir / "mni_t1_noisy_truth.nii.gz"), "-o", str(tmp_path / "x"),
                  "--model", str(out.with_suffix(".safetensors")), "-q"]) == 0
     assert main(["calibrate", str(out.with_suffix(".json")), "--healthy", str(sample_dir / "mni_t1_healthy.nii.gz"),
@@ -260,9 +260,9 @@ def test_calibrate_score_option(tmp_path, sample_dir, capsys):
     healthy = str(sample_dir / "mni_t1_healthy.nii.gz")
     assert main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "a"), "--score", "healed", "-q"]) == 0
     a = load_model(tmp_path / "a.safetensors", device="cpu").config.anomaly
-    assert a["score"] == "healed" and a["skip_scale"] > 0 and a["heal_scale"] > 0
+    assert a.score == "healed" and a.skip_scale > 0 and a.heal_scale > 0
     assert main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "b"), "-q"]) == 0
-    assert load_model(tmp_path / "b.safetensors", device="cpu").config.anomaly["score"] == "heal"  # the default
+    assert load_model(tmp_path / "b.safetensors", device="cpu").config.anomaly.score == "heal"  # the default
     with pytest.raises(SystemExit):
         main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "c"), "--score", "fancy"])
     err = capsys.readouterr().err
@@ -279,11 +279,11 @@ def test_calibrate_heal_flip_option(tmp_path, sample_dir, capsys):
     healthy = str(sample_dir / "mni_t1_healthy.nii.gz")
     assert main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "on"), "--heal-flip", "-q"]) == 0
     on = tmp_path / "on.safetensors"
-    assert load_model(on, device="cpu").config.anomaly["heal_flip"] is True
+    assert load_model(on, device="cpu").config.anomaly.heal_flip is True
     assert main(["calibrate", str(on), "--healthy", healthy, "-o", str(tmp_path / "kept"), "-q"]) == 0
-    assert load_model(tmp_path / "kept.safetensors", device="cpu").config.anomaly["heal_flip"] is True
+    assert load_model(tmp_path / "kept.safetensors", device="cpu").config.anomaly.heal_flip is True
     assert main(["calibrate", str(on), "--healthy", healthy, "-o", str(tmp_path / "off"), "--no-heal-flip", "-q"]) == 0
-    assert load_model(tmp_path / "off.safetensors", device="cpu").config.anomaly["heal_flip"] is False
+    assert load_model(tmp_path / "off.safetensors", device="cpu").config.anomaly.heal_flip is False
     assert main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "x"), "--score", "combined",
                  "--heal-flip"]) == 2
     assert "heal-flip applies" in _err(capsys) and not (tmp_path / "x.safetensors").exists()
@@ -294,7 +294,7 @@ def test_calibrate_heal_invert_option(tmp_path, sample_dir, capsys):
 
     healthy = str(sample_dir / "mni_t1_healthy.nii.gz")
     assert main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "inv"), "--heal-invert", "0.2", "-q"]) == 0
-    assert load_model(tmp_path / "inv.safetensors", device="cpu").config.anomaly["heal_invert"] == 0.2
+    assert load_model(tmp_path / "inv.safetensors", device="cpu").config.anomaly.heal_invert == 0.2
     assert main(["calibrate", "--healthy", healthy, "-o", str(tmp_path / "x"), "--heal-invert", "1.5"]) == 2
     assert "at least 0 and below 1, not 1.5" in _err(capsys) and not (tmp_path / "x.safetensors").exists()
 

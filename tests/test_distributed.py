@@ -48,7 +48,7 @@ def test_torchrun_two_ranks_train_on_cpu_and_resume(tmp_path, read):
 
     m = load_model(str(out) + ".safetensors", device="cpu")
     assert m.config.training["world_size"] == 2 and m.config.training["steps"] == 4
-    assert m.config.training["batch_size"] == 4 and m.config.anomaly["threshold"] > 0
+    assert m.config.training["batch_size"] == 4 and m.config.anomaly.threshold > 0
     logs = [_drawn(drawn, r) for r in (0, 1)]
     for r, rows in enumerate(logs):
         assert [x["step"] for x in rows] == [1, 2, 3, 4] and {x["rank"] for x in rows} == {r}

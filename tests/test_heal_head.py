@@ -3,6 +3,7 @@ anomaly maps use it; bad options and configs are refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from scipy import ndimage as ndi
 
 from napari_medvae.cli import main
 from napari_medvae.engine import anomaly, load_model
-from napari_medvae.engine.model.checkpoint import load_checkpoint
+from napari_medvae.engine.model.checkpoint import AnomalySettings, load_checkpoint
 from napari_medvae.engine.model.loader import from_config
 from napari_medvae.engine.model.networks import HealHeadConfig, SliceVAEConfig
 from napari_medvae.engine.ops import anomaly as anom
@@ -51,7 +52,7 @@ def test_training_adds_a_heal_head_calibrates_and_keeps_the_rest(hh_model, model
     rec = m.config.training["heal_head"]
     assert rec["steps"] == 3 and rec["history"] and "val_psnr_head" in rec["history"][-1]
     a = m.config.anomaly
-    assert a["score"] == "heal" and a["heal_scale"] > 0 and a["threshold"] > 0
+    assert a.score == "heal" and a.heal_scale > 0 and a.threshold > 0
     base = model.net.state_dict()
     for k, v in m.net.state_dict().items():
         if not k.startswith("heal_head."):
@@ -76,7 +77,7 @@ def test_heal_keeps_the_shape_and_needs_a_head(hh_model):
     assert out.shape == x.shape and out.dtype == np.float32 and np.isfinite(out).all()
     cfg = m.config
     cfg.architecture = {k: v for k, v in cfg.architecture.items() if k != "heal_head"}
-    cfg.anomaly = {**cfg.anomaly, "score": "combined"}
+    cfg.anomaly = dataclasses.replace(cfg.anomaly, score="combined")
     plain = from_config(cfg, {k: v for k, v in m.net.state_dict().items() if not k.startswith("heal_head.")}, device="cpu")
     with pytest.raises(InputError, match="no healing head"):
         heal(plain, x)
@@ -98,7 +99,7 @@ def test_anomaly_uses_the_heal_head(hh_model, read, monkeypatch):
 
 
 def test_healed_score_needs_either_residual_and_reduces_to_the_vae_score():
-    settings = {"skip_scale": 2.0, "latent_scale": 4.0, "heal_scale": 0.5}
+    settings = AnomalySettings(score="healed", skip_scale=2.0, latent_scale=4.0, heal_scale=0.5)
     skip = np.array([0.0, 2.0, 2.0, 4.0], np.float32)
     latent = np.array([0.0, 4.0, 4.0, 8.0], np.float32)
     vae = final_score(skip, latent, None, settings)
@@ -273,7 +274,7 @@ def test_cli_train_heal_head_writes_a_model_and_refuses_to_overwrite(tmp_path, h
                "--contrast-prob", "0", "--mimic-prob", "0.25", "--wm-prob", "0.5", "--small-prob", "0.3"])
     assert rc == 0
     new = load_model(tmp_path / "new.safetensors", device="cpu").config
-    assert new.anomaly["score"] == "heal" and new.training["heal_head"]["contrast_prob"] == 0.0
+    assert new.anomaly.score == "heal" and new.training["heal_head"]["contrast_prob"] == 0.0
     assert new.training["heal_head"]["mimic_prob"] == 0.25 and new.training["heal_head"]["wm_prob"] == 0.5
     assert new.training["heal_head"]["small_prob"] == 0.3
     rc = main(["train-heal-head", str(hh_model), "--data", files[0], "--val", files[1], "-o", str(hh_model.with_suffix(""))])
@@ -321,7 +322,7 @@ def test_heal_flip_averages_the_head_over_a_mirror(hh_model):
     np.testing.assert_allclose(flipped, (plain + mirror) / 2, atol=1e-6)
     assert not np.allclose(plain, flipped)
     for setting, expected in ((False, plain), (True, flipped)):  # the model's setting is the default
-        m.config.anomaly["heal_flip"] = setting
+        m.config.anomaly.heal_flip = setting
         np.testing.assert_array_equal(heal(m, x), expected)
 
 
@@ -329,16 +330,16 @@ def test_calibrating_with_heal_flip_keeps_the_setting(hh_model):
     m = load_model(hh_model, device="cpu")
     x = np.random.default_rng(2).random((16, 24, 20)).astype(np.float32)
     calibrate(m, [(x, 1)], 0.999, score="heal", heal_flip=False)
-    assert m.config.anomaly["heal_flip"] is False
-    off = m.config.anomaly["heal_scale"]
+    assert m.config.anomaly.heal_flip is False
+    off = m.config.anomaly.heal_scale
     calibrate(m, [(x, 1)], 0.999, score="heal", heal_flip=True)
-    assert m.config.anomaly["heal_flip"] is True and m.config.anomaly["heal_scale"] != off
+    assert m.config.anomaly.heal_flip is True and m.config.anomaly.heal_scale != off
     calibrate(m, [(x, 1)], 0.999, score="heal")  # None keeps it
-    assert m.config.anomaly["heal_flip"] is True
+    assert m.config.anomaly.heal_flip is True
     with pytest.raises(InputError, match="heal_flip applies"):
         calibrate(m, [(x, 1)], 0.999, score="combined", heal_flip=True)
     calibrate(m, [(x, 1)], 0.999, score="combined")  # a score without the head drops it
-    assert "heal_flip" not in m.config.anomaly
+    assert m.config.anomaly.heal_flip is None
 
 
 @pytest.mark.parametrize("edit", [
@@ -364,7 +365,7 @@ def test_heal_blended_mixes_in_the_inverted_healing(hh_model):
     brain[2:14, 4:20, 3:17] = True
     plain = heal(m, x)
     np.testing.assert_array_equal(anom.heal_blended(m, x, brain, 0.0), plain)
-    m.config.anomaly.pop("brain_quantiles", None)  # older models: the inverted intensities as they are
+    m.config.anomaly.brain_quantiles = None  # older models: the inverted intensities as they are
     back = np.where(brain, 1 - heal(m, np.where(brain, 1 - x, 0).astype(np.float32)), 0)
     np.testing.assert_allclose(anom.heal_inverted(m, x, brain), back, atol=1e-6)
     np.testing.assert_allclose(anom.heal_blended(m, x, brain, 0.25), 0.75 * plain + 0.25 * back, atol=1e-6)
@@ -376,7 +377,7 @@ def test_inverted_healing_maps_the_intensities_onto_the_calibration_quantiles(hh
     brain = np.zeros(x.shape, bool)
     brain[2:14, 4:20, 3:17] = True
     ref = np.linspace(0.2, 1.1, 201) ** 2  # another distribution than 1 - x's (uniform on 0..1)
-    m.config.anomaly["brain_quantiles"] = [round(float(q), 5) for q in ref]
+    m.config.anomaly.brain_quantiles = [round(float(q), 5) for q in ref]
     seen = []
 
     def identity(model, data, flip=None):
@@ -396,7 +397,7 @@ def test_inverted_healing_maps_the_intensities_onto_the_calibration_quantiles(hh
     # quantiles equal to the volume's own inverted ones: the same as healing the inverted intensities directly,
     # wherever the head's output stays within their range (outside it, the mapping back clamps to the range)
     own = anom.brain_quantiles(1 - x[brain])
-    m.config.anomaly["brain_quantiles"] = own.tolist()
+    m.config.anomaly.brain_quantiles = own.tolist()
     monkeypatch.undo()
     healed = heal(m, np.where(brain, 1 - x, 0).astype(np.float32))
     within = brain & (healed >= own[0]) & (healed <= own[-1])
@@ -410,12 +411,12 @@ def test_inverted_healing_only_for_volumes_flagged_by_the_residual_ratio(hh_mode
     brain = np.ones(x.shape, bool)
     smooth = np.full(100, 0.5, np.float32)
     a = m.config.anomaly
-    a["residual_median"] = 0.5 / (anom.RESIDUAL_RATIO_LIMIT * 2)  # this volume: ratio 2 x the limit
-    a.pop("heal_invert", None)
+    a.residual_median = 0.5 / (anom.RESIDUAL_RATIO_LIMIT * 2)  # this volume: ratio 2 x the limit
+    a.heal_invert = None
     np.testing.assert_array_equal(anom._heal_for(m, x, brain, smooth), heal(m, x))  # no weight: as before
-    a["heal_invert"] = 0.2
+    a.heal_invert = 0.2
     np.testing.assert_array_equal(anom._heal_for(m, x, brain, smooth), anom.heal_blended(m, x, brain, 0.2))
-    a["residual_median"] = 0.5  # ratio 1: within the limit, healed as before
+    a.residual_median = 0.5  # ratio 1: within the limit, healed as before
     np.testing.assert_array_equal(anom._heal_for(m, x, brain, smooth), heal(m, x))
 
 
@@ -423,19 +424,19 @@ def test_calibrating_with_heal_invert_sets_and_checks_the_weight(hh_model):
     m = load_model(hh_model, device="cpu")
     x = np.random.default_rng(5).random((16, 24, 20)).astype(np.float32)
     calibrate(m, [(x, 1)], 0.999, score="heal", heal_invert=0.2)
-    assert m.config.anomaly["heal_invert"] == 0.2
-    bq = m.config.anomaly["brain_quantiles"]  # the calibration volume's intensities inside its brain
+    assert m.config.anomaly.heal_invert == 0.2
+    bq = m.config.anomaly.brain_quantiles  # the calibration volume's intensities inside its brain
     inside = x[anom.auto_brain_mask(x)]
     assert len(bq) == anom.QUANTILE_LEVELS and bq == sorted(bq)
     assert bq[0] == pytest.approx(inside.min(), abs=1e-5) and bq[100] == pytest.approx(np.median(inside), abs=1e-5)
     calibrate(m, [(x, 1)], 0.999, score="heal")  # None keeps it
-    assert m.config.anomaly["heal_invert"] == 0.2
+    assert m.config.anomaly.heal_invert == 0.2
     calibrate(m, [(x, 1)], 0.999, score="heal", heal_invert=0.0)  # 0 turns it off
-    assert "heal_invert" not in m.config.anomaly
+    assert m.config.anomaly.heal_invert is None
     for bad in (1.0, -0.5, float("nan")):
         with pytest.raises(InputError, match="at least 0 and below 1"):
             calibrate(m, [(x, 1)], 0.999, score="heal", heal_invert=bad)
     with pytest.raises(InputError, match="healing head's scores"):
         calibrate(m, [(x, 1)], 0.999, score="combined", heal_invert=0.2)
     calibrate(m, [(x, 1)], 0.999, score="combined")  # a score without the head drops the quantiles
-    assert "brain_quantiles" not in m.config.anomaly
+    assert m.config.anomaly.brain_quantiles is None

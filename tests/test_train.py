@@ -29,7 +29,7 @@ def test_tiny_training_run_writes_calibrated_model_and_resumes(tmp_path, tiny_da
     seen = []
     path = train(tc, callback=seen.append)
     m = load_model(path, device="cpu")
-    assert m.config.anomaly["threshold"] > 0
+    assert m.config.anomaly.threshold > 0
     assert m.config.training["steps"] == 4 and [s["step"] for s in seen] == [1, 2, 3, 4]
     state = json.loads((tmp_path / "m.trainstate.json").read_text())
     assert state["step"] == 4

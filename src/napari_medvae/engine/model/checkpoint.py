@@ -1,27 +1,126 @@
-"""Model files: ``<name>.safetensors`` (weights) + ``<name>.json`` (config). Never pickle.
+"""Model files: ``<name>.safetensors`` (weights) + ``<name>.json`` (config) + ``<name>.provenance.json`` (how it
+was trained). Never pickle.
 
-The JSON config is validated on load and must match the weights tensor by tensor; anything else is
-refused with a message that says what is wrong. Writes are atomic (temp file + rename).
+The JSON config is validated once, on load, into typed objects (:class:`ModelConfig`, :class:`AnomalySettings`) and
+must match the weights tensor by tensor; anything else is refused with a message that says what is wrong. The
+training history lives in the provenance file, which only the model card reads; configs that still hold it
+(``training``) load as before, and saving one moves it out. Writes are atomic (temp file + rename).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ...errors import ModelError
 
 FORMAT_VERSION = 1
+PROVENANCE_SUFFIX = ".provenance.json"
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, zip (torch.save since 1.6)
 
 
 ANOMALY_SCORES = ("residual", "combined", "healed", "heal")  # the anomaly scores a model can be calibrated with (engine.anomaly)
 HEAL_SCORES = ("healed", "heal")  # those that use the healing head
+
+
+@dataclass
+class AnomalySettings:
+    """A model's anomaly calibration (the ``anomaly`` object of its JSON), validated once by :meth:`from_dict`.
+
+    threshold: the score that maps to heatmap value 1.0 (None: not calibrated); quantile: the healthy quantile it is;
+    median_size: voxels of the residual's median filter; score: "residual", "combined", "healed" or "heal"
+    (engine.ops.anomaly). skip_scale / latent_scale: the two VAE residuals' healthy 99th percentiles ("combined",
+    "healed"); heal_scale: the healing head's residual's ("healed", "heal"). healthy_peaks: each healthy calibration
+    volume's highest candidate peak; healthy_peak: their robust maximum (engine.training.calibrate.robust_peak);
+    residual_median: their median smoothed reconstruction residual inside the brain (engine.ops.anomaly.smooth_residual).
+    heal_flip: the healing head's output averaged over a left-right mirror (engine.ops.anomaly.heal; None: no);
+    heal_invert: the weight of the inverted-intensity healing in volumes flagged by the residual ratio
+    (engine.ops.anomaly.heal_blended; None: 0); brain_quantiles: the healthy calibration volumes' intensity quantiles
+    inside the brain, onto which that inverted healing maps a volume (engine.ops.anomaly.heal_inverted; None: no
+    mapping). Optional values that are None are left out of the JSON, as older models have them.
+    """
+
+    threshold: float | None = None
+    quantile: float = 0.999
+    median_size: int = 3
+    score: str = "residual"
+    skip_scale: float | None = None
+    latent_scale: float | None = None
+    heal_scale: float | None = None
+    healthy_peak: float | None = None
+    healthy_peaks: list[float] | None = None
+    residual_median: float | None = None
+    heal_flip: bool | None = None
+    heal_invert: float | None = None
+    brain_quantiles: list[float] | None = None
+
+    _ALWAYS = ("threshold", "quantile", "median_size")  # written even when None (the JSON has always had them)
+
+    def to_dict(self) -> dict:
+        """The JSON object: the three base values, then every optional value that is set."""
+        return {k: v for k, v in asdict(self).items() if k in self._ALWAYS or v is not None}
+
+    @property
+    def scales(self) -> tuple[str, ...]:
+        """The names of the healthy scales this score divides by."""
+        return {"residual": (), "combined": ("skip_scale", "latent_scale"), "heal": ("heal_scale",)}.get(
+            self.score, ("skip_scale", "latent_scale", "heal_scale"))
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "config") -> AnomalySettings:
+        """Validate the ``anomaly`` object of a model's JSON; raise ModelError naming the bad value."""
+        if not isinstance(d, dict):
+            raise ModelError(f"{source}: anomaly must be a JSON object, not {d!r}")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ModelError(f"{source}: unknown anomaly settings {unknown}")
+        a = cls(**d)
+        thr = a.threshold
+        if thr is not None and not (_number(thr) and thr > 0):
+            raise ModelError(f"{source}: anomaly.threshold must be a positive number or null, not {thr!r}")
+        if not (_number(a.quantile) and 0 < a.quantile < 1):
+            raise ModelError(f"{source}: anomaly.quantile must be a number between 0 and 1, not {a.quantile!r}")
+        if not (isinstance(a.median_size, int) and not isinstance(a.median_size, bool) and a.median_size >= 1):
+            raise ModelError(f"{source}: anomaly.median_size must be a positive integer, not {a.median_size!r}")
+        if a.score not in ANOMALY_SCORES:
+            raise ModelError(f"{source}: anomaly.score must be one of {', '.join(ANOMALY_SCORES)}, not {a.score!r}")
+        for k in a.scales:
+            v = getattr(a, k)
+            if not (_number(v) and v > 0):
+                raise ModelError(f"{source}: anomaly.{k} must be a positive number for the {a.score} score, not {v!r}")
+        for k in ("healthy_peak", "residual_median"):
+            v = getattr(a, k)
+            if v is not None and not (_number(v) and v > 0):
+                raise ModelError(f"{source}: anomaly.{k} must be a positive number or absent, not {v!r}")
+        peaks = a.healthy_peaks
+        if peaks is not None and not (isinstance(peaks, list) and all(_number(p) and p > 0 for p in peaks)):
+            raise ModelError(f"{source}: anomaly.healthy_peaks must be a list of positive numbers or absent, not {peaks!r}")
+        heal = a.score in HEAL_SCORES
+        if a.heal_flip is not None and (not isinstance(a.heal_flip, bool) or not heal):
+            raise ModelError(f"{source}: anomaly.heal_flip must be true or false and only set for the heal and healed "
+                             f"scores, not {a.heal_flip!r} with the {a.score} score")
+        inv = a.heal_invert
+        if inv is not None and (not _number(inv) or not 0 <= inv < 1 or not heal):
+            raise ModelError(f"{source}: anomaly.heal_invert must be a number from 0 to below 1 and only set for the "
+                             f"heal and healed scores, not {inv!r} with the {a.score} score")
+        bq = a.brain_quantiles
+        if bq is not None and (not heal or not isinstance(bq, list) or len(bq) < 2
+                               or not all(_number(q) and math.isfinite(q) for q in bq)
+                               or any(b < c for c, b in zip(bq[:-1], bq[1:], strict=True))):
+            raise ModelError(f"{source}: anomaly.brain_quantiles must be a list of at least 2 finite, non-decreasing "
+                             f"numbers and only set for the heal and healed scores (score: {a.score})")
+        return a
+
+
+def _number(v: Any) -> bool:
+    """A JSON number (int or float, not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass
@@ -33,18 +132,10 @@ class ModelConfig:
     slice_spacing_mm: distance (mm) between the neighbouring slices the network expects as context.
     normalization: {"method": "percentile", "percentile": p}: intensities divided by the p-th
     percentile of the volume (zero stays zero), outputs multiplied back.
-    anomaly: {"threshold": score that maps to 1.0, "quantile": healthy quantile used,
-    "median_size": voxels of the median filter, "score": "residual", "combined", "healed" or "heal" (engine.anomaly),
-    and for "combined" and "healed" "skip_scale" / "latent_scale": the two VAE residuals' healthy 99th percentiles,
-    for "healed" and "heal" "heal_scale": the healing head's residual's; optional "healthy_peaks": each healthy calibration
-    volume's highest candidate peak, "healthy_peak": their robust maximum (engine.training.calibrate.robust_peak), and "residual_median": the healthy median of the smoothed reconstruction
-    residual inside the brain (engine.training.calibrate.calibrate, engine.ops.anomaly.smooth_residual), "heal_flip": whether
-    the healing head's output is averaged over a left-right mirror (engine.ops.anomaly.heal; absent: no),
-    "heal_invert": the weight of the inverted-intensity healing in volumes flagged by the residual ratio
-    (engine.ops.anomaly.heal_blended; absent: 0), "brain_quantiles": the healthy calibration volumes' intensity
-    quantiles inside the brain, onto which that inverted healing maps a volume (engine.ops.anomaly.heal_inverted;
-    absent: no mapping)}.
+    anomaly: the calibration of the anomaly heatmap (:class:`AnomalySettings`).
     intensity_profile: normalised histogram of healthy held-out volumes for the out-of-distribution check.
+    training: the training history (runs, steps, losses, calibration files): saved in ``<name>.provenance.json``,
+    not in the model's JSON; read by the model card only.
     """
 
     architecture: dict
@@ -53,15 +144,17 @@ class ModelConfig:
     spacing_mm: float = 2.0
     slice_spacing_mm: float = 2.0
     normalization: dict = field(default_factory=lambda: {"method": "percentile", "percentile": 99.5})
-    anomaly: dict = field(default_factory=lambda: {"threshold": None, "quantile": 0.999, "median_size": 3})
+    anomaly: AnomalySettings = field(default_factory=AnomalySettings)
     sample_shape: list[int] = field(default_factory=lambda: [94, 116, 98])
     intensity_profile: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     modality: str = "MRI T1 (brain, skull-stripped)"
     package_version: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, training: bool = True) -> dict:
+        """The config as JSON data; ``training=False``: what the model's JSON file holds (no training history)."""
+        return {f.name: (v.to_dict() if isinstance(v := getattr(self, f.name), AnomalySettings) else copy.deepcopy(v))
+                for f in fields(self) if training or f.name != "training"}
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "config") -> ModelConfig:
@@ -82,7 +175,7 @@ class ModelConfig:
             raise ModelError(f"{source}: unknown config fields {unknown}")
         if "architecture" not in d or not isinstance(d["architecture"], dict):
             raise ModelError(f"{source}: missing 'architecture' object")
-        cfg = cls(**d)
+        cfg = cls(**{**d, "anomaly": AnomalySettings.from_dict(d.get("anomaly", {}), source)})
         for name in ("spacing_mm", "slice_spacing_mm"):
             v = getattr(cfg, name)
             if not isinstance(v, (int, float)) or not v > 0:
@@ -90,42 +183,7 @@ class ModelConfig:
         norm = cfg.normalization
         if norm.get("method") != "percentile" or not 50 < float(norm.get("percentile", 0)) <= 100:
             raise ModelError(f"{source}: normalization must be {{'method': 'percentile', 'percentile': 50..100}}, not {norm}")
-        thr = cfg.anomaly.get("threshold")
-        if thr is not None and not (isinstance(thr, (int, float)) and thr > 0):
-            raise ModelError(f"{source}: anomaly.threshold must be a positive number or null, not {thr!r}")
-        score = cfg.anomaly.get("score", "residual")
-        if score not in ANOMALY_SCORES:
-            raise ModelError(f"{source}: anomaly.score must be one of {', '.join(ANOMALY_SCORES)}, not {score!r}")
-        scales = {"residual": (), "combined": ("skip_scale", "latent_scale"), "heal": ("heal_scale",)}.get(
-            score, ("skip_scale", "latent_scale", "heal_scale"))
-        for k in scales:
-            v = cfg.anomaly.get(k)
-            if not (isinstance(v, (int, float)) and v > 0):
-                raise ModelError(f"{source}: anomaly.{k} must be a positive number for the {score} score, not {v!r}")
-        for k in ("healthy_peak", "residual_median"):
-            v = cfg.anomaly.get(k)
-            if v is not None and not (isinstance(v, (int, float)) and v > 0):
-                raise ModelError(f"{source}: anomaly.{k} must be a positive number or absent, not {v!r}")
-        peaks = cfg.anomaly.get("healthy_peaks")
-        if peaks is not None and not (isinstance(peaks, list) and all(
-                isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0 for p in peaks)):
-            raise ModelError(f"{source}: anomaly.healthy_peaks must be a list of positive numbers or absent, not {peaks!r}")
-        flip = cfg.anomaly.get("heal_flip")
-        if flip is not None and (not isinstance(flip, bool) or score not in HEAL_SCORES):
-            raise ModelError(f"{source}: anomaly.heal_flip must be true or false and only set for the heal and healed "
-                             f"scores, not {flip!r} with the {score} score")
-        inv = cfg.anomaly.get("heal_invert")
-        if inv is not None and (isinstance(inv, bool) or not isinstance(inv, (int, float)) or not 0 <= inv < 1
-                                or score not in HEAL_SCORES):
-            raise ModelError(f"{source}: anomaly.heal_invert must be a number from 0 to below 1 and only set for the "
-                             f"heal and healed scores, not {inv!r} with the {score} score")
-        bq = cfg.anomaly.get("brain_quantiles")
-        if bq is not None and (score not in HEAL_SCORES or not isinstance(bq, list) or len(bq) < 2
-                               or not all(isinstance(q, (int, float)) and not isinstance(q, bool) and math.isfinite(q)
-                                          for q in bq)
-                               or any(b < a for a, b in zip(bq[:-1], bq[1:], strict=True))):
-            raise ModelError(f"{source}: anomaly.brain_quantiles must be a list of at least 2 finite, non-decreasing "
-                             f"numbers and only set for the heal and healed scores (score: {score})")
+        score = cfg.anomaly.score
         if score in HEAL_SCORES and not cfg.architecture.get("heal_head"):
             raise ModelError(f"{source}: anomaly.score '{score}' needs architecture.heal_head (a healing head)")
         try:
@@ -159,6 +217,32 @@ def model_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc})") from None
+
+
+def provenance_path(config: str | os.PathLike) -> Path:
+    """``<name>.provenance.json`` beside a model's ``<name>.json`` (or its weights, or its stem)."""
+    return model_paths(config)[1].with_suffix(PROVENANCE_SUFFIX)
+
+
+def read_config(config: str | os.PathLike) -> ModelConfig:
+    """A model's validated config from its ``.json`` file, with the training history from ``<name>.provenance.json``
+    beside it (or, for older models, from the JSON's own ``training``)."""
+    config = Path(config)
+    cfg = ModelConfig.from_dict(_read_json(config), source=str(config))
+    prov = provenance_path(config)
+    if prov.is_file():
+        data = _read_json(prov)
+        if not isinstance(data, dict) or not isinstance(data.get("training", {}), dict):
+            raise ModelError(f"{prov}: expected a JSON object with a 'training' object")
+        cfg.training = {**cfg.training, **data.get("training", {})}
+    return cfg
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
     """Read and validate a model; returns (config, state_dict of CPU tensors)."""
     from safetensors import SafetensorError
@@ -178,11 +262,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
         )
     if not config.exists():
         raise ModelError(f"{weights}: its config {config.name} is missing; a model is <name>.safetensors + <name>.json")
-    try:
-        raw = json.loads(config.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{config}: not valid JSON ({exc})") from None
-    cfg = ModelConfig.from_dict(raw, source=str(config))
+    cfg = read_config(config)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -233,12 +313,19 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, state: dict) -> Path:
-    """Write <stem>.safetensors + <stem>.json atomically; returns the weights path."""
+    """Write <stem>.safetensors + <stem>.json (+ <stem>.provenance.json with the training history) atomically;
+    returns the weights path."""
     from safetensors.torch import save
 
     weights, config = model_paths(Path(path).with_suffix("") if Path(path).suffix else path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     _atomic_write_bytes(weights, save(tensors, metadata={"format": "pt", "napari_medvae": str(cfg.format_version)}))
-    _atomic_write_bytes(config, (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    _atomic_write_bytes(config, (json.dumps(cfg.to_dict(training=False), indent=2) + "\n").encode())
+    prov = config.with_suffix(PROVENANCE_SUFFIX)
+    if cfg.training:
+        record = {"format_version": cfg.format_version, "model": config.name, "training": cfg.training}
+        _atomic_write_bytes(prov, (json.dumps(record, indent=2) + "\n").encode())
+    else:
+        prov.unlink(missing_ok=True)  # no history: none left from an earlier model of that name
     return weights

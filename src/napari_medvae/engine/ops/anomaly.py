@@ -49,6 +49,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ...errors import InputError
+from ..model.checkpoint import AnomalySettings
 from ..model.loader import Model
 from ..prep.brainmask import auto_brain_mask
 from ..prep.preprocess import Prepared, check_spacing, prepare
@@ -98,17 +99,17 @@ def residual_score(prep_data: np.ndarray, rec: np.ndarray, brain: np.ndarray, me
     return score
 
 
-def combined_score(skip: np.ndarray, latent: np.ndarray, settings: dict) -> np.ndarray:
+def combined_score(skip: np.ndarray, latent: np.ndarray, settings: AnomalySettings) -> np.ndarray:
     """Geometric mean of the two residual scores, each divided by its healthy scale (see module doc)."""
-    a = skip / np.float32(settings["skip_scale"])
-    b = latent / np.float32(settings["latent_scale"])
+    a = skip / np.float32(settings.skip_scale)
+    b = latent / np.float32(settings.latent_scale)
     return np.sqrt(np.maximum(a * b, 0)).astype(np.float32)
 
 
-def healed_score(vae: np.ndarray, heal: np.ndarray, settings: dict) -> np.ndarray:
+def healed_score(vae: np.ndarray, heal: np.ndarray, settings: AnomalySettings) -> np.ndarray:
     """The "healed" score: the VAE's combined score and the healing head's residual (divided by its healthy scale)
     joined by their root sum of squares, so that a voxel unusual for either counts (see module doc)."""
-    h = heal / np.float32(settings["heal_scale"])
+    h = heal / np.float32(settings.heal_scale)
     return np.sqrt(vae * vae + h * h).astype(np.float32)
 
 
@@ -127,7 +128,7 @@ def heal(model: Model, data: np.ndarray, flip: bool | None = None) -> np.ndarray
     mult = HealHeadConfig.from_dict(model.config.architecture["heal_head"]).multiple
     x = data[None].astype(np.float32)
     out = run_head3d(model, model.net.heal_head, x, mult, base=0)
-    if model.config.anomaly.get("heal_flip", False) if flip is None else flip:
+    if bool(model.config.anomaly.heal_flip) if flip is None else flip:
         mirrored = run_head3d(model, model.net.heal_head, np.ascontiguousarray(x[..., ::-1]), mult, base=0)
         out = (out + mirrored[..., ::-1]) / np.float32(2)
     return out
@@ -135,7 +136,7 @@ def heal(model: Model, data: np.ndarray, flip: bool | None = None) -> np.ndarray
 
 def score_kind(model: Model) -> str:
     """The model's anomaly score: "residual", "combined", "healed" or "heal" (see module doc)."""
-    return str(model.config.anomaly.get("score", "residual"))
+    return model.config.anomaly.score
 
 
 def increasing(q: np.ndarray) -> np.ndarray:
@@ -158,7 +159,7 @@ def heal_inverted(model: Model, data: np.ndarray, brain: np.ndarray) -> np.ndarr
     healing and back after: a T2-like volume then looks like the contrast the head learnt best in its levels too, not
     only in the order of its tissues. Older models heal the inverted intensities as they are."""
     inverted = np.where(brain, np.float32(1) - data, np.float32(0)).astype(np.float32)
-    ref = model.config.anomaly.get("brain_quantiles")
+    ref = model.config.anomaly.brain_quantiles
     if not ref or not brain.any():
         return np.where(brain, np.float32(1) - heal(model, inverted), np.float32(0)).astype(np.float32)
     ref = increasing(np.asarray(ref, np.float64))
@@ -188,14 +189,14 @@ def heal_blended(model: Model, data: np.ndarray, brain: np.ndarray, weight: floa
 def residual_ratio(model: Model, smooth: np.ndarray) -> float | None:
     """Median of ``smooth`` (smooth_residual at the brain's voxels) over the model's healthy ``residual_median``;
     None for models calibrated without one or an empty brain."""
-    ref = model.config.anomaly.get("residual_median")
+    ref = model.config.anomaly.residual_median
     return float(np.median(smooth)) / float(ref) if ref and smooth.size else None
 
 
 def _heal_for(model: Model, data: np.ndarray, brain: np.ndarray, smooth: np.ndarray) -> np.ndarray:
     """The healthy version the heal scores use: ``heal_blended`` at the model's ``heal_invert`` weight when this
     volume's residual ratio is above RESIDUAL_RATIO_LIMIT, else ``heal``."""
-    w = float(model.config.anomaly.get("heal_invert", 0.0) or 0.0)
+    w = float(model.config.anomaly.heal_invert or 0.0)
     ratio = residual_ratio(model, smooth) if w > 0 else None
     flagged = ratio is not None and ratio > RESIDUAL_RATIO_LIMIT
     return heal_blended(model, data, brain, w) if flagged else heal(model, data)
@@ -208,7 +209,7 @@ def raw_scores(model: Model, data: np.ndarray, brain: np.ndarray, progress: Prog
     them. The last is |G(x) - G(reconstruction)| inside the brain (``smooth_residual``), for the residual ratio."""
     from .runner import run_network
 
-    med = int(model.config.anomaly.get("median_size", 3))
+    med = int(model.config.anomaly.median_size)
     if kind in ("residual", "heal"):
         rec = run_network(model, data, None, 1, progress)
         smooth = smooth_residual(data, rec, brain)
@@ -233,10 +234,10 @@ def smooth_residual(data: np.ndarray, rec: np.ndarray, brain: np.ndarray) -> np.
 
 
 def final_score(skip: np.ndarray | None, latent: np.ndarray | None, heal: np.ndarray | None,
-                settings: dict) -> np.ndarray:
+                settings: AnomalySettings) -> np.ndarray:
     """The model's score from its raw residual scores (uncalibrated: not yet divided by the threshold)."""
     if skip is None:  # "heal"
-        return (heal / np.float32(settings["heal_scale"])).astype(np.float32)
+        return (heal / np.float32(settings.heal_scale)).astype(np.float32)
     if latent is None:
         return skip
     vae = combined_score(skip, latent, settings)
@@ -335,7 +336,7 @@ def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain
             axis: int | None = None, threshold: float = 1.0, geometry=None,
             force: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> AnomalyResult:
     """Anomaly heatmap of ``volume`` (z, y, x) on its own grid, plus candidates above ``threshold``."""
-    thr = model.config.anomaly.get("threshold")
+    thr = model.config.anomaly.threshold
     if not thr:
         raise InputError("this model has no calibrated anomaly threshold (train it with held-out healthy volumes)")
     sp = check_spacing(spacing)
@@ -350,7 +351,7 @@ def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain
     np.clip(heat, 0, None, out=heat)  # in place: a 512 x 512 x 400 heatmap is 0.42 GB per copy
     if bm is not None:
         heat[~bm] = 0.0
-    hp = model.config.anomaly.get("healthy_peak")
+    hp = model.config.anomaly.healthy_peak
     labels, rows = threshold_candidates(heat, sp, threshold, geometry, healthy_peak=hp)
     p.step()
     warning = ratio_warning(ratio)

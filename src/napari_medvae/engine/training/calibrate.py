@@ -48,17 +48,12 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     check_heal_invert(heal_invert, score)
     settings = model.config.anomaly
     if score not in HEAL_SCORES:
-        settings.pop("heal_flip", None)
-        settings.pop("heal_invert", None)
-        settings.pop("brain_quantiles", None)
+        settings.heal_flip = settings.heal_invert = settings.brain_quantiles = None
     else:
         if heal_flip is not None:
-            settings["heal_flip"] = bool(heal_flip)
+            settings.heal_flip = bool(heal_flip)
         if heal_invert is not None:
-            if heal_invert > 0:
-                settings["heal_invert"] = float(heal_invert)
-            else:
-                settings.pop("heal_invert", None)
+            settings.heal_invert = float(heal_invert) if heal_invert > 0 else None
     raw: list[list[np.ndarray]] = [[], [], []]
     smooth: list[np.ndarray] = []
     brains = []
@@ -73,17 +68,15 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
                 acc.append(s[brain])
     sizes = np.cumsum([0] + [int(b.sum()) for b in brains])
     skip, latent, heal = (np.concatenate(a) if a else None for a in raw)
-    settings["score"] = score
-    settings["residual_median"] = float(np.median(np.concatenate(smooth)))
+    settings.score = score
+    settings.residual_median = float(np.median(np.concatenate(smooth)))
     if score in HEAL_SCORES:
         quantiles = np.mean([brain_quantiles(v[::stride][b]) for (v, stride), b in zip(volumes, brains, strict=True)], axis=0)
-        settings["brain_quantiles"] = [round(float(q), 5) for q in quantiles]
+        settings.brain_quantiles = [round(float(q), 5) for q in quantiles]
     used = {"skip_scale": skip if latent is not None else None, "latent_scale": latent, "heal_scale": heal}
     for key, part in used.items():
-        if part is None:  # a scale this score does not use: none is left from an earlier calibration
-            settings.pop(key, None)
-        else:
-            settings[key] = float(np.quantile(part, 0.99))
+        # a scale this score does not use: none is left from an earlier calibration
+        setattr(settings, key, None if part is None else float(np.quantile(part, 0.99)))
     scores = final_score(skip, latent, heal, settings)
     threshold = float(np.quantile(scores, quantile))
     grid = (model.config.slice_spacing_mm, model.config.spacing_mm, model.config.spacing_mm)
@@ -92,8 +85,8 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
         heat = np.zeros(brain.shape, np.float32)
         heat[brain] = scores[sizes[i] : sizes[i + 1]] / np.float32(threshold)
         peaks.append(max([1.0, *(c["peak"] for c in threshold_candidates(heat, grid)[1])]))
-    settings["healthy_peak"] = robust_peak(peaks)
-    settings["healthy_peaks"] = [round(float(p), 3) for p in peaks]
+    settings.healthy_peak = robust_peak(peaks)
+    settings.healthy_peaks = [round(float(p), 3) for p in peaks]
     return threshold
 
 
@@ -137,8 +130,8 @@ def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantil
 
     if score is None:
         score = default_score(model)
-    model.config.anomaly["quantile"] = quantile
-    model.config.anomaly["threshold"] = calibrate(model, volumes, quantile, score, heal_flip, heal_invert)
+    model.config.anomaly.quantile = quantile
+    model.config.anomaly.threshold = calibrate(model, volumes, quantile, score, heal_flip, heal_invert)
     model.config.intensity_profile = intensity_profile([v for v, _ in volumes])
 
 
