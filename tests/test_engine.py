@@ -367,6 +367,31 @@ def test_sample_volumes_are_in_distribution(model, read):
         assert ood_score(prep.data, 0.0, model.config.intensity_profile) == prep.ood
 
 
+def test_ood_warning_level():
+    from napari_medvae.engine.prep.ood import WARN_LEVEL, ood_warning
+
+    profile = {"threshold": 0.5}
+    assert ood_warning(None, profile) is None and ood_warning(0.9, None) is None
+    assert ood_warning(WARN_LEVEL, profile) is None
+    assert "T1 only" in ood_warning(WARN_LEVEL + 0.01, profile)
+    assert ood_warning(0.25, {"threshold": 0.2}) is not None  # a stricter refusal threshold lowers the level
+
+
+def test_other_contrast_is_flagged_in_every_operation(model, read):
+    """A T2-like volume (the brain's intensities inverted) run with force: a warning, and one in the anomaly result."""
+    from napari_medvae.engine import anomaly
+
+    vol, geo = read("mni_t1_healthy.nii.gz")
+    vol = vol.astype(np.float32)
+    brain = vol > 0.1 * vol.max()
+    t2 = np.where(brain, 1.1 * vol.max() - vol, 0).astype(np.float32)
+    with pytest.warns(UserWarning, match="T1 only"):
+        reconstruct(model, t2, geo.spacing, force=True)
+    res = anomaly(model, t2, geo.spacing, force=True)
+    assert any("T1 only" in w for w in res.warnings)
+    assert not any("T1 only" in w for w in anomaly(model, vol, geo.spacing).warnings)
+
+
 def test_noise_sigma_estimates_rician_noise(read):
     from napari_medvae.engine.ops.denoise import noise_sigma
     from napari_medvae.engine.training import synth

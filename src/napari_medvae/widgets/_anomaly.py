@@ -32,6 +32,7 @@ from ._common import (
     layer_geometry,
     layer_spacing,
     need,
+    scope_label,
     skull_combo,
 )
 
@@ -110,6 +111,7 @@ class AnomalyWidget(QWidget):
         trow.addWidget(self.threshold)
         form.addRow("Threshold", trow)
         lay = QVBoxLayout(self)
+        lay.addWidget(scope_label())
         lay.addLayout(form)
         urow = QHBoxLayout()
         urow.addWidget(self.uncertainty)

@@ -522,6 +522,18 @@ SKULL_TIP = ("Heads with skull: extract the brain (deepbet) and run the model on
              "are left as they were. 'auto' does so when the volume is larger than an extracted brain (over 2.2 l).")
 
 
+SCOPE_TEXT = ("For T1-weighted brain MRI, the contrast the model was trained on. T2, FLAIR and other contrasts "
+              "are not supported: they get a warning, and their results are not reliable.")
+
+
+def scope_label() -> QLabel:
+    """A small grey note under a tool's title: which scans the model supports (T1 only)."""
+    label = QLabel(SCOPE_TEXT)
+    label.setWordWrap(True)
+    label.setStyleSheet("color: grey; font-size: 11px;")
+    return label
+
+
 def skull_combo() -> QComboBox:
     """Skull stripping: auto / always / never (engine.prep.skullstrip.SKULL_MODES)."""
     box = QComboBox()

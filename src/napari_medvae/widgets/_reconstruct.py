@@ -16,6 +16,7 @@ from ._common import (
     layer_geometry,
     layer_spacing,
     need,
+    scope_label,
     skull_combo,
 )
 
@@ -45,6 +46,7 @@ class ReconstructWidget(QWidget):
         buttons.addWidget(self.reconstruct_btn)
         buttons.addWidget(self.denoise_btn)
         lay = QVBoxLayout(self)
+        lay.addWidget(scope_label())
         lay.addLayout(form)
         lay.addLayout(buttons)
         lay.addWidget(self.job)

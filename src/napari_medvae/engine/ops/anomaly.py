@@ -52,6 +52,7 @@ from ...errors import InputError
 from ..model.checkpoint import AnomalySettings
 from ..model.loader import Model
 from ..prep.brainmask import auto_brain_mask
+from ..prep.ood import ood_warning
 from ..prep.preprocess import Prepared, check_spacing, prepare
 from .runner import CancelFn, Progress, ProgressFn, check_mask, slice_lerp
 
@@ -343,7 +344,7 @@ def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain
     bm = None if brain_mask is None else check_mask(brain_mask, volume.shape, "brain mask")
     if bm is not None and not bm.any():
         raise InputError("the brain mask is empty")
-    prep = prepare(volume, sp, model.config, axis, force=force)
+    prep = prepare(volume, sp, model.config, axis, force=force, warn=False)
     p = Progress(len(range(0, prep.data.shape[0], prep.stride)) + 1, progress, cancel)
     p.check()
     score, ratio = score_and_ratio(model, prep, p, bm)
@@ -354,6 +355,6 @@ def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain
     hp = model.config.anomaly.healthy_peak
     labels, rows = threshold_candidates(heat, sp, threshold, geometry, healthy_peak=hp)
     p.step()
-    warning = ratio_warning(ratio)
+    found = [ood_warning(prep.ood, model.config.intensity_profile), ratio_warning(ratio)]
     return AnomalyResult(heat.astype(np.float32, copy=False), labels, rows, threshold, hp,
-                         None if ratio is None else round(ratio, 3), [warning] if warning else [])
+                         None if ratio is None else round(ratio, 3), [w for w in found if w])

@@ -8,6 +8,7 @@ stays exactly one slice and known slices are never blurred into it).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -150,12 +151,14 @@ def resize_inplane(stack: np.ndarray, size: Sequence[int], *, antialias: bool,
     return out
 
 
-def prepare(volume: np.ndarray, spacing: Sequence[float], config, axis: int | None = None, force: bool = False) -> Prepared:
+def prepare(volume: np.ndarray, spacing: Sequence[float], config, axis: int | None = None, force: bool = False,
+            warn: bool = True) -> Prepared:
     """Check, normalise and resample a volume for the model described by ``config``.
 
-    Raises OutOfDistributionError for volumes unlike the training data unless ``force``.
+    Raises OutOfDistributionError for volumes unlike the training data unless ``force``; with ``warn`` a volume
+    run although it is somewhat unlike them (engine.prep.ood.ood_warning) gets a Python warning.
     """
-    from .ood import check_ood, ood_score
+    from .ood import check_ood, ood_score, ood_warning
 
     check_volume(volume)
     sp = check_spacing(spacing)
@@ -185,4 +188,7 @@ def prepare(volume: np.ndarray, spacing: Sequence[float], config, axis: int | No
     profile = getattr(config, "intensity_profile", None)
     score = ood_score(data, float(volume.min()), profile)
     check_ood(score, profile, force)
+    message = ood_warning(score, profile) if warn else None
+    if message:
+        warnings.warn(message, stacklevel=3)
     return Prepared(np.ascontiguousarray(data), scale, ax, tuple(volume.shape), inplane, stride, sp, score)
