@@ -549,7 +549,7 @@ def main(argv=None) -> int:
         "",
     ])
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(md)
+    out.write_text(md, encoding="utf-8")
     print(md)
     return 0
 

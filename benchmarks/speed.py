@@ -485,7 +485,7 @@ def finish(a, argv, model, reps: int, rows: list, row, only, out_path: Path | No
     text = "\n".join(md) + "\n"
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(text)
+        out_path.write_text(text, encoding="utf-8")
     print(text)
     return 0
 

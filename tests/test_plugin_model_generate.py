@@ -78,8 +78,8 @@ def test_stop_during_training_keeps_and_loads_what_was_learnt(make_napari_viewer
     qtbot.waitUntil(lambda: len(m.plot.train) >= 2, timeout=TIMEOUT_MS * 2)
     m.job.cancel_btn.click()  # "Stop"
     qtbot.waitUntil(lambda: not m.job.running, timeout=TIMEOUT_MS)
-    cfg = json.loads((tmp_path / "stopped.json").read_text())
-    assert cfg["training"]["stopped_early"] is True
+    history = json.loads((tmp_path / "stopped.provenance.json").read_text())  # the training history file
+    assert history["training"]["stopped_early"] is True
     assert str(_common.current_model().path) == str(tmp_path / "stopped.safetensors")
     _common.reset_model()
 
