@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -106,11 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         prev = out + ".safetensors"
     total = sum(v["seconds"] for v in log.values())
     print(f"model: {prev} (training time, all stages: {total / 60:.1f} min)")
-    if a.install:
+    if a.install:  # re-saved, not copied: the training history (and this recipe's log) go to the provenance file
+        from napari_medvae.engine.model.checkpoint import load_checkpoint, save_checkpoint
+
+        cfg, state = load_checkpoint(prev)
+        cfg.training = {**(cfg.training or {}), "recipe": {"file": str(a.recipe), "stages": recipe["stages"],
+                                                           "seconds_per_stage": log}}
         dest = ROOT / "src" / "napari_medvae" / "models" / "default"
-        for suffix in (".safetensors", ".json"):
-            shutil.copyfile(Path(prev).with_suffix(suffix), dest.with_suffix(suffix))
-        print(f"installed as {dest}.safetensors/.json")
+        save_checkpoint(dest, cfg, state)
+        print(f"installed as {dest}.safetensors/.json/.provenance.json")
     return 0
 
 
