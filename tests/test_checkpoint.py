@@ -230,3 +230,23 @@ def test_medvae_info_prints_the_card(capsys):
     assert main(["info", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert card_summary(_shipped_config()) in out and "Technical details" in out and "on device cpu" in out
+
+
+def test_real_t1_model_loads_by_name_and_its_card_is_generated():
+    """The packaged real-T1 model (``--model real_t1``) loads by name; docs/model_card_real_t1.md equals its card."""
+    from pathlib import Path
+
+    from napari_medvae.engine import load_model
+    from napari_medvae.engine.model.card import model_card
+    from napari_medvae.engine.model.checkpoint import read_config
+    from napari_medvae.engine.model.loader import model_path
+
+    p = model_path("real_t1")
+    m = load_model("real_t1", device="cpu")
+    assert m.config.name == "medvae-real-t1" and m.config.spacing_mm == 1.0 and m.config.anomaly.threshold
+    assert "ds002748" in m.card()
+    docs = Path(__file__).resolve().parents[1] / "docs" / "model_card_real_t1.md"
+    expected = model_card(read_config(p.with_suffix(".json")).to_dict(), p)
+    assert docs.read_text(encoding="utf-8") == expected, "re-run: python scripts/model_card.py " \
+        "src/napari_medvae/models/real_t1.json -o docs/model_card_real_t1.md"
+    assert model_path("no_such_name") == Path("no_such_name")  # anything else is a path

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,9 +27,9 @@ _LOCK = threading.Lock()
 
 def _key(path: str | os.PathLike[str] | None, device: str) -> tuple:
     """(weights path, its and its config's mtimes, device): None stands for the shipped model."""
-    from ..engine.model.loader import default_model_path
+    from ..engine.model.loader import model_path
 
-    p = Path(path).expanduser() if path else default_model_path()
+    p = model_path(path if path else None)
     p = p.with_suffix(".safetensors") if p.suffix in ("", ".json") else p
     stamps = tuple(f.stat().st_mtime_ns if f.exists() else None for f in (p, p.with_suffix(".json")))
     return (str(p.resolve()), stamps, str(device))

@@ -36,6 +36,7 @@ def _mm(v: Any) -> str:
 def _summary_lines(c: dict) -> list[str]:
     """The radiologist's part: one Markdown line per heading, paragraph or bullet (no line breaks inside)."""
     arch, an, t = c.get("architecture") or {}, c.get("anomaly") or {}, c.get("training") or {}
+    from ..prep.ood import WARN_LEVEL
     from ..prep.preprocess import NATIVE_TOLERANCE as tol
 
     sp, ssp = c.get("spacing_mm", 2.0), c.get("slice_spacing_mm", 2.0)
@@ -62,9 +63,11 @@ def _summary_lines(c: dict) -> list[str]:
         f"- 3D brain scans of the kind above, at any voxel size. Scans within {tol:.0%} of {_mm(sp)} in-plane "
         f"({float(sp) * (1 - tol):.2g}-{float(sp) * (1 + tol):.2g} mm) run on their own grid, at full detail; others are "
         f"resampled to {_mm(sp)} in-plane for the model and the results put back on the scan's own grid.",
-        "- Before any work, a scan whose intensities look unlike the training scans is refused, for example "
-        "CT, another MRI contrast (T2, FLAIR, diffusion) or a head whose skull has not been removed. 'Run on "
-        "unusual volumes' (CLI: --force) runs it anyway; the results are then unreliable.",
+        "- Before any work, a scan whose intensities are far from the training scans' is refused, for example CT "
+        "or a head whose skull has not been removed when skull stripping is off. 'Run on unusual volumes' (CLI: "
+        "--force) runs it anyway; the results are then unreliable. Scans somewhat unlike them (out-of-distribution "
+        f"score above {WARN_LEVEL:g}: another MRI contrast such as T2 or FLAIR, a contrast agent, another scanner) run with a "
+        "warning.",
         "- Single 2D images, colour images and masks given as images are refused too.",
         "",
         "### How to read the anomaly heatmap",
@@ -83,8 +86,7 @@ def _summary_lines(c: dict) -> list[str]:
         if an.get("healthy_peak"):
             lines.append(
                 "- Healthy brains have a few weak spots above 1.0 too, at folds, ventricle edges and the brain "
-                f"surface: the strongest candidate in the healthy calibration brains peaked at {float(an['healthy_peak']):.2f}. "
-                "Candidates above that value are marked: no healthy brain matched them.")
+                f"surface: {_peak_text(an)}. Candidates above that value (the healthy maximum) are marked.")
         if an.get("residual_median"):
             lines.append(
                 "- A scan that differs from the calibration scans as a whole (another scanner, contrast or "
@@ -118,6 +120,15 @@ def _summary_lines(c: dict) -> list[str]:
     lims.append("- A filled slice or region is an estimate from the surrounding tissue, not a measurement: never "
                 "read a finding in it.")
     return lines + lims
+
+
+def _peak_text(an: dict) -> str:
+    """How the healthy maximum was set: the highest calibration volume's peak, or the second-highest (robust)."""
+    peaks = an.get("healthy_peaks")
+    if peaks and len(peaks) >= 4:
+        return (f"the strongest candidate of each healthy calibration brain peaked at {min(peaks):.2f} to "
+                f"{max(peaks):.2f}; all but the highest of them stayed at or below {float(an['healthy_peak']):.2f}")
+    return f"the strongest candidate in the healthy calibration brains peaked at {float(an['healthy_peak']):.2f}"
 
 
 def card_summary(config: ModelConfig | dict) -> str:
@@ -156,7 +167,7 @@ def _anomaly_row(an: dict) -> str:
     if score == "heal":
         s += f"; healing residual's scale (healthy 99th percentile) {an['heal_scale']:.4f}"
     if an.get("healthy_peak"):
-        s += f"; highest candidate peak in those healthy volumes {an['healthy_peak']:.2f}"
+        s += f"; healthy maximum {an['healthy_peak']:.2f} ({_peak_text(an)})"
     if an.get("residual_median"):
         s += f"; their median smoothed residual {an['residual_median']:.4f} (volumes above 2 × it get a warning)"
     return s

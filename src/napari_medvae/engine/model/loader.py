@@ -18,8 +18,21 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def default_model_path() -> Path:
-    """The model shipped inside the package (trained by ``medvae train`` on synthetic MNI152 subjects)."""
+    """The default model shipped inside the package (trained by ``medvae train`` on synthetic MNI152 subjects)."""
     return Path(str(files("napari_medvae") / "models" / "default.safetensors"))
+
+
+PACKAGED_MODELS = ("default", "real_t1")  # the models shipped inside the package, by name
+
+
+def model_path(path: str | os.PathLike | None) -> Path:
+    """The weights file for ``path``: None is the default model, a packaged model's name (``real_t1``) its file
+    inside the package, anything else a path."""
+    if path is None:
+        return default_model_path()
+    if isinstance(path, str) and path in PACKAGED_MODELS:
+        return Path(str(files("napari_medvae") / "models" / f"{path}.safetensors"))
+    return Path(path).expanduser()
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -83,10 +96,11 @@ def from_config(cfg: ModelConfig, state: dict | None = None, device: str = "auto
 
 
 def load_model(path: str | os.PathLike | None = None, device: str = "auto") -> Model:
-    """Load ``<name>.safetensors`` + ``<name>.json`` (default: the shipped model) onto ``device``."""
-    p = default_model_path() if path is None else Path(path)
-    if path is None and not p.exists():
-        raise ModelError(f"the shipped default model is missing from the installation ({p}); reinstall napari-medvae")
+    """Load ``<name>.safetensors`` + ``<name>.json`` (default: the shipped default model; ``"real_t1"``: the shipped
+    model trained on real T1 scans) onto ``device``."""
+    p = model_path(path)
+    if (path is None or path in PACKAGED_MODELS) and not p.exists():
+        raise ModelError(f"the shipped model is missing from the installation ({p}); reinstall napari-medvae")
     cfg, state = load_checkpoint(p)
     model = from_config(cfg, state, device=device, path=p.with_suffix(".safetensors"))
     if model.device.type == "cpu" and device not in ("cpu",):
