@@ -82,7 +82,8 @@ def run_stage(st: dict, prev: str | None, train: list[str], val: list[str], out:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe", type=Path)
-    ap.add_argument("--install", action="store_true", help="copy the final model to src/napari_medvae/models/default.*")
+    ap.add_argument("--install", action="store_true", help="save the final model into the package as "
+                    "src/napari_medvae/models/<install_as>.* (the recipe's install_as; default: default)")
     a = ap.parse_args(argv)
     recipe = load_recipe(a.recipe)
     train, val = _files(ROOT / recipe["train"]), _files(ROOT / recipe["val"])
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, state = load_checkpoint(prev)
         cfg.training = {**(cfg.training or {}), "recipe": {"file": str(a.recipe), "stages": recipe["stages"],
                                                            "seconds_per_stage": log}}
-        dest = ROOT / "src" / "napari_medvae" / "models" / "default"
+        dest = ROOT / "src" / "napari_medvae" / "models" / recipe.get("install_as", "default")
         save_checkpoint(dest, cfg, state)
         print(f"installed as {dest}.safetensors/.json/.provenance.json")
     return 0
