@@ -104,8 +104,9 @@ class ModelWidget(QWidget):
         self.viewer = napari_viewer
         self._image_type = Image
         self.path = QLineEdit()
-        self.path.setPlaceholderText("shipped default model")
-        self.path.setToolTip("a <name>.safetensors checkpoint (with <name>.json beside it); empty = shipped default")
+        self.path.setPlaceholderText("shipped default model (real scans: real_t1)")
+        self.path.setToolTip("a <name>.safetensors checkpoint (with <name>.json beside it); empty = shipped default; "
+                             "real_t1 = the shipped model trained on real T1 scans")
         self.browse = QPushButton("Browse…")
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
