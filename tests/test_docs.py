@@ -71,7 +71,9 @@ def test_readme_has_the_real_scan_placeholder_and_honest_limits():
     assert "## Results on real scans" in text
     assert text.index("## Results on real scans") < text.index("## Two commands")  # near the top
     limits = text[text.index("## Limitations"):]
-    assert "synthetic" in limits and "no better than classical methods" in limits
+    assert "synthetic" in limits and "no better than classical methods" in limits and "T1 only" in limits
+    results = text[text.index("## Results on real scans"):text.index("## Two commands")]
+    assert "FAIL" in results and "PASS" in results  # missed targets are said where they are
 
 
 def test_readme_shows_every_screenshot():
