@@ -375,6 +375,8 @@ def test_ood_warning_level():
     assert ood_warning(WARN_LEVEL, profile) is None
     assert "T1 only" in ood_warning(WARN_LEVEL + 0.01, profile)
     assert ood_warning(0.25, {"threshold": 0.2}) is not None  # a stricter refusal threshold lowers the level
+    wide = {"threshold": 0.5, "healthy_max_score": 0.2}  # healthy volumes near the level: twice their maximum
+    assert ood_warning(0.39, wide) is None and ood_warning(0.41, wide) is not None
 
 
 def test_other_contrast_is_flagged_in_every_operation(model, read):

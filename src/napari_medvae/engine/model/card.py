@@ -36,7 +36,6 @@ def _mm(v: Any) -> str:
 def _summary_lines(c: dict) -> list[str]:
     """The radiologist's part: one Markdown line per heading, paragraph or bullet (no line breaks inside)."""
     arch, an, t = c.get("architecture") or {}, c.get("anomaly") or {}, c.get("training") or {}
-    from ..prep.ood import WARN_LEVEL
     from ..prep.preprocess import NATIVE_TOLERANCE as tol
 
     sp, ssp = c.get("spacing_mm", 2.0), c.get("slice_spacing_mm", 2.0)
@@ -65,9 +64,7 @@ def _summary_lines(c: dict) -> list[str]:
         f"resampled to {_mm(sp)} in-plane for the model and the results put back on the scan's own grid.",
         "- Before any work, a scan whose intensities are far from the training scans' is refused, for example CT "
         "or a head whose skull has not been removed when skull stripping is off. 'Run on unusual volumes' (CLI: "
-        "--force) runs it anyway; the results are then unreliable. Scans somewhat unlike them (out-of-distribution "
-        f"score above {WARN_LEVEL:g}: another MRI contrast such as T2 or FLAIR, a contrast agent, another scanner) run with a "
-        "warning.",
+        "--force) runs it anyway; the results are then unreliable." + _warn_text(c.get("intensity_profile")),
         "- Single 2D images, colour images and masks given as images are refused too.",
         "",
         "### How to read the anomaly heatmap",
@@ -120,6 +117,16 @@ def _summary_lines(c: dict) -> list[str]:
     lims.append("- A filled slice or region is an estimate from the surrounding tissue, not a measurement: never "
                 "read a finding in it.")
     return lines + lims
+
+
+def _warn_text(profile: dict | None) -> str:
+    """The sentence on scans flagged but run (engine.prep.ood.ood_warning), if the model flags any below refusal."""
+    from ..prep.ood import DEFAULT_THRESHOLD, warn_level
+
+    if not profile or warn_level(profile) >= float(profile.get("threshold", DEFAULT_THRESHOLD)):
+        return ""
+    return (f" Scans somewhat unlike them (out-of-distribution score above {warn_level(profile):.2g}: another MRI "
+            "contrast such as T2 or FLAIR, a contrast agent, another scanner) run with a warning.")
 
 
 def _peak_text(an: dict) -> str:

@@ -69,11 +69,19 @@ def check_ood(score: float | None, profile: dict | None, force: bool) -> None:
         )
 
 
+def warn_level(profile: dict) -> float:
+    """The score above which a volume is flagged: WARN_LEVEL, or twice the healthy calibration volumes' highest
+    score if that is larger (a model whose healthy volumes already score near WARN_LEVEL), at most the refusal
+    threshold."""
+    healthy = float(profile.get("healthy_max_score") or 0.0)
+    return min(float(profile.get("threshold", DEFAULT_THRESHOLD)), max(WARN_LEVEL, 2.0 * healthy))
+
+
 def ood_warning(score: float | None, profile: dict | None) -> str | None:
     """The warning for a volume run although its intensities are unlike the training data (None: alike)."""
     if score is None or not profile:
         return None
-    level = min(WARN_LEVEL, float(profile.get("threshold", DEFAULT_THRESHOLD)))
+    level = warn_level(profile)
     if score <= level:
         return None
     return (f"this volume's intensities are unlike the model's T1 training scans (out-of-distribution score "
