@@ -1,4 +1,7 @@
-"""Write docs/model_card.md: the card of a model (default: the shipped one) from its JSON config.
+"""Write docs/model_card.md: the card of a model (default: the shipped default, real_t1) from its JSON config.
+
+The other shipped model: ``python scripts/model_card.py src/napari_medvae/models/synthetic_mni.json -o
+docs/model_card_synthetic_mni.md``.
 
 The card is rendered by ``napari_medvae.engine.model.card.model_card`` (the same text ``medvae info`` prints and
 the Model widget summarises); tests/test_checkpoint.py checks that docs/model_card.md equals it.
@@ -17,7 +20,7 @@ from napari_medvae.engine.model.checkpoint import read_config
 from napari_medvae.errors import ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "src" / "napari_medvae" / "models" / "default.json"
+SHIPPED = ROOT / "src" / "napari_medvae" / "models" / "real_t1.json"  # the default model
 
 
 def render(config: Path) -> str:

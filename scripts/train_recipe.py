@@ -9,6 +9,11 @@ each added to the previous stage's model with everything before it frozen) and `
 threshold and out-of-distribution profile on the validation volumes). Each stage writes
 ``<out_dir>/<out>.safetensors`` + ``.json``; a stage whose output exists is skipped, so an interrupted run
 continues where it stopped. Seconds per stage are printed and written to ``<out_dir>/recipe_log.json``.
+
+To extend a trained recipe by a stage without re-running the stages before it, start at that stage from a model
+that holds them (its provenance gives the earlier stages' seconds):
+
+    python scripts/train_recipe.py recipes/default.json --start-at healhead2 --base real_t1 --install
 """
 
 from __future__ import annotations
@@ -84,15 +89,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("recipe", type=Path)
     ap.add_argument("--install", action="store_true", help="save the final model into the package as "
                     "src/napari_medvae/models/<install_as>.* (the recipe's install_as; default: default)")
+    ap.add_argument("--start-at", metavar="OUT", help="skip the stages before the stage whose 'out' is OUT, "
+                    "starting from --base")
+    ap.add_argument("--base", help="with --start-at: the model holding every stage before it (a .safetensors path "
+                    "or a packaged model's name)")
     a = ap.parse_args(argv)
     recipe = load_recipe(a.recipe)
+    outs = [st["out"] for st in recipe["stages"]]
+    if (a.start_at is None) != (a.base is None):
+        raise SystemExit("error: --start-at and --base go together")
+    if a.start_at is not None and a.start_at not in outs:
+        raise SystemExit(f"error: --start-at {a.start_at!r} is not a stage of {a.recipe} (stages: {', '.join(outs)})")
     train, val = _files(ROOT / recipe["train"]), _files(ROOT / recipe["val"])
     out_dir = ROOT / recipe["out_dir"]
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "recipe_log.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
     prev: str | None = None
-    for st in recipe["stages"]:
+    start = outs.index(a.start_at) if a.start_at else 0
+    if a.start_at:
+        from napari_medvae.engine.model.checkpoint import read_config
+        from napari_medvae.engine.model.loader import model_path
+
+        prev = str(model_path(a.base))
+        if not Path(prev).exists():
+            raise SystemExit(f"error: --base model {prev} does not exist")
+        done = ((read_config(Path(prev).with_suffix(".json")).training or {}).get("recipe") or {})
+        for k, v in (done.get("seconds_per_stage") or {}).items():
+            if k in outs[:start]:
+                log.setdefault(k, {**v, "from": a.base})
+        missing = [k for k in outs[:start] if k not in log]
+        if missing:
+            raise SystemExit(f"error: --base {a.base} does not record the stages {', '.join(missing)} of this recipe")
+    for st in recipe["stages"][start:]:
         out = str(out_dir / st["out"])
         if Path(out + ".safetensors").exists():
             print(f"[{st['stage']}] {out}.safetensors exists, skipped", flush=True)
@@ -104,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             log_path.write_text(json.dumps(log, indent=1))
             print(f"[{st['stage']}] done in {log[st['out']]['seconds']:.0f} s", flush=True)
         prev = out + ".safetensors"
-    total = sum(v["seconds"] for v in log.values())
+    total = sum(v["seconds"] for k, v in log.items() if k in outs)
     print(f"model: {prev} (training time, all stages: {total / 60:.1f} min)")
     if a.install:  # re-saved, not copied: the training history (and this recipe's log) go to the provenance file
         from napari_medvae.engine.model.checkpoint import load_checkpoint, save_checkpoint

@@ -21,7 +21,7 @@ def test_quality_quick_writes_table(tmp_path):
                  "reconstruction", "healthy tissue", "T2-like"):
         assert task in text, task
     assert "PASS" in text or "FAIL" in text
-    assert "default.safetensors sha256" in text and "default.json sha256" in text  # weights and calibration named
+    assert "synthetic_mni.safetensors sha256" in text and "synthetic_mni.json sha256" in text  # the model named
     assert "1 T2-like (denoise: 1)" in text
     assert "lesions with a candidate" in text and "other candidates" in text  # the candidate list, read per lesion
 
@@ -34,7 +34,7 @@ def test_speed_quick_writes_table(tmp_path):
     assert speed.main(["--quick", "--out", str(out)]) == 0
     text = out.read_text()
     assert "1 mm brain" in text and "start-up" in text and "cores" in text
-    assert "default.json sha256" in text
+    assert "synthetic_mni.json sha256" in text  # $MEDVAE_MODEL (tests/conftest.py) names the model used
 
 
 def test_detection_fails_names_each_missed_target():

@@ -173,12 +173,13 @@ def _shipped_config() -> dict:
     return read_config(default_model_path().with_suffix(".json")).to_dict()
 
 
-def test_docs_model_card_equals_the_generator_for_the_shipped_model():
+def test_docs_model_card_equals_the_generator_for_the_shipped_default(default_model):
     """docs/model_card.md is generated (python scripts/model_card.py); it must not drift from the model's JSON."""
     from pathlib import Path
 
     from napari_medvae.engine.model.card import model_card
 
+    assert default_model_path().name == "real_t1.safetensors"
     docs = Path(__file__).resolve().parents[1] / "docs" / "model_card.md"
     expected = model_card(_shipped_config(), default_model_path())
     assert docs.read_text(encoding="utf-8") == expected, "re-run: python scripts/model_card.py"
@@ -232,8 +233,9 @@ def test_medvae_info_prints_the_card(capsys):
     assert card_summary(_shipped_config()) in out and "Technical details" in out and "on device cpu" in out
 
 
-def test_real_t1_model_loads_by_name_and_its_card_is_generated():
-    """The packaged real-T1 model (``--model real_t1``) loads by name; docs/model_card_real_t1.md equals its card."""
+def test_the_default_is_real_t1_and_synthetic_mni_loads_by_name_with_its_generated_card(default_model):
+    """Without MEDVAE_MODEL the default is real_t1; the 2 mm synthetic model loads by name and
+    docs/model_card_synthetic_mni.md equals its card."""
     from pathlib import Path
 
     from napari_medvae.engine import load_model
@@ -241,12 +243,30 @@ def test_real_t1_model_loads_by_name_and_its_card_is_generated():
     from napari_medvae.engine.model.checkpoint import read_config
     from napari_medvae.engine.model.loader import model_path
 
-    p = model_path("real_t1")
-    m = load_model("real_t1", device="cpu")
-    assert m.config.name == "medvae-real-t1" and m.config.spacing_mm == 1.0 and m.config.anomaly.threshold
-    assert "ds002748" in m.card()
-    docs = Path(__file__).resolve().parents[1] / "docs" / "model_card_real_t1.md"
+    assert default_model == "real_t1" and model_path(None) == model_path("real_t1")
+    d = load_model(None, device="cpu")
+    assert d.config.name == "medvae-real-t1" and d.config.spacing_mm == 1.0 and d.config.anomaly.threshold
+    assert "ds002748" in d.card()
+    p = model_path("synthetic_mni")
+    m = load_model("synthetic_mni", device="cpu")
+    assert m.config.spacing_mm == 2.0 and m.config.anomaly.threshold and "MNI152" in m.card()
+    docs = Path(__file__).resolve().parents[1] / "docs" / "model_card_synthetic_mni.md"
     expected = model_card(read_config(p.with_suffix(".json")).to_dict(), p)
     assert docs.read_text(encoding="utf-8") == expected, "re-run: python scripts/model_card.py " \
-        "src/napari_medvae/models/real_t1.json -o docs/model_card_real_t1.md"
+        "src/napari_medvae/models/synthetic_mni.json -o docs/model_card_synthetic_mni.md"
     assert model_path("no_such_name") == Path("no_such_name")  # anything else is a path
+
+
+def test_medvae_model_variable_names_the_default_and_a_wrong_one_is_refused(monkeypatch, tmp_path, capsys):
+    from napari_medvae.cli import main
+    from napari_medvae.engine.model.loader import model_path
+
+    monkeypatch.setenv("MEDVAE_MODEL", "real_t1")
+    assert model_path(None) == model_path("real_t1")
+    monkeypatch.setenv("MEDVAE_MODEL", str(model_path("synthetic_mni")))
+    assert model_path(None) == model_path("synthetic_mni")
+    monkeypatch.setenv("MEDVAE_MODEL", str(tmp_path / "gone.safetensors"))
+    with pytest.raises(ModelError, match="MEDVAE_MODEL=.*names no model.*real_t1, synthetic_mni"):
+        model_path(None)
+    assert main(["info", "--device", "cpu"]) == 2
+    assert "MEDVAE_MODEL" in capsys.readouterr().err

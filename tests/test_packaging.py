@@ -18,8 +18,9 @@ def test_wheel_contains_manifest_model_and_samples(tmp_path):
                    check=True, timeout=300)
     wheel = next(tmp_path.glob("napari_medvae-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for need in ("napari_medvae/napari.yaml", "napari_medvae/models/default.safetensors",
-                 "napari_medvae/models/default.json", "napari_medvae/models/real_t1.safetensors",
+    for need in ("napari_medvae/napari.yaml", "napari_medvae/models/synthetic_mni.safetensors",
+                 "napari_medvae/models/synthetic_mni.json", "napari_medvae/models/synthetic_mni.provenance.json",
+                 "napari_medvae/models/real_t1.safetensors",
                  "napari_medvae/models/real_t1.json", "napari_medvae/models/real_t1.provenance.json",
                  "napari_medvae/sample_data/mni_t1_healthy.nii.gz",
                  "napari_medvae/sample_data/README.md"):

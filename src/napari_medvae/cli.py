@@ -232,10 +232,10 @@ def cmd_train(args) -> int:
 
 def _head_base(args) -> tuple[str | None, Path]:
     """The model a head is added to, refusing to overwrite it or to write into a missing folder."""
-    from .engine.model.loader import default_model_path
+    from .engine.model.loader import model_path
 
     src = args.model_path or args.model
-    base = Path(src) if src else default_model_path()
+    base = model_path(src)
     if Path(args.output).with_suffix("").resolve() == base.with_suffix("").resolve():
         raise InputError("refusing to overwrite the model the head is added to; choose another -o")
     if not Path(args.output).resolve().parent.is_dir():
@@ -368,10 +368,10 @@ def _sum_over_ranks(*values: int) -> list[int]:
 
 
 def cmd_calibrate(args) -> int:
-    from .engine.model.loader import default_model_path
+    from .engine.model.loader import model_path
     from .engine.training.calibrate import recalibrate
 
-    src = Path(args.model_path or args.model or default_model_path())
+    src = model_path(args.model_path or args.model)
     out = Path(args.output)
     if out.with_suffix("").resolve() == src.with_suffix("").resolve():
         raise InputError("refusing to overwrite the model being calibrated; choose another -o")
@@ -423,7 +423,8 @@ def _head_parser(sub, common, name: str, what: str, head: str, val: str, *, step
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", help="model .safetensors (with its .json beside it); default: the shipped model")
+    common.add_argument("--model", help="model .safetensors (with its .json beside it) or a shipped model's name "
+                        "(real_t1, synthetic_mni); default: $MEDVAE_MODEL, else real_t1")
     common.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
     vol = argparse.ArgumentParser(add_help=False)

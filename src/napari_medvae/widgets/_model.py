@@ -104,9 +104,10 @@ class ModelWidget(QWidget):
         self.viewer = napari_viewer
         self._image_type = Image
         self.path = QLineEdit()
-        self.path.setPlaceholderText("shipped default model (real scans: real_t1)")
+        self.path.setPlaceholderText("shipped default model (real_t1)")
         self.path.setToolTip("a <name>.safetensors checkpoint (with <name>.json beside it); empty = shipped default; "
-                             "real_t1 = the shipped model trained on real T1 scans")
+                             "real_t1 = the default, trained on real T1 scans; synthetic_mni = the 2 mm model "
+                             "trained on MNI152 templates (T1 and T2-like)")
         self.browse = QPushButton("Browse…")
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])

@@ -17,21 +17,37 @@ from .networks import SliceVAE, build_network
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
+# The models shipped inside the package, by name: real_t1 (trained on 50 real T1 scans by recipes/default.json; the
+# default) and synthetic_mni (the first model: 2 mm, trained on deformed MNI152 templates, T1 and T2-like).
+PACKAGED_MODELS = ("real_t1", "synthetic_mni")
+DEFAULT_MODEL = "real_t1"
+MODEL_ENV = "MEDVAE_MODEL"  # names the model used when none is given (a packaged name or a .safetensors path)
+
+
+def packaged_model_path(name: str) -> Path:
+    """The weights file of a model shipped inside the package."""
+    return Path(str(files("napari_medvae") / "models" / f"{name}.safetensors"))
+
+
 def default_model_path() -> Path:
-    """The default model shipped inside the package (trained by ``medvae train`` on synthetic MNI152 subjects)."""
-    return Path(str(files("napari_medvae") / "models" / "default.safetensors"))
-
-
-PACKAGED_MODELS = ("default", "real_t1")  # the models shipped inside the package, by name
+    """The model used when none is named: ``$MEDVAE_MODEL`` when set, else the shipped default (real_t1)."""
+    env = os.environ.get(MODEL_ENV, "").strip()
+    if not env:
+        return packaged_model_path(DEFAULT_MODEL)
+    p = packaged_model_path(env) if env in PACKAGED_MODELS else Path(env).expanduser()
+    if not p.exists():
+        raise ModelError(f"{MODEL_ENV}={env!r} names no model: expected a packaged model's name "
+                         f"({', '.join(PACKAGED_MODELS)}) or an existing .safetensors file")
+    return p
 
 
 def model_path(path: str | os.PathLike | None) -> Path:
-    """The weights file for ``path``: None is the default model, a packaged model's name (``real_t1``) its file
-    inside the package, anything else a path."""
+    """The weights file for ``path``: None is the default model (``default_model_path``), a packaged model's name
+    (``real_t1``, ``synthetic_mni``) its file inside the package, anything else a path."""
     if path is None:
         return default_model_path()
     if isinstance(path, str) and path in PACKAGED_MODELS:
-        return Path(str(files("napari_medvae") / "models" / f"{path}.safetensors"))
+        return packaged_model_path(path)
     return Path(path).expanduser()
 
 
@@ -96,10 +112,10 @@ def from_config(cfg: ModelConfig, state: dict | None = None, device: str = "auto
 
 
 def load_model(path: str | os.PathLike | None = None, device: str = "auto") -> Model:
-    """Load ``<name>.safetensors`` + ``<name>.json`` (default: the shipped default model; ``"real_t1"``: the shipped
-    model trained on real T1 scans) onto ``device``."""
+    """Load ``<name>.safetensors`` + ``<name>.json`` onto ``device``; ``path`` as in ``model_path`` (None: the
+    default, ``real_t1``, trained on real T1 scans; ``"synthetic_mni"``: the 2 mm model trained on MNI152 templates)."""
     p = model_path(path)
-    if (path is None or path in PACKAGED_MODELS) and not p.exists():
+    if (path is None or (isinstance(path, str) and path in PACKAGED_MODELS)) and not p.exists():
         raise ModelError(f"the shipped model is missing from the installation ({p}); reinstall napari-medvae")
     cfg, state = load_checkpoint(p)
     model = from_config(cfg, state, device=device, path=p.with_suffix(".safetensors"))
