@@ -166,6 +166,21 @@ def test_demo_writes_every_output(tmp_path):
     assert m["painted_region_psnr_db"] > m["painted_region_psnr_biharmonic_db"] + 1.0
 
 
+@pytest.mark.slow
+def test_demo_with_the_default_model_runs_on_the_real_slab(tmp_path, default_model):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "-q"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "real_t1_ds002748_sub-51_slab" in summary["inputs"]
+    for n in ("input_lesion", "input_noisy", "input_missing", "input_healthy"):  # what the model was given
+        assert (out / f"{n}.nii.gz").exists()
+    m = summary["metrics"]
+    assert m["reconstruction_psnr_healthy_tissue_db"] > 30
+    assert m["denoise_psnr_denoised_db"] > m["denoise_psnr_noisy_db"] + 5
+    assert m["missing_slices_psnr_db"] > m["missing_slices_psnr_linear_interpolation_db"] + 2
+    assert m["anomaly_peak_in_lesion"] and m["anomaly_residual_ratio"] < 2  # calibrated for this scan
+
+
 # ---- bad input: one line, exit 2, nothing written -------------------------------------------
 
 
