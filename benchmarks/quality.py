@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _data  # noqa: E402
 
 from napari_medvae.engine import anomaly, denoise, inpaint, reconstruct  # noqa: E402
+from napari_medvae.engine.metrics import psnr_db  # noqa: E402
 from napari_medvae.engine.training import synth  # noqa: E402
 from napari_medvae.service import get_model  # noqa: E402
 
@@ -47,9 +48,6 @@ def nlm_h(frac: float) -> float:
 # ---- metrics ----------------------------------------------------------------------------------
 
 
-def psnr(a, b, mask, peak) -> float:
-    d = a[mask].astype(np.float64) - b[mask].astype(np.float64)
-    return float(10 * np.log10(peak**2 / max(float(np.mean(d * d)), 1e-12)))
 
 
 def ssim(a, b, mask, peak) -> float:
@@ -103,10 +101,9 @@ def mean(rows, i):
 
 def pooled_psnr(pairs, peak_key=None):
     """PSNR of the pooled squared error over several (out, truth, mask, peak) cases (peak: their mean)."""
-    se = sum(float(np.sum((o[m].astype(np.float64) - t[m]) ** 2)) for o, t, m, _ in pairs)
-    n = sum(int(m.sum()) for _, _, m, _ in pairs)
-    peak = float(np.mean([p for *_, p in pairs]))
-    return float(10 * np.log10(peak**2 / max(se / max(n, 1), 1e-12)))
+    est = np.concatenate([o[m].ravel() for o, _, m, _ in pairs])
+    ref = np.concatenate([t[m].ravel() for _, t, m, _ in pairs])
+    return psnr_db(est, ref, float(np.mean([p for *_, p in pairs])))
 
 
 def plural(n: int) -> str:
@@ -216,7 +213,7 @@ def task_denoise(table, model, subs, levels, baselines, label):
             if "bm4d" in baselines:
                 res["BM4D (Rician bias removed, known σ)"] = timed(bm4d_rician, noisy, sigma)
             for k, (out, sec) in res.items():
-                scores.setdefault(k, []).append((psnr(out, img, brain, peak), ssim(out, img, brain, peak), sec))
+                scores.setdefault(k, []).append((psnr_db(out, img, peak, brain), ssim(out, img, brain, peak), sec))
         bm = next((v for k, v in scores.items() if k.startswith("BM4D")), None)
         others = {k: mean(v, 0) for k, v in scores.items() if k not in (f"{MODEL} denoise", "noisy input")}
         best_k = max(others, key=others.get)
@@ -254,7 +251,7 @@ def task_missing(table, model, subs, label, targets=SYNTHETIC_TARGETS):
                 "cubic interpolation": timed(interp_slices, vol, missing, "cubic"),
             }
             for k, (out, sec) in res.items():
-                scores.setdefault(k, []).append((psnr(out, img, m, peak), ssim(out, img, m, peak), sec))
+                scores.setdefault(k, []).append((psnr_db(out, img, peak, m), ssim(out, img, m, peak), sec))
         gain = targets["missing_gain"]
         if targets["missing_ref"] == "best":
             ref_name, ref = "best interpolation", max(mean(scores[k], 0) for k in scores if "interpolation" in k)
@@ -403,8 +400,8 @@ def task_reconstruct(table, model, subs, label):
         rec, sec = timed(reconstruct, model, vol, sp)
         peak = float(img.max())
         healthy = brain & ~ndi.binary_dilation(les, iterations=2)
-        rows.append((psnr(rec, img, healthy, peak), ssim(rec, img, healthy, peak),
-                     psnr(vol, img, les, peak), psnr(rec, img, les, peak), sec))
+        rows.append((psnr_db(rec, img, peak, healthy), ssim(rec, img, healthy, peak),
+                     psnr_db(vol, img, peak, les), psnr_db(rec, img, peak, les), sec))
     p, s, pin, prec, sec = (mean(rows, i) for i in range(5))
     task = f"{label}reconstruction of volumes with lesions ({plural(len(rows))})"
     table.add(f"{task}, healthy tissue", f"{MODEL} reconstruct", f"PSNR {p:.2f} dB, SSIM {s:.3f}", sec,
@@ -422,7 +419,7 @@ def task_healthy(table, model, subs, label):
         rec, sec = timed(reconstruct, model, img, sp)
         peak = float(img.max())
         res, asec = timed(anomaly, model, img, sp)
-        rows.append((psnr(rec, img, brain, peak), ssim(rec, img, brain, peak), sec, asec))
+        rows.append((psnr_db(rec, img, peak, brain), ssim(rec, img, brain, peak), sec, asec))
         warned += bool(res.warnings)
         found.append(len(res.candidates))
         above.append(res.n_above_healthy or 0)

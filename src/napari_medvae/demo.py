@@ -28,9 +28,6 @@ def sample_data_dir() -> Path:
     raise InputError("the sample volumes are missing from this installation (expected napari_medvae/sample_data)")
 
 
-def _psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray, peak: float) -> float:
-    mse = float(np.mean((a[mask].astype(np.float64) - b[mask]) ** 2))
-    return 10 * np.log10(peak**2 / max(mse, 1e-12))
 
 
 def _linear_fill(vol: np.ndarray, axis: int) -> np.ndarray:
@@ -187,6 +184,7 @@ def run_demo(out: Path, model_path: str | None = None, device: str = "auto", qui
     """Run reconstruct, denoise, inpaint (slices + region), anomaly, uncertainty and sample; returns a summary."""
     from . import service as sv
     from .engine.classical.fill import first_guess
+    from .engine.metrics import psnr_db
     from .io import Geometry
 
     out = Path(out)
@@ -252,21 +250,21 @@ def run_demo(out: Path, model_path: str | None = None, device: str = "auto", qui
     healthy_t = brain & (lmask == 0)
     peak = float(truth.max())
     m = summary["metrics"]
-    m["reconstruction_psnr_healthy_tissue_db"] = round(_psnr(rec, truth, healthy_t, peak), 2)
+    m["reconstruction_psnr_healthy_tissue_db"] = round(psnr_db(rec, truth, peak, healthy_t), 2)
     m["lesion_abs_error_input"] = round(float(np.abs(lesion[lmask > 0] - truth[lmask > 0]).mean()), 2)
     m["lesion_abs_error_reconstruction"] = round(float(np.abs(rec[lmask > 0] - truth[lmask > 0]).mean()), 2)
     nb = ntruth > 0.1 * ntruth.max()
-    m["denoise_psnr_noisy_db"] = round(_psnr(noisy, ntruth, nb, float(ntruth.max())), 2)
-    m["denoise_psnr_denoised_db"] = round(_psnr(den, ntruth, nb, float(ntruth.max())), 2)
+    m["denoise_psnr_noisy_db"] = round(psnr_db(noisy, ntruth, float(ntruth.max()), nb), 2)
+    m["denoise_psnr_denoised_db"] = round(psnr_db(den, ntruth, float(ntruth.max()), nb), 2)
     ms = np.zeros(missing.shape, dtype=bool)
     ms[[i for i in range(missing.shape[0]) if not missing[i].any()]] = True
     ms &= mtruth > 0.1 * mtruth.max()
-    m["missing_slices_psnr_db"] = round(_psnr(filled, mtruth, ms, float(mtruth.max())), 2)
-    m["missing_slices_psnr_linear_interpolation_db"] = round(_psnr(_linear_fill(missing, 0), mtruth, ms, float(mtruth.max())), 2)
+    m["missing_slices_psnr_db"] = round(psnr_db(filled, mtruth, float(mtruth.max()), ms), 2)
+    m["missing_slices_psnr_linear_interpolation_db"] = round(psnr_db(_linear_fill(missing, 0), mtruth, float(mtruth.max()), ms), 2)
     bih = first_guess(holed.astype(np.float32), region)  # the engine's classical fill: biharmonic for a region
     hp = float(healthy.max())
-    m["painted_region_psnr_db"] = round(_psnr(refill, healthy, region, hp), 2)
-    m["painted_region_psnr_biharmonic_db"] = round(_psnr(bih, healthy, region, hp), 2)
+    m["painted_region_psnr_db"] = round(psnr_db(refill, healthy, hp, region), 2)
+    m["painted_region_psnr_biharmonic_db"] = round(psnr_db(bih, healthy, hp, region), 2)
     m["anomaly_peak_in_lesion"] = bool(lmask[np.unravel_index(np.argmax(an.heatmap), an.heatmap.shape)] > 0)
     m["anomaly_candidates"] = len(an.candidates)
     if an.residual_ratio is not None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError
+from ..metrics import psnr_db
 from ..model.loader import Model, load_model, resolve_device
 from ..model.networks import DenoiserConfig
 from .heads import HeadTrainConfig, attach_head, save_with_record, train_head_loop
@@ -85,10 +86,6 @@ def _pairs(model: Model, paths: Sequence[str], copies: int, rng: np.random.Gener
     return out
 
 
-def _psnr(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> float:
-    d = (a[m] - b[m]).astype(np.float64)
-    peak = float(b.max())
-    return float(10 * np.log10(peak**2 / max(float(np.mean(d * d)), 1e-12)))
 
 
 def head_psnr(model: Model, pairs) -> tuple[float, float]:
@@ -98,8 +95,8 @@ def head_psnr(model: Model, pairs) -> tuple[float, float]:
     before, after = [], []
     for noisy, est, clean, sigma, stride in pairs:
         m = clean > 0.05
-        before.append(_psnr(est, clean, m))
-        after.append(_psnr(head_correction(model, noisy, est, sigma, stride), clean, m))
+        before.append(psnr_db(est, clean, float(clean.max()), m))
+        after.append(psnr_db(head_correction(model, noisy, est, sigma, stride), clean, float(clean.max()), m))
     return float(np.mean(before)), float(np.mean(after))
 
 

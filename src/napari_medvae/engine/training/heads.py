@@ -143,10 +143,6 @@ def start_head(tc: HeadTrainConfig, key: str, config_cls) -> HeadRun:
     return HeadRun(base, model, fine_tune, vols, vals, data_seconds, device, getattr(model.net, key), rng, t0)
 
 
-def psnr_db(est: np.ndarray, ref: np.ndarray, peak: float) -> float:
-    """PSNR (dB) of ``est`` against ``ref`` (same-shaped voxel selections) for a signal peak of ``peak``."""
-    d = (est - ref).astype(np.float64)
-    return float(10 * np.log10(peak**2 / max(float(np.mean(d * d)), 1e-12)))
 
 
 def train_head_loop(head: torch.nn.Module, net: torch.nn.Module, *, steps: int, lr: float, fine_tune: bool,

@@ -41,10 +41,11 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ...errors import InputError
+from ..metrics import psnr_db
 from ..model.loader import Model
 from ..model.networks import HealHeadConfig
 from ..ops.anomaly import heal
-from .heads import HeadTrainConfig, psnr_db, save_with_record, start_head, tissue_patch, train_head_loop
+from .heads import HeadTrainConfig, save_with_record, start_head, tissue_patch, train_head_loop
 
 SIGNAL = 0.02  # normalised intensity counted as signal (loss and validation)
 TISSUE = 0.2  # blobs are centred where the clean intensity is above this

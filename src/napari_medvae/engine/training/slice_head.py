@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from ...errors import InputError
+from ..metrics import psnr_db
 from ..model.loader import Model
 from ..model.networks import SliceHeadConfig
-from .heads import HeadTrainConfig, psnr_db, save_with_record, start_head, tissue_patch, train_head_loop
+from .heads import HeadTrainConfig, save_with_record, start_head, tissue_patch, train_head_loop
 
 SIGNAL = 0.05  # normalised intensity counted as signal in the loss and the validation PSNR
 
