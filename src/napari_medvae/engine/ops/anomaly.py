@@ -128,9 +128,9 @@ def heal(model: Model, data: np.ndarray, flip: bool | None = None) -> np.ndarray
         raise InputError("this model has no healing head (add one with medvae train-heal-head)")
     mult = HealHeadConfig.from_dict(model.config.architecture["heal_head"]).multiple
     x = data[None].astype(np.float32)
-    out = run_head3d(model, model.net.heal_head, x, mult, base=0)
+    out = run_head3d(model, model.net.heal_head, x, mult, base=0, crop=True)
     if bool(model.config.anomaly.heal_flip) if flip is None else flip:
-        mirrored = run_head3d(model, model.net.heal_head, np.ascontiguousarray(x[..., ::-1]), mult, base=0)
+        mirrored = run_head3d(model, model.net.heal_head, np.ascontiguousarray(x[..., ::-1]), mult, base=0, crop=True)
         out = (out + mirrored[..., ::-1]) / np.float32(2)
     return out
 

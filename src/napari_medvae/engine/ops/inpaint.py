@@ -288,8 +288,8 @@ def slice_head_fill(model: Model, init: np.ndarray, mask: np.ndarray) -> np.ndar
         return out
     z0, z1 = max(0, int(rows[0]) - 8), min(init.shape[0], int(rows[-1]) + 9)
     x = np.stack([init[z0:z1], mask[z0:z1].astype(np.float32)])
-    acc = run_head3d(model, head, x, mult, base=0)
-    acc += run_head3d(model, head, np.ascontiguousarray(x[..., ::-1]), mult, base=0)[..., ::-1]  # left-right mirror
+    acc = run_head3d(model, head, x, mult, base=0, crop=True)
+    acc += run_head3d(model, head, np.ascontiguousarray(x[..., ::-1]), mult, base=0, crop=True)[..., ::-1]  # left-right mirror
     out[z0:z1] = np.where(mask[z0:z1], np.clip(acc / 2, 0, None), init[z0:z1])
     return out
 

@@ -1,0 +1,40 @@
+"""3D heads run on the box around the signal (runner.head_box), not on the empty background around a head."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_medvae.engine.ops.runner import HEAD_MARGIN, head_box, run_head3d
+
+
+def _volume() -> np.ndarray:
+    x = np.zeros((1, 60, 90, 100), dtype=np.float32)
+    rng = np.random.default_rng(0)
+    x[0, 20:40, 30:60, 35:70] = 0.5 + 0.3 * rng.random((20, 30, 35), dtype=np.float32)
+    return x
+
+
+def test_head_box_covers_the_signal_plus_margin_and_other_channels():
+    x = _volume()
+    box = head_box(x, 0)
+    assert box == (slice(20 - HEAD_MARGIN, 40 + HEAD_MARGIN), slice(30 - HEAD_MARGIN, 60 + HEAD_MARGIN),
+                   slice(35 - HEAD_MARGIN, 70 + HEAD_MARGIN))
+    with_mask = np.concatenate([x, np.zeros_like(x)])
+    with_mask[1, 2, 5, 5] = 1  # a mask voxel far from the signal widens the box
+    assert head_box(with_mask, 0)[0].start == 0
+    assert head_box(np.ones((1, 8, 8, 8), np.float32), 0) is None  # signal everywhere: nothing to crop
+    assert head_box(np.zeros((1, 8, 8, 8), np.float32), 0) is None  # no signal at all
+
+
+def test_cropped_run_equals_the_head_on_the_box_and_leaves_the_background(model):
+    head = model.net.heal_head if model.net.heal_head is not None else model.net.slice_head
+    mult = 8
+    x = _volume()
+    out = run_head3d(model, head, x, mult, base=0, crop=True)
+    box = head_box(x, 0)
+    inside = run_head3d(model, head, np.ascontiguousarray(x[(slice(None), *box)]), mult, base=0)
+    np.testing.assert_array_equal(out[box], inside)
+    outside = np.ones(out.shape, bool)
+    outside[box] = False
+    assert np.all(out[outside] == x[0][outside])  # channel 0 unchanged there (background)
+    assert out.shape == x.shape[1:]
