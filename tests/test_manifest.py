@@ -35,7 +35,7 @@ def test_contributions_point_at_declared_commands(manifest):
     assert set(used) <= declared, set(used) - declared
     assert {w.display_name for w in c.widgets} == {"Model", "Reconstruct & Denoise", "Inpaint", "Anomaly review",
                                                    "Generate"}
-    assert {s.key for s in c.sample_data} >= {"healthy", "lesion", "missing", "noisy"}
+    assert {s.key for s in c.sample_data} >= {"real_brain", "real_head", "healthy", "lesion", "missing", "noisy"}
     patterns = {p for r in c.readers for p in r.filename_patterns}
     assert patterns >= {"*.nii", "*.nii.gz", "*.nrrd", "*.mha", "*.mhd"}
     assert all(r.accepts_directories for r in c.readers)  # DICOM series folders

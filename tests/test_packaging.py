@@ -23,6 +23,8 @@ def test_wheel_contains_manifest_model_and_samples(tmp_path):
                  "napari_medvae/models/real_t1.safetensors",
                  "napari_medvae/models/real_t1.json", "napari_medvae/models/real_t1.provenance.json",
                  "napari_medvae/sample_data/mni_t1_healthy.nii.gz",
+                 "napari_medvae/sample_data/real_t1_ds002748_sub-51_slab.nii.gz",  # medvae demo's input
+                 "napari_medvae/sample_data/real_t1_head_ds011_sub-01_2mm.nii.gz",
                  "napari_medvae/sample_data/README.md"):
         assert need in names, need
     eps = next(n for n in names if n.endswith("entry_points.txt"))

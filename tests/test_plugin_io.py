@@ -109,10 +109,13 @@ def test_reader_leaves_other_folders_and_files_to_other_plugins(tmp_path):
 
 def test_open_every_sample(make_napari_viewer):
     viewer = make_napari_viewer()
-    for key in ("healthy", "lesion", "missing", "noisy"):
+    for key in ("real_brain", "real_head", "healthy", "lesion", "missing", "noisy"):
         viewer.open_sample(PLUGIN, key)
     names = [layer.name for layer in viewer.layers]
-    assert {"mni_t1_healthy", "mni_t1_lesion", "mni_t1_lesion truth", "mni_t1_missing", "mni_t1_noisy"} <= set(names)
+    assert {"real_t1_ds002748_sub-51_slab", "real_t1_head_ds011_sub-01_2mm", "mni_t1_healthy", "mni_t1_lesion",
+            "mni_t1_lesion truth", "mni_t1_missing", "mni_t1_noisy"} <= set(names)
+    slab = viewer.layers["real_t1_ds002748_sub-51_slab"]
+    assert np.allclose(sorted(slab.scale), [0.868, 0.868, 1.0], atol=0.01)  # native spacing, not resampled
     for layer in viewer.layers:
         assert layer.ndim == 3 and "medvae_geometry" in layer.metadata
 

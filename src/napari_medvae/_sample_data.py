@@ -1,4 +1,4 @@
-"""npe2 sample data: the MNI152-derived sample volumes (File > Open Sample > MedVAE)."""
+"""npe2 sample data (File > Open Sample > MedVAE): two real T1 scans, then the synthetic MNI152-derived volumes."""
 
 from __future__ import annotations
 
@@ -38,3 +38,13 @@ def missing() -> list[tuple]:
 def noisy() -> list[tuple]:
     """A T1 subject with 5 % Rician noise."""
     return _load("mni_t1_noisy.nii.gz", "mni_t1_noisy")
+
+
+def real_brain() -> list[tuple]:
+    """40 axial slices of a real skull-stripped T1 (ds002748 sub-51, a validation subject), native 0.87 mm."""
+    return _load("real_t1_ds002748_sub-51_slab.nii.gz", "real_t1_ds002748_sub-51_slab")
+
+
+def real_head() -> list[tuple]:
+    """A real T1 head with skull (ds011 sub-01, defaced), resampled to 2 mm: for the skull-stripping path."""
+    return _load("real_t1_head_ds011_sub-01_2mm.nii.gz", "real_t1_head_ds011_sub-01_2mm")
