@@ -6,7 +6,8 @@
 A recipe (JSON) names the training and validation folders, an output folder and its stages: ``vae`` (the
 2.5D slice VAE, ``medvae train``), ``region_prior``, ``slice_head``, ``denoiser``, ``heal_head`` (the heads,
 each added to the previous stage's model with everything before it frozen) and ``calibrate`` (anomaly
-threshold and out-of-distribution profile on the validation volumes). Each stage writes
+threshold and out-of-distribution profile on the validation volumes); ``settings`` sets model settings chosen on
+the validation volumes (``slice_fill``) without training. Each stage writes
 ``<out_dir>/<out>.safetensors`` + ``.json``; a stage whose output exists is skipped, so an interrupted run
 continues where it stopped. Seconds per stage are printed and written to ``<out_dir>/recipe_log.json``.
 
@@ -25,7 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("vae", "region_prior", "slice_head", "denoiser", "heal_head", "calibrate")
+STAGES = ("vae", "region_prior", "slice_head", "denoiser", "heal_head", "calibrate", "settings")
+SETTINGS = ("slice_fill",)  # model settings a "settings" stage may set (no training; see ModelConfig)
 
 
 def _files(folder: Path) -> list[str]:
@@ -64,6 +66,17 @@ def run_stage(st: dict, prev: str | None, train: list[str], val: list[str], out:
         from napari_medvae.engine.training.region_prior import fit_region_prior
 
         fit_region_prior(train, out, prev, seed=seed, **opts)
+    elif kind == "settings":
+        from napari_medvae.engine.model.checkpoint import ModelConfig, load_checkpoint, save_checkpoint
+
+        bad = sorted(set(opts) - set(SETTINGS))
+        if bad:
+            raise SystemExit(f"error: a settings stage sets only {', '.join(SETTINGS)}, not {', '.join(bad)}")
+        cfg, state = load_checkpoint(prev)
+        for k, v in opts.items():
+            setattr(cfg, k, v)
+        ModelConfig.from_dict(cfg.to_dict(), "settings stage")  # the same checks as loading it
+        save_checkpoint(out, cfg, state)
     elif kind == "calibrate":
         from napari_medvae.engine.training.calibrate import recalibrate
 

@@ -142,3 +142,43 @@ def test_slice_head_config_round_trips():
     assert d["inputs"] == 2
     assert SliceHeadConfig.from_dict(d).to_dict() == d
     assert "slice_head" not in SliceVAEConfig().to_dict()
+
+
+def _with_slice_fill(sh_model, tmp_path, value):
+    from napari_medvae.engine.model.checkpoint import save_checkpoint
+
+    cfg, state = load_checkpoint(sh_model)
+    cfg.slice_fill = value
+    return save_checkpoint(tmp_path / "m", cfg, state)
+
+
+def test_slice_fill_head_uses_the_head_alone_without_the_vae(sh_model, read, monkeypatch, tmp_path):
+    m = load_model(_with_slice_fill(sh_model, tmp_path, "head"), device="cpu")
+    assert m.config.slice_fill == "head"
+    vol, geom = read("mni_t1_healthy.nii.gz")
+    holed = vol.copy()
+    holed[[40, 41, 42]] = 0
+    monkeypatch.setattr(inp, "refine", lambda *a, **k: pytest.fail("the VAE refinement ran"))
+    monkeypatch.setattr(inp, "validation_mask", lambda *a, **k: pytest.fail("cross-validation ran"))
+    out = inpaint(m, holed, geom.spacing, missing_slices=[40, 41, 42], axis=0)
+    assert out.shape == vol.shape and np.isfinite(out).all()
+    keep = np.ones(vol.shape[0], bool)
+    keep[[40, 41, 42]] = False
+    np.testing.assert_array_equal(out[keep], holed[keep].astype(np.float32))  # only the missing slices change
+    assert holed[[40, 41, 42]].max() == 0 and out[[40, 41, 42]].max() > 0
+
+
+@pytest.mark.parametrize("value, msg", [("sometimes", "slice_fill must be one of validated, head")])
+def test_bad_slice_fill_is_refused_at_load(sh_model, tmp_path, value, msg):
+    path = _with_slice_fill(sh_model, tmp_path, value)
+    with pytest.raises(ModelError, match=msg):
+        load_model(path, device="cpu")
+
+
+def test_slice_fill_head_needs_a_slice_head():
+    from napari_medvae.engine.model.checkpoint import ModelConfig
+
+    cfg = ModelConfig(architecture={}).to_dict()
+    cfg["slice_fill"] = "head"
+    with pytest.raises(ModelError, match="needs architecture.slice_head"):
+        ModelConfig.from_dict(cfg, "test")

@@ -180,7 +180,7 @@ def _anomaly_row(an: dict) -> str:
     return s
 
 
-def _head_rows(arch: dict, t: dict) -> list[tuple[str, str]]:
+def _head_rows(arch: dict, t: dict, slice_fill: str = "validated") -> list[tuple[str, str]]:
     """Rows for the 3D heads and the region prior that the config has (architecture + training record)."""
     rows: list[tuple[str, str]] = []
     head, td = arch.get("denoiser"), t.get("denoiser")
@@ -212,6 +212,9 @@ def _head_rows(arch: dict, t: dict) -> list[tuple[str, str]]:
                                                            f"(cubic) → {last['val_psnr_head']:.2f} dB (head alone), mean "
                                                            f"over {ts['n_val']} held-out volumes × single slices and "
                                                            "3-slice gaps"))
+        rows.append(("missing slices are filled by", "the missing-slice head alone (slice_fill 'head')"
+                     if slice_fill == "head" else "cubic interpolation corrected by the VAE and the head, "
+                     "weighted by how well each corrects known slices of the same volume (slice_fill 'validated')"))
     else:
         rows.append(("missing-slice head", "none"))
     hh, th = arch.get("heal_head"), t.get("heal_head")
@@ -287,7 +290,7 @@ def card_technical(config: ModelConfig | dict, weights: str | os.PathLike | None
                                                   f"to the healthy held-out volumes'; refused above "
                                                   f"{prof.get('threshold')} (healthy maximum "
                                                   f"{prof.get('healthy_max_score')})"))
-    rows += _head_rows(arch, t)
+    rows += _head_rows(arch, t, c.get("slice_fill", "validated"))
     out = [f"## {TECHNICAL_TITLE}", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in rows]
     out += ["", "Generated from the model's JSON config by `napari_medvae.engine.model.card` (`medvae info` prints it; "

@@ -123,6 +123,9 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+SLICE_FILLS = ("validated", "head")
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to use a model besides its weights (saved as JSON next to them).
@@ -134,6 +137,9 @@ class ModelConfig:
     percentile of the volume (zero stays zero), outputs multiplied back.
     anomaly: the calibration of the anomaly heatmap (:class:`AnomalySettings`).
     intensity_profile: normalised histogram of healthy held-out volumes for the out-of-distribution check.
+    slice_fill: how missing slices are filled when the model has a missing-slice head: "validated" (the VAE's and
+    the head's corrections of cubic interpolation, blended with weights fitted on known slices of the same volume)
+    or "head" (the head's fill as is; chosen where it beat "validated" on the validation volumes).
     training: the training history (runs, steps, losses, calibration files): saved in ``<name>.provenance.json``,
     not in the model's JSON; read by the model card only.
     """
@@ -147,6 +153,7 @@ class ModelConfig:
     anomaly: AnomalySettings = field(default_factory=AnomalySettings)
     sample_shape: list[int] = field(default_factory=lambda: [94, 116, 98])
     intensity_profile: dict = field(default_factory=dict)
+    slice_fill: str = "validated"
     training: dict = field(default_factory=dict)
     modality: str = "MRI T1 (brain, skull-stripped)"
     package_version: str = ""
@@ -180,6 +187,10 @@ class ModelConfig:
             v = getattr(cfg, name)
             if not isinstance(v, (int, float)) or not v > 0:
                 raise ModelError(f"{source}: '{name}' must be a positive number of millimetres, not {v!r}")
+        if cfg.slice_fill not in SLICE_FILLS:
+            raise ModelError(f"{source}: slice_fill must be one of {', '.join(SLICE_FILLS)}, not {cfg.slice_fill!r}")
+        if cfg.slice_fill == "head" and not cfg.architecture.get("slice_head"):
+            raise ModelError(f"{source}: slice_fill 'head' needs architecture.slice_head (a missing-slice head)")
         norm = cfg.normalization
         if norm.get("method") != "percentile" or not 50 < float(norm.get("percentile", 0)) <= 100:
             raise ModelError(f"{source}: normalization must be {{'method': 'percentile', 'percentile': 50..100}}, not {norm}")

@@ -131,6 +131,14 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
     p0 = Progress(1, None, cancel)
     p0.check()
     init = classical = first_guess(prep.data, mm)
+    if (missing_slices is not None and model.config.slice_fill == "head" and prep.stride == 1
+            and getattr(model.net, "slice_head", None) is not None):
+        # the model's missing-slice head alone, on slices at the spacing it was trained at (see ModelConfig.slice_fill)
+        p = Progress(1, progress, cancel)
+        p.check()
+        fill = slice_head_fill(model, classical, mm)
+        p.step(1)
+        return _paste(volume, m, prep.to_original(np.clip(fill, 0, None)))
     # the region prior's fill of painted regions (None: no prior, whole missing slices, or another slice spacing)
     pfill = prior_fill(model, prep, mm, classical, symmetry=symmetry) if missing_slices is None else None
     # the network's weight is measured on a moved copy of the mask; the region prior's fill is used as is (weighing it
@@ -169,9 +177,13 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
         fill = fill + np.float32(weight) * (net - init)
     else:  # the network does not help on this volume: without running it on the real mask
         p.step(p.total - p.done)
-    filled = prep.to_original(np.clip(fill, 0, None))
+    return _paste(volume, m, prep.to_original(np.clip(fill, 0, None)))
+
+
+def _paste(volume: np.ndarray, mask: np.ndarray, filled: np.ndarray) -> np.ndarray:
+    """float32 ``volume`` with ``filled``'s voxels inside ``mask`` (a new array: the input is never modified)."""
     out = volume.astype(np.float32, copy=True)
-    out[m] = filled[m]
+    out[mask] = filled[mask]
     return out
 
 
