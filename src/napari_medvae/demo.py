@@ -137,6 +137,7 @@ def real_inputs(path: Path, seed: int = 0) -> dict:
     """
     from scipy import ndimage
 
+    from .engine.training.synth import rician
     from .io import read_volume
 
     vol, geo = read_volume(path)
@@ -160,7 +161,7 @@ def real_inputs(path: Path, seed: int = 0) -> dict:
         lmask[w > 0.5] = label
     rng = np.random.default_rng(seed)
     sigma = 0.05 * float(v.max())
-    noisy = np.sqrt((v + rng.normal(0, sigma, v.shape)) ** 2 + rng.normal(0, sigma, v.shape) ** 2).astype(np.float32)
+    noisy = rician(v, sigma, rng)
     missing = v.copy()
     n = v.shape[0]
     missing[[n // 5, n // 2 - 1, n // 2, n // 2 + 1, 4 * n // 5]] = 0
