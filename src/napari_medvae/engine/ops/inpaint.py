@@ -93,7 +93,9 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
     no such shift exists, the classical fill is returned. The region prior's fill of painted regions is used as
     is (cross-validating its weight the same way lost on the tuning subjects). ``symmetry``: the region prior also
     conditions on the mirror image across the volume's plane of best symmetry (the other hemisphere) where it is
-    known; turn it off when the other side is abnormal at the mirrored place (painted regions only).
+    known; turn it off when the other side is abnormal at the mirrored place (painted regions only). Missing slices
+    on a model whose ``slice_fill`` is "head" are filled by its missing-slice head alone (averaged with its mirror
+    image), without the VAE and without cross-validation (``tta`` and ``cross_validate`` do not apply there).
     """
     check_volume(volume)
     sp = check_spacing(spacing)
