@@ -75,7 +75,8 @@ def test_combined_score_needs_both_residuals():
 def test_models_calibrated_with_the_residual_score_still_work(tmp_path, read):
     def old(a):
         a["score"] = "residual"
-        for k in ("skip_scale", "latent_scale", "heal_flip", "heal_invert", "brain_quantiles"):  # later models
+        for k in ("skip_scale", "latent_scale", "heal_flip", "heal_invert", "brain_quantiles", "heal_margin",
+                  "ratio_every"):  # later models
             a.pop(k, None)
         a["threshold"] = 0.14
 
@@ -95,6 +96,12 @@ def test_models_calibrated_with_the_residual_score_still_work(tmp_path, read):
     (lambda a: a.update(healthy_peak=0), "anomaly.healthy_peak"),
     (lambda a: a.update(healthy_peak="high"), "anomaly.healthy_peak"),
     (lambda a: a.update(residual_median=-0.01), "anomaly.residual_median"),
+    (lambda a: a.update(heal_margin=-1), "anomaly.heal_margin"),
+    (lambda a: a.update(heal_margin=8.5), "anomaly.heal_margin"),
+    (lambda a: a.update(ratio_every=0), "anomaly.ratio_every"),
+    (lambda a: a.update(ratio_every=True), "anomaly.ratio_every"),
+    (lambda a: [a.pop(k, None) for k in ("heal_flip", "heal_invert", "brain_quantiles")]
+     and a.update(score="residual", ratio_every=4), "anomaly.ratio_every"),
 ])
 def test_bad_anomaly_settings_are_refused(tmp_path, edit, msg):
     with pytest.raises(ModelError, match=msg):
@@ -191,3 +198,54 @@ def test_recalibrate_refuses_an_unknown_score_before_reading_anything(tmp_path):
     with pytest.raises(InputError, match="anomaly score must be one of"):
         recalibrate(str(default_model_path()), [str(tmp_path / "missing.nii.gz")], str(tmp_path / "out"), score="fancy")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_smooth_residual_on_the_brain_box_equals_filtering_the_whole_volume():
+    """smooth_residual filters only the brain's box plus the Gaussian's reach: same values at the brain's voxels."""
+    from scipy import ndimage as ndi
+
+    from napari_medvae.engine.ops.anomaly import smooth_residual
+
+    rng = np.random.default_rng(3)
+    data = rng.random((30, 40, 50), dtype=np.float32)
+    rec = rng.random((30, 40, 50), dtype=np.float32)
+    brain = np.zeros(data.shape, bool)
+    brain[8:20, 0:15, 20:45] = True  # touches the volume's edge on one side (reflect there, as before)
+    whole = np.abs(ndi.gaussian_filter(data, 1.0) - ndi.gaussian_filter(rec, 1.0))[brain]
+    np.testing.assert_allclose(smooth_residual(data, rec, brain), whole, rtol=0, atol=1e-6)
+    assert smooth_residual(data, rec, np.zeros(data.shape, bool)).size == 0
+
+
+def test_run_network_every_predicts_only_those_slices(model):
+    """every=k: slices whose index is a multiple of k are predicted (as with every=1), the others keep the input."""
+    from napari_medvae.engine.ops.runner import Progress, run_network
+
+    rng = np.random.default_rng(4)
+    data = np.zeros((9, 48, 48), np.float32)
+    data[:, 8:40, 8:40] = 0.3 + 0.4 * rng.random((9, 32, 32), dtype=np.float32)
+    full = run_network(model, data, None, 1, Progress(9))
+    p = Progress(9)
+    part = run_network(model, data, None, 1, p, every=4)
+    for z in range(9):
+        if z % 4 == 0:
+            np.testing.assert_allclose(part[z], full[z], rtol=0, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(part[z], data[z])
+    assert p.done == 9  # skipped slices count as done
+
+
+def test_calibration_stores_how_the_heal_maps_are_made(read):
+    """Calibration writes the healing head's box margin and the residual ratio's slice step into the model, so that
+    later maps are scored as the calibration volumes were; older models (neither stored) keep 16 voxels, every slice."""
+    from napari_medvae.engine.ops.anomaly import HEAL_MARGIN, RATIO_EVERY
+
+    m = load_model(None, device="cpu")
+    if m.net.heal_head is None:
+        pytest.skip("the test model has no healing head")
+    assert m.config.anomaly.heal_margin is None and m.config.anomaly.ratio_every is None  # synthetic_mni: older
+    vol, geo = read("mni_t1_healthy.nii.gz")
+    v = prepare(vol, geo.spacing, m.config, None).data
+    calibrate(m, [(v, 1)], 0.999, score="heal")
+    assert m.config.anomaly.heal_margin == HEAL_MARGIN and m.config.anomaly.ratio_every == RATIO_EVERY
+    calibrate(m, [(v, 1)], 0.999, score="combined")
+    assert m.config.anomaly.heal_margin is None and m.config.anomaly.ratio_every is None

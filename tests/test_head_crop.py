@@ -38,3 +38,23 @@ def test_cropped_run_equals_the_head_on_the_box_and_leaves_the_background(model)
     outside[box] = False
     assert np.all(out[outside] == x[0][outside])  # channel 0 unchanged there (background)
     assert out.shape == x.shape[1:]
+
+
+def test_heal_runs_both_mirrored_passes_on_one_box(model):
+    """heal() finds the box once; the mirrored pass runs on its mirror image, the background keeps the input."""
+    from napari_medvae.engine.ops.anomaly import heal
+
+    if model.net.heal_head is None:
+        return
+    x = _volume()[0]
+    margin = model.config.anomaly.heal_margin
+    box = head_box(x[None], 0, HEAD_MARGIN if margin is None else margin)
+    out = heal(model, x, flip=True)
+    outside = np.ones(x.shape, bool)
+    outside[box] = False
+    assert np.all(out[outside] == x[outside])
+    mult = 8
+    inner = np.ascontiguousarray(x[None][(slice(None), *box)])
+    one = run_head3d(model, model.net.heal_head, inner, mult, base=0)
+    two = run_head3d(model, model.net.heal_head, np.ascontiguousarray(inner[..., ::-1]), mult, base=0)[..., ::-1]
+    np.testing.assert_allclose(out[box], (one + two) / 2, rtol=0, atol=1e-6)

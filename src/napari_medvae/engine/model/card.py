@@ -97,8 +97,8 @@ def _summary_lines(c: dict) -> list[str]:
         lines.append("- This model is not calibrated: its heatmap has no healthy limit. Calibrate it on healthy "
                      "scans (medvae calibrate) before reading its maps.")
     does = ["- Reconstruction: the model's healthy-looking version of the scan."]
-    if arch.get("denoiser"):
-        does.append("- Denoising of MRI noise.")
+    does.append("- Denoising of MRI noise (steered by the reconstruction; every model denoises, with or without a "
+                "denoising head).")
     does.append("- Filling of missing or corrupted slices"
                 + (f" (its learned part only at {_mm(ssp)} between slices)." if arch.get("slice_head") else "."))
     does.append("- Filling of regions painted by hand"
@@ -205,8 +205,12 @@ def _head_rows(arch: dict, t: dict, slice_fill: str = "validated") -> list[tuple
                      + (f"; {ts['steps']} steps × batch {ts['batch_size']} patches of "
                         f"{'×'.join(str(n) for n in ts['patch'])} voxels from {ts['n_train']} volumes (runs of 1-3 "
                         f"missing slices), Adam lr {ts['lr']}, VAE frozen, {ts['seconds'] / 60:.1f} min on "
-                        f"{ts['device']}" if ts else "")))
-        last = (ts or {}).get("history", [{}])[-1] if (ts or {}).get("history") else {}
+                        f"{ts['device']}"
+                        + "".join(f"; then {e['steps']} more steps, Adam lr {e['lr']}, {e['seconds'] / 60:.1f} min"
+                                  for e in ts.get("continued", []))
+                        if ts else "")))
+        hist = ((ts.get("continued") or [ts])[-1].get("history") if ts else None)  # the latest run's validation
+        last = hist[-1] if hist else {}
         if "val_psnr_head" in last:
             rows.append(("missing-slice head, validation", f"PSNR in the missing slices {last['val_psnr_cubic']:.2f} dB "
                                                            f"(cubic) → {last['val_psnr_head']:.2f} dB (head alone), mean "

@@ -43,7 +43,10 @@ class AnomalySettings:
     heal_invert: the weight of the inverted-intensity healing in volumes flagged by the residual ratio
     (engine.ops.anomaly.heal_blended; None: 0); brain_quantiles: the healthy calibration volumes' intensity quantiles
     inside the brain, onto which that inverted healing maps a volume (engine.ops.anomaly.heal_inverted; None: no
-    mapping). Optional values that are None are left out of the JSON, as older models have them.
+    mapping). heal_margin: voxels of background around the brain that the healing head sees (engine.ops.anomaly.heal;
+    None: 16, as models calibrated before it was stored); ratio_every: the residual ratio's reconstruction runs on
+    every this-many-th slice ("heal" score; None: every slice). Calibration stores both, so that maps are scored as
+    the calibration volumes were. Optional values that are None are left out of the JSON, as older models have them.
     """
 
     threshold: float | None = None
@@ -59,6 +62,8 @@ class AnomalySettings:
     heal_flip: bool | None = None
     heal_invert: float | None = None
     brain_quantiles: list[float] | None = None
+    heal_margin: int | None = None
+    ratio_every: int | None = None
 
     _ALWAYS = ("threshold", "quantile", "median_size")  # written even when None (the JSON has always had them)
 
@@ -115,6 +120,12 @@ class AnomalySettings:
                                or any(b < c for c, b in zip(bq[:-1], bq[1:], strict=True))):
             raise ModelError(f"{source}: anomaly.brain_quantiles must be a list of at least 2 finite, non-decreasing "
                              f"numbers and only set for the heal and healed scores (score: {a.score})")
+        for k in ("heal_margin", "ratio_every"):
+            v = getattr(a, k)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "heal_margin" else 1)
+                                  or not heal):
+                raise ModelError(f"{source}: anomaly.{k} must be a whole number (heal_margin >= 0, ratio_every >= 1) and "
+                                 f"only set for the heal and healed scores, not {v!r} with the {a.score} score")
         return a
 
 

@@ -61,6 +61,14 @@ MIN_CANDIDATE_MM3 = 20.0
 # tuning subjects 20990-20999, clean and with 5 % Rician noise, shipped model: T1 0.77-1.62, T2-like 1.88-4.50
 # (one of 20 below the limit)
 RESIDUAL_RATIO_LIMIT = 2.0
+# What calibration now stores (anomaly.ratio_every, anomaly.heal_margin; models calibrated before keep every slice and
+# 16 voxels). "heal" models: the residual ratio's reconstruction runs on every RATIO_EVERY-th slice (and the smoothed
+# residual is taken on those slices): a quarter of the VAE's time on a whole head, still about half a million brain
+# voxels for the median. The healing head sees HEAL_MARGIN voxels of background around the signal: on a 1 mm head
+# 2.5 instead of 3.3 s for both mirrored passes (16 voxels); on validation scans sub-55..57 with synthetic lesions
+# the same AUROC / AUPRC / best Dice (0.902 / 0.339 / 0.416) once recalibrated.
+RATIO_EVERY = 4
+HEAL_MARGIN = 8
 QUANTILE_LEVELS = 201  # brain_quantiles stored at calibration: levels 0, 0.5 %, ..., 100 %
 
 
@@ -122,16 +130,25 @@ def heal(model: Model, data: np.ndarray, flip: bool | None = None) -> np.ndarray
     estimates of the same healthy volume, and their mean is less noisy (test-time augmentation).
     """
     from ..model.networks import HealHeadConfig
-    from .runner import run_head3d
+    from .runner import HEAD_MARGIN, head_box, run_head3d
 
     if model.net.heal_head is None:
         raise InputError("this model has no healing head (add one with medvae train-heal-head)")
     mult = HealHeadConfig.from_dict(model.config.architecture["heal_head"]).multiple
     x = data[None].astype(np.float32)
-    out = run_head3d(model, model.net.heal_head, x, mult, base=0, crop=True)
+    # the box around the signal, found once: the mirrored volume's box is its mirror image, and the head runs on
+    # the box alone (what run_head3d(crop=True) does, without finding the box a second time)
+    margin = model.config.anomaly.heal_margin
+    box = head_box(x, 0, HEAD_MARGIN if margin is None else int(margin))
+    out = x[0].copy()
+    inner = np.ascontiguousarray(x if box is None else x[(slice(None), *box)])
+    healed = run_head3d(model, model.net.heal_head, inner, mult, base=0)
     if bool(model.config.anomaly.heal_flip) if flip is None else flip:
-        mirrored = run_head3d(model, model.net.heal_head, np.ascontiguousarray(x[..., ::-1]), mult, base=0, crop=True)
-        out = (out + mirrored[..., ::-1]) / np.float32(2)
+        mirrored = run_head3d(model, model.net.heal_head, np.ascontiguousarray(inner[..., ::-1]), mult, base=0)
+        healed = (healed + mirrored[..., ::-1]) / np.float32(2)
+    if box is None:
+        return healed
+    out[box] = healed
     return out
 
 
@@ -207,17 +224,21 @@ def raw_scores(model: Model, data: np.ndarray, brain: np.ndarray, progress: Prog
                kind: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
     """(residual score, latent-only residual score, healing-head residual score, smoothed residual) of ``data``
     whose slices are the model's slice spacing apart; the first three are None where ``kind`` does not use
-    them. The last is |G(x) - G(reconstruction)| inside the brain (``smooth_residual``), for the residual ratio."""
+    them. The last is |G(x) - G(reconstruction)| inside the brain (``smooth_residual``), for the residual ratio
+    ("heal": on every ``anomaly.ratio_every``-th slice)."""
     from .runner import run_network
 
     med = int(model.config.anomaly.median_size)
-    if kind in ("residual", "heal"):
+    if kind == "heal":  # the VAE serves the residual ratio only: a subset of slices is enough for a median
+        every = int(model.config.anomaly.ratio_every or 1)
+        rec = run_network(model, data, None, 1, progress, every=every)
+        sub = slice(None, None, every)
+        smooth = smooth_residual(data[sub], rec[sub], brain[sub])
+        progress.check()
+        return None, None, residual_score(data, _heal_for(model, data, brain, smooth), brain, med), smooth
+    if kind == "residual":
         rec = run_network(model, data, None, 1, progress)
-        smooth = smooth_residual(data, rec, brain)
-        if kind == "heal":
-            progress.check()
-            return None, None, residual_score(data, _heal_for(model, data, brain, smooth), brain, med), smooth
-        return residual_score(data, rec, brain, med), None, None, smooth
+        return residual_score(data, rec, brain, med), None, None, smooth_residual(data, rec, brain)
     rec, rec0 = run_network(model, data, None, 1, progress, full_frame=True, both=True)
     heal_res = None
     smooth = smooth_residual(data, rec, brain)
@@ -227,11 +248,21 @@ def raw_scores(model: Model, data: np.ndarray, brain: np.ndarray, progress: Prog
     return residual_score(data, rec, brain, med), residual_score(data, rec0, brain, med), heal_res, smooth
 
 
+SMOOTH_SIGMA, SMOOTH_TRUNCATE = 1.0, 4.0  # voxels: the Gaussian of smooth_residual reaches 4 voxels
+
+
 def smooth_residual(data: np.ndarray, rec: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """|G(data) - G(rec)| (Gaussian, sigma 1 voxel) at the brain's voxels (1D): how far the reconstruction is from
     the volume at the scale of tissue, not of noise (noise is smoothed away on both sides, a contrast the model
-    did not learn is not)."""
-    return np.abs(ndi.gaussian_filter(data, 1.0) - ndi.gaussian_filter(rec.astype(np.float32), 1.0))[brain]
+    did not learn is not). Filtered on the brain's box plus the Gaussian's reach only: the same values at the
+    brain's voxels as filtering the whole volume, for a fraction of the work on a head."""
+    if not brain.any():
+        return np.zeros(0, np.float32)
+    reach = int(SMOOTH_TRUNCATE * SMOOTH_SIGMA + 0.5)
+    box = tuple(slice(max(0, int(i.min()) - reach), int(i.max()) + 1 + reach) for i in np.nonzero(brain))
+    d = ndi.gaussian_filter(data[box].astype(np.float32, copy=False), SMOOTH_SIGMA, truncate=SMOOTH_TRUNCATE)
+    r = ndi.gaussian_filter(rec[box].astype(np.float32), SMOOTH_SIGMA, truncate=SMOOTH_TRUNCATE)
+    return np.abs(d - r)[brain[box]]
 
 
 def final_score(skip: np.ndarray | None, latent: np.ndarray | None, heal: np.ndarray | None,

@@ -35,7 +35,14 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     The healing head's scores also set ``brain_quantiles``: the mean over these volumes of their intensity quantiles
     inside the brain (engine.ops.anomaly.brain_quantiles), onto which that inverted healing maps a volume's intensities.
     """
-    from ..ops.anomaly import brain_quantiles, final_score, raw_scores, threshold_candidates
+    from ..ops.anomaly import (
+        HEAL_MARGIN,
+        RATIO_EVERY,
+        brain_quantiles,
+        final_score,
+        raw_scores,
+        threshold_candidates,
+    )
     from ..ops.runner import Progress
     from ..prep.brainmask import auto_brain_mask
 
@@ -49,7 +56,11 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     settings = model.config.anomaly
     if score not in HEAL_SCORES:
         settings.heal_flip = settings.heal_invert = settings.brain_quantiles = None
+        settings.heal_margin = settings.ratio_every = None
     else:
+        # how the maps are made from now on (engine.ops.anomaly), set before the calibration volumes are scored
+        settings.heal_margin = HEAL_MARGIN
+        settings.ratio_every = RATIO_EVERY if score == "heal" else None
         if heal_flip is not None:
             settings.heal_flip = bool(heal_flip)
         if heal_invert is not None:
