@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     if not in_process:
         return finish(a, argv, model, reps, rows, row, only, out_path, t_start)
     if "real" in only:
-        real_rows(row, model, ops, reps)
+        real_rows(row, model, reps)
 
     # --- the 1 mm brain (the MNI152 T1 itself, 197×233×189) ---------------------------------------
     tpl1 = _data.templates(1.0)
@@ -374,13 +374,17 @@ def holes(vol: np.ndarray, margin: int):
     return missing, holed, mask
 
 
-def real_rows(row, model, ops, reps: int) -> None:
-    """Each operation on a real 1 mm scan at full size, brain extraction (deepbet) included, as the CLI runs it."""
+def real_rows(row, model, reps: int) -> None:
+    """Each operation on a real 1 mm scan at full size, brain extraction (deepbet) included, as the CLI runs it:
+    through the service layer (``service.ops.run``) with skull stripping "always", which extracts the brain, runs
+    the engine with that brain mask and puts the result back on the whole head (file reading and writing aside)."""
     import _real
 
     from napari_medvae.engine.prep import skullstrip
     from napari_medvae.engine.training import synth
     from napari_medvae.io import read_volume
+    from napari_medvae.service import requests as rq
+    from napari_medvae.service.ops import run
 
     if not _real.available():
         row("real 1 mm scan: every operation", "not measured", "≤ 10 s", "n/a",
@@ -391,18 +395,19 @@ def real_rows(row, model, ops, reps: int) -> None:
     shape = "×".join(str(n) for n in vol.shape[::-1])
     noisy = synth.rician(vol, 0.05 * float(vol.max()), np.random.default_rng(_data.SEED_SPEED + 5))
     missing, holed, mask = holes(vol, margin=40)
-
-    def with_brain(fn, v):
-        def run():
-            seen, brain = skullstrip.prepare_head(v, geo.spacing, geo.direction, geo.origin, "always")
-            ops_ = ops(model, seen, geo.spacing, missing, mask, skullstrip.strip(noisy, brain))
-            return ops_[fn]()
-        return run
+    always = {"skull_strip": "always"}
+    cases = (("reconstruct", rq.ReconstructRequest(**always), vol, None),
+             ("denoise", rq.DenoiseRequest(**always), noisy, None),
+             ("anomaly map", rq.AnomalyRequest(**always), vol, None),
+             ("fill missing slices", rq.InpaintRequest(missing_slices=tuple(missing), axis=0, **always), holed, None),
+             ("painted region", rq.InpaintRequest(**always), vol, mask))
 
     skullstrip.extract_brain(vol, geo.spacing, geo.direction, geo.origin)  # warm-up: deepbet's first call compiles
-    for key, v in (("reconstruct", vol), ("denoise", vol), ("anomaly map", vol), ("fill missing slices", holed),
-                   ("painted region", vol)):
-        t = median_time(with_brain(key, v), reps)
+    for key, request, v, m in cases:
+        def once(request=request, v=v, m=m):
+            return run(request, v, geo.spacing, model=model, geometry=geo, mask=m)
+
+        t = median_time(once, reps)
         row(f"real 1 mm scan ({shape}, ds002748 sub-{_real.TEST_SUBJECTS[0]}), brain extraction included: {key}",
             f"{t:.2f} s", "≤ 10 s", t <= 10, "" if t <= 10 else f"{t / 10:.1f}× the target")
 
