@@ -249,3 +249,22 @@ def test_calibration_stores_how_the_heal_maps_are_made(read):
     assert m.config.anomaly.heal_margin == HEAL_MARGIN and m.config.anomaly.ratio_every == RATIO_EVERY
     calibrate(m, [(v, 1)], 0.999, score="combined")
     assert m.config.anomaly.heal_margin is None and m.config.anomaly.ratio_every is None
+
+
+def test_the_residual_ratio_falls_back_to_every_slice_when_the_subset_misses_the_brain(tmp_path):
+    """ratio_every skips slices; a slab whose brain lies only on skipped slices still gets a residual ratio."""
+    from napari_medvae.engine.ops import anomaly as anom
+    from napari_medvae.engine.ops.runner import Progress
+
+    def heal4(a):
+        a["ratio_every"] = 4
+
+    m = load_model(_copy_model(tmp_path, heal4), device="cpu")
+    if m.net.heal_head is None:
+        pytest.skip("the test model has no healing head")
+    rng = np.random.default_rng(5)
+    data = np.zeros((8, 64, 64), np.float32)
+    data[1:4, 12:52, 12:52] = 0.4 + 0.3 * rng.random((3, 40, 40), dtype=np.float32)
+    brain = data > 0.1  # on slices 1-3 only: every 4th slice (0, 4) holds none of it
+    *_, smooth = anom.raw_scores(m, data, brain, Progress(8), "heal")
+    assert smooth.size == int(brain.sum())

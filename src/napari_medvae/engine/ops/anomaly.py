@@ -231,6 +231,8 @@ def raw_scores(model: Model, data: np.ndarray, brain: np.ndarray, progress: Prog
     med = int(model.config.anomaly.median_size)
     if kind == "heal":  # the VAE serves the residual ratio only: a subset of slices is enough for a median
         every = int(model.config.anomaly.ratio_every or 1)
+        if not brain[::every].any():  # a thin slab whose brain misses those slices: every slice, rather than no ratio
+            every = 1
         rec = run_network(model, data, None, 1, progress, every=every)
         sub = slice(None, None, every)
         smooth = smooth_residual(data[sub], rec[sub], brain[sub])
