@@ -92,6 +92,13 @@ class AnomalyResult:
         return sum(bool(c["above_healthy"]) for c in self.candidates)
 
 
+def brain_box(brain: np.ndarray, reach: int) -> tuple[slice, ...]:
+    """The bounding box of ``brain`` (bool, not empty) grown by ``reach`` voxels on every side, within the volume: where
+    a filter that reaches ``reach`` voxels must run for its values at the brain's voxels to equal the whole volume's."""
+    found = ndi.find_objects(np.asarray(brain, dtype=bool).view(np.uint8))[0]
+    return tuple(slice(max(0, b.start - reach), min(n, b.stop + reach)) for b, n in zip(found, brain.shape, strict=True))
+
+
 def residual_score(prep_data: np.ndarray, rec: np.ndarray, brain: np.ndarray, median_size: int) -> np.ndarray:
     """Uncalibrated score on the model grid: median-filtered absolute residual inside ``brain``.
 
@@ -101,8 +108,7 @@ def residual_score(prep_data: np.ndarray, rec: np.ndarray, brain: np.ndarray, me
     score = np.zeros(prep_data.shape, dtype=np.float32)
     if not brain.any():
         return score
-    reach = median_size // 2 + 1
-    box = tuple(slice(max(0, int(i.min()) - reach), int(i.max()) + 1 + reach) for i in np.nonzero(brain))
+    box = brain_box(brain, median_size // 2 + 1)
     score[box] = ndi.median_filter(np.abs(prep_data[box] - rec[box]), size=median_size)
     score[~brain] = 0.0
     return score
@@ -135,12 +141,11 @@ def heal(model: Model, data: np.ndarray, flip: bool | None = None) -> np.ndarray
     if model.net.heal_head is None:
         raise InputError("this model has no healing head (add one with medvae train-heal-head)")
     mult = HealHeadConfig.from_dict(model.config.architecture["heal_head"]).multiple
-    x = data[None].astype(np.float32)
+    x = np.asarray(data, dtype=np.float32)[None]  # a view when the data are float32 already (no copy of the volume)
     # the box around the signal, found once: the mirrored volume's box is its mirror image, and the head runs on
     # the box alone (what run_head3d(crop=True) does, without finding the box a second time)
     margin = model.config.anomaly.heal_margin
     box = head_box(x, 0, HEAD_MARGIN if margin is None else int(margin))
-    out = x[0].copy()
     inner = np.ascontiguousarray(x if box is None else x[(slice(None), *box)])
     healed = run_head3d(model, model.net.heal_head, inner, mult, base=0)
     if bool(model.config.anomaly.heal_flip) if flip is None else flip:
@@ -148,6 +153,7 @@ def heal(model: Model, data: np.ndarray, flip: bool | None = None) -> np.ndarray
         healed = (healed + mirrored[..., ::-1]) / np.float32(2)
     if box is None:
         return healed
+    out = x[0].copy()  # the input outside the box
     out[box] = healed
     return out
 
@@ -260,8 +266,7 @@ def smooth_residual(data: np.ndarray, rec: np.ndarray, brain: np.ndarray) -> np.
     brain's voxels as filtering the whole volume, for a fraction of the work on a head."""
     if not brain.any():
         return np.zeros(0, np.float32)
-    reach = int(SMOOTH_TRUNCATE * SMOOTH_SIGMA + 0.5)
-    box = tuple(slice(max(0, int(i.min()) - reach), int(i.max()) + 1 + reach) for i in np.nonzero(brain))
+    box = brain_box(brain, int(SMOOTH_TRUNCATE * SMOOTH_SIGMA + 0.5))
     d = ndi.gaussian_filter(data[box].astype(np.float32, copy=False), SMOOTH_SIGMA, truncate=SMOOTH_TRUNCATE)
     r = ndi.gaussian_filter(rec[box].astype(np.float32), SMOOTH_SIGMA, truncate=SMOOTH_TRUNCATE)
     return np.abs(d - r)[brain[box]]
