@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -54,3 +55,28 @@ def test_quality_refuses_fewer_than_one_subject(flag, capsys):
         quality.main([flag, "0", "--quick"])
     assert e.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_bias_study_n4_removes_a_known_field():
+    """bias_field.n4 divides out a smooth multiplicative field: the corrected volume varies less across the mask."""
+    import bias_field
+
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[:24, :40, :40].astype(np.float32)
+    mask = ((z - 12) ** 2 / 100 + (y - 20) ** 2 / 300 + (x - 20) ** 2 / 300) < 1
+    flat = np.where(mask, 100.0, 0.0).astype(np.float32) + rng.normal(0, 1, mask.shape).astype(np.float32) * mask
+    field = np.exp(0.3 * (x - 20) / 20).astype(np.float32)  # a left-right ramp, ±30 %
+    biased = flat * field
+    out = bias_field.n4(biased, (2.0, 1.0, 1.0), mask, shrink=2)
+    assert out.shape == biased.shape and out.dtype == np.float32
+    before = np.std(biased[mask]) / np.mean(biased[mask])
+    after = np.std(out[mask]) / np.mean(out[mask])
+    assert after < 0.5 * before
+    assert np.array_equal(biased, flat * field)  # the input is not modified
+
+
+def test_bias_study_refuses_held_out_subjects():
+    import bias_field
+
+    with pytest.raises(SystemExit, match="validation split only"):
+        bias_field.val_subject(59)
