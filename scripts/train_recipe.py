@@ -7,7 +7,10 @@ A recipe (JSON) names the training and validation folders, an output folder and 
 2.5D slice VAE, ``medvae train``), ``region_prior``, ``slice_head``, ``denoiser``, ``heal_head`` (the heads,
 each added to the previous stage's model with everything before it frozen) and ``calibrate`` (anomaly
 threshold and out-of-distribution profile on the validation volumes); ``settings`` sets model settings chosen on
-the validation volumes (``slice_fill``) without training. Each stage writes
+the validation volumes (``slice_fill``) without training. A stage with ``"base": MODEL`` (a packaged model's name
+or a path) starts from that model instead of the previous stage's, and the stages after it go on from the model
+before it; ``graft`` copies a head (``"head": "heal_head"``) from such a stage's output (``"from": OUT``) into the
+model, with ``"grid_mm"``: the grid that head was trained on (the healing head: anomaly.grid_mm). Each stage writes
 ``<out_dir>/<out>.safetensors`` + ``.json``; a stage whose output exists is skipped, so an interrupted run
 continues where it stopped. Seconds per stage are printed and written to ``<out_dir>/recipe_log.json``.
 
@@ -26,7 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("vae", "region_prior", "slice_head", "denoiser", "heal_head", "calibrate", "settings")
+STAGES = ("vae", "region_prior", "slice_head", "denoiser", "heal_head", "graft", "calibrate", "settings")
+GRAFT_HEADS = ("heal_head",)  # heads a graft stage may take from another stage's model
 SETTINGS = ("slice_fill",)  # model settings a "settings" stage may set (no training; see ModelConfig)
 
 
@@ -51,9 +55,21 @@ def load_recipe(path: Path) -> dict:
     return recipe
 
 
+def stage_base(st: dict, prev: str | None) -> str | None:
+    """The model a stage starts from: its own ``base`` (a packaged model's name or a path), else ``prev``."""
+    if "base" not in st:
+        return prev
+    from napari_medvae.engine.model.loader import model_path
+
+    path = model_path(st["base"])
+    if not Path(path).exists():
+        raise SystemExit(f"error: stage {st['out']}: base model {st['base']} ({path}) does not exist")
+    return str(path)
+
+
 def run_stage(st: dict, prev: str | None, train: list[str], val: list[str], out: str, recipe: dict) -> None:
     """Run one stage; ``prev`` is the previous stage's weights (None before the VAE)."""
-    opts = {k: v for k, v in st.items() if k not in ("stage", "out")}
+    opts = {k: v for k, v in st.items() if k not in ("stage", "out", "base")}
     seed = int(opts.pop("seed", recipe.get("seed", 0)))
     kind = st["stage"]
     if kind == "vae":
@@ -77,6 +93,8 @@ def run_stage(st: dict, prev: str | None, train: list[str], val: list[str], out:
             setattr(cfg, k, v)
         ModelConfig.from_dict(cfg.to_dict(), "settings stage")  # the same checks as loading it
         save_checkpoint(out, cfg, state)
+    elif kind == "graft":
+        graft(prev, str(Path(out).parent / str(opts.get("from", ""))), out, opts)
     elif kind == "calibrate":
         from napari_medvae.engine.training.calibrate import recalibrate
 
@@ -95,6 +113,32 @@ def run_stage(st: dict, prev: str | None, train: list[str], val: list[str], out:
             if k in opts:
                 opts[k] = tuple(opts[k])
         getattr(mod, fn)(getattr(mod, cfg)(train=train, val=val, out=out, model=prev, seed=seed, device="cpu", **opts))
+
+
+def graft(prev: str, donor: str, out: str, opts: dict) -> None:
+    """``prev`` with head ``opts["head"]`` (architecture and weights) from the model ``donor`` (a stage's output stem),
+    the head's grid set to ``opts["grid_mm"]``; the donor's other weights are not used."""
+    from napari_medvae.engine.model.checkpoint import ModelConfig, load_checkpoint, save_checkpoint
+
+    bad = sorted(set(opts) - {"from", "head", "grid_mm"})
+    head = opts.get("head")
+    if bad or head not in GRAFT_HEADS or not opts.get("from"):
+        raise SystemExit(f"error: a graft stage takes 'from' (an earlier stage's out), 'head' (one of "
+                         f"{', '.join(GRAFT_HEADS)}) and 'grid_mm'; got {opts}")
+    if not Path(donor + ".safetensors").exists():
+        raise SystemExit(f"error: graft: {donor}.safetensors does not exist (the 'from' stage must come first)")
+    cfg, state = load_checkpoint(prev)
+    dcfg, dstate = load_checkpoint(donor + ".safetensors")
+    if dcfg.architecture.get(head) is None:
+        raise SystemExit(f"error: graft: {donor} has no {head}")
+    state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+    state.update({k: v for k, v in dstate.items() if k.startswith(f"{head}.")})
+    cfg.architecture = {**cfg.architecture, head: dcfg.architecture[head]}
+    cfg.anomaly.grid_mm = float(opts["grid_mm"]) if opts.get("grid_mm") is not None else None
+    cfg.training = {**(cfg.training or {}), f"{head}_grafted_from": {
+        "name": dcfg.name, "training": (dcfg.training or {}).get(head) or (dcfg.training or {}).get("heads")}}
+    ModelConfig.from_dict(cfg.to_dict(), "graft stage")  # the same checks as loading it
+    save_checkpoint(out, cfg, state)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,11 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"[{st['stage']}] -> {out}", flush=True)
             t = time.perf_counter()
-            run_stage(st, prev, train, val, out, recipe)
+            run_stage(st, stage_base(st, prev), train, val, out, recipe)
             log[st["out"]] = {"stage": st["stage"], "seconds": round(time.perf_counter() - t, 1)}
             log_path.write_text(json.dumps(log, indent=1))
             print(f"[{st['stage']}] done in {log[st['out']]['seconds']:.0f} s", flush=True)
-        prev = out + ".safetensors"
+        if "base" not in st:  # a stage from another base is a side branch: the chain goes on from prev
+            prev = out + ".safetensors"
     total = sum(v["seconds"] for k, v in log.items() if k in outs)
     print(f"model: {prev} (training time, all stages: {total / 60:.1f} min)")
     if a.install:  # re-saved, not copied: the training history (and this recipe's log) go to the provenance file

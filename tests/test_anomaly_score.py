@@ -102,6 +102,11 @@ def test_models_calibrated_with_the_residual_score_still_work(tmp_path, read):
     (lambda a: a.update(ratio_every=True), "anomaly.ratio_every"),
     (lambda a: [a.pop(k, None) for k in ("heal_flip", "heal_invert", "brain_quantiles")]
      and a.update(score="residual", ratio_every=4), "anomaly.ratio_every"),
+    (lambda a: a.update(grid_mm=0), "anomaly.grid_mm"),
+    (lambda a: a.update(grid_mm=-2.0), "anomaly.grid_mm"),
+    (lambda a: a.update(grid_mm="2"), "anomaly.grid_mm"),
+    (lambda a: a.update(grid_mm=True), "anomaly.grid_mm"),
+    (lambda a: a.update(grid_mm=50.0), "anomaly.grid_mm"),
 ])
 def test_bad_anomaly_settings_are_refused(tmp_path, edit, msg):
     with pytest.raises(ModelError, match=msg):
@@ -268,3 +273,45 @@ def test_the_residual_ratio_falls_back_to_every_slice_when_the_subset_misses_the
     brain = data > 0.1  # on slices 1-3 only: every 4th slice (0, 4) holds none of it
     *_, smooth = anom.raw_scores(m, data, brain, Progress(8), "heal")
     assert smooth.size == int(brain.sum())
+
+
+def test_maps_are_made_and_calibrated_on_the_anomaly_grid(tmp_path, read, monkeypatch):
+    """anomaly.grid_mm: the map is prepared on that grid (and brought back to the input's), calibration scores its
+    volumes' candidates on it; without it, the model's own grid."""
+    from napari_medvae.engine.ops import anomaly as anom
+
+    m = load_model(None, device="cpu")
+    assert anom.anomaly_config(m.config) is m.config
+    m4 = load_model(_copy_model(tmp_path, lambda a: a.update(grid_mm=4.0)), device="cpu")
+    cfg4 = anom.anomaly_config(m4.config)
+    assert (cfg4.spacing_mm, cfg4.slice_spacing_mm) == (4.0, 4.0) and m4.config.spacing_mm == m.config.spacing_mm
+    seen = []
+    real_prepare = anom.prepare
+    monkeypatch.setattr(anom, "prepare", lambda v, sp, cfg, *a, **k: seen.append(cfg.spacing_mm) or real_prepare(v, sp, cfg, *a, **k))
+    vol, geo = read("mni_t1_lesion.nii.gz")
+    lesion, _ = read("mni_t1_lesion_mask.nii.gz")
+    heat = anomaly(m4, vol, geo.spacing).heatmap
+    assert seen == [4.0] and heat.shape == vol.shape
+    assert heat[lesion > 0].mean() > heat[(lesion == 0) & (heat > 0)].mean()  # still a lesion map, at 4 mm
+    # calibration on the 4 mm grid: its healthy volume, scored against itself, peaks at its own healthy maximum
+    h, hg = read("mni_t1_healthy.nii.gz")
+    v4 = real_prepare(h, hg.spacing, cfg4, None)
+    m4.config.anomaly.threshold = calibrate(m4, [(v4.data, v4.stride)], 0.999, score="heal")
+    res = anomaly(m4, h, hg.spacing)
+    assert not any(c["above_healthy"] for c in res.candidates)
+    assert res.residual_ratio == pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_healing_head_trains_on_the_anomaly_grid(tmp_path):
+    """Training volumes of the healing head are prepared on anomaly.grid_mm's grid (the one its maps are made on)."""
+    from conftest import SAMPLE
+
+    from napari_medvae.engine.ops.anomaly import anomaly_config
+    from napari_medvae.engine.training.heads import grid_volumes
+
+    m4 = load_model(_copy_model(tmp_path, lambda a: a.update(grid_mm=4.0)), device="cpu")
+    path = SAMPLE / "mni_t1_healthy.nii.gz"
+    own = grid_volumes(m4, [path])
+    coarse = grid_volumes(m4, [path], anomaly_config(m4.config))
+    assert len(coarse) == 2 * len(own)  # slices 4 mm apart: two interleaved sub-volumes of the 2 mm volume
+    assert coarse[0].shape[1] * 2 == pytest.approx(own[0].shape[1], abs=1)  # half as many rows in-plane

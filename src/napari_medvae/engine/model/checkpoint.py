@@ -46,7 +46,10 @@ class AnomalySettings:
     mapping). heal_margin: voxels of background around the brain that the healing head sees (engine.ops.anomaly.heal;
     None: 16, as models calibrated before it was stored); ratio_every: the residual ratio's reconstruction runs on
     every this-many-th slice ("heal" score; None: every slice). Calibration stores both, so that maps are scored as
-    the calibration volumes were. Optional values that are None are left out of the JSON, as older models have them.
+    the calibration volumes were. grid_mm: the grid (mm in-plane and between slices) on which maps are made and
+    calibrated, when it is not the model's own (a healing head trained on a coarser grid: see
+    engine.ops.anomaly.anomaly_config; None: the model's grid). Optional values that are None are left out of the
+    JSON, as older models have them.
     """
 
     threshold: float | None = None
@@ -64,6 +67,7 @@ class AnomalySettings:
     brain_quantiles: list[float] | None = None
     heal_margin: int | None = None
     ratio_every: int | None = None
+    grid_mm: float | None = None
 
     _ALWAYS = ("threshold", "quantile", "median_size")  # written even when None (the JSON has always had them)
 
@@ -126,6 +130,10 @@ class AnomalySettings:
                                   or not heal):
                 raise ModelError(f"{source}: anomaly.{k} must be a whole number (heal_margin >= 0, ratio_every >= 1) and "
                                  f"only set for the heal and healed scores, not {v!r} with the {a.score} score")
+        g = a.grid_mm
+        if g is not None and not (_number(g) and math.isfinite(g) and 0 < g <= 10):
+            raise ModelError(f"{source}: anomaly.grid_mm must be a number of millimetres above 0 and at most 10, or "
+                             f"absent, not {g!r}")
         return a
 
 

@@ -43,13 +43,13 @@ Volumes within the limit, such as the healthy calibration volumes, are healed as
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ...errors import InputError
-from ..model.checkpoint import AnomalySettings
+from ..model.checkpoint import AnomalySettings, ModelConfig
 from ..model.loader import Model
 from ..prep.brainmask import auto_brain_mask
 from ..prep.ood import ood_warning
@@ -90,6 +90,19 @@ class AnomalyResult:
         if self.healthy_peak is None:
             return None
         return sum(bool(c["above_healthy"]) for c in self.candidates)
+
+
+def anomaly_config(config: ModelConfig) -> ModelConfig:
+    """The configuration anomaly maps are prepared (and calibrated) with: the model's own, or, for a model calibrated
+    with ``anomaly.grid_mm``, a copy whose grid is that many millimetres in-plane and between slices.
+
+    A healing head trained on a grid coarser than the VAE's sees more anatomy around a lesion in its patch (a 2 mm
+    head grafted into ``real_t1``, see docs/method.md); the map is made on that grid and brought back to the input's.
+    """
+    g = config.anomaly.grid_mm
+    if g is None:
+        return config
+    return replace(config, spacing_mm=float(g), slice_spacing_mm=float(g))
 
 
 def brain_box(brain: np.ndarray, reach: int) -> tuple[slice, ...]:
@@ -382,7 +395,7 @@ def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain
     bm = None if brain_mask is None else check_mask(brain_mask, volume.shape, "brain mask")
     if bm is not None and not bm.any():
         raise InputError("the brain mask is empty")
-    prep = prepare(volume, sp, model.config, axis, force=force, warn=False)
+    prep = prepare(volume, sp, anomaly_config(model.config), axis, force=force, warn=False)
     p = Progress(len(range(0, prep.data.shape[0], prep.stride)) + 1, progress, cancel)
     p.check()
     score, ratio = score_and_ratio(model, prep, p, bm)

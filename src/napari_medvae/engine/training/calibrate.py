@@ -38,6 +38,7 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
     from ..ops.anomaly import (
         HEAL_MARGIN,
         RATIO_EVERY,
+        anomaly_config,
         brain_quantiles,
         final_score,
         raw_scores,
@@ -90,7 +91,8 @@ def calibrate(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: flo
         setattr(settings, key, None if part is None else float(np.quantile(part, 0.99)))
     scores = final_score(skip, latent, heal, settings)
     threshold = float(np.quantile(scores, quantile))
-    grid = (model.config.slice_spacing_mm, model.config.spacing_mm, model.config.spacing_mm)
+    cfg = anomaly_config(model.config)  # the grid the volumes are on (anomaly.grid_mm, else the model's)
+    grid = (cfg.slice_spacing_mm, cfg.spacing_mm, cfg.spacing_mm)
     peaks = []
     for i, brain in enumerate(brains):  # the strongest candidate each healthy volume would show
         heat = np.zeros(brain.shape, np.float32)
@@ -131,11 +133,14 @@ def default_score(model: Model) -> str:
 
 def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantile: float = 0.999,
                     score: str | None = None, heal_flip: bool | None = None,
-                    heal_invert: float | None = None) -> None:
+                    heal_invert: float | None = None,
+                    profile_volumes: list[tuple[np.ndarray, int]] | None = None) -> None:
     """Set the model's anomaly threshold and out-of-distribution intensity profile from healthy volumes.
 
-    ``score``: the anomaly score to calibrate (default: "heal" for models with a healing head, else "combined");
-    ``heal_flip``, ``heal_invert``: see ``calibrate``.
+    ``volumes`` are on the anomaly grid (``engine.ops.anomaly.anomaly_config``); ``score``: the anomaly score to
+    calibrate (default: "heal" for models with a healing head, else "combined"); ``heal_flip``, ``heal_invert``: see
+    ``calibrate``. ``profile_volumes``: the same volumes on the model's own grid for the intensity profile (None:
+    ``volumes``).
     """
     from ..prep.ood import intensity_profile
 
@@ -143,7 +148,7 @@ def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantil
         score = default_score(model)
     model.config.anomaly.quantile = quantile
     model.config.anomaly.threshold = calibrate(model, volumes, quantile, score, heal_flip, heal_invert)
-    model.config.intensity_profile = intensity_profile([v for v, _ in volumes])
+    model.config.intensity_profile = intensity_profile([v for v, _ in (volumes if profile_volumes is None else profile_volumes)])
 
 
 def recalibrate(model_path: str, healthy: Sequence[str], out: str, quantile: float = 0.999,
@@ -160,8 +165,12 @@ def recalibrate(model_path: str, healthy: Sequence[str], out: str, quantile: flo
     if heal_flip is not None and (score or default_score(model)) not in HEAL_SCORES:
         raise InputError("--heal-flip applies to the healing head's scores (heal, healed) only")
     check_heal_invert(heal_invert, score or default_score(model))
-    vols = load_volumes(healthy, model.config)
-    calibrate_model(model, vols, quantile, score, heal_flip, heal_invert)
+    from ..ops.anomaly import anomaly_config
+
+    vols = load_volumes(healthy, anomaly_config(model.config))
+    # the intensity profile is checked by every operation, on the model's own grid
+    own = vols if model.config.anomaly.grid_mm is None else load_volumes(healthy, model.config)
+    calibrate_model(model, vols, quantile, score, heal_flip, heal_invert, profile_volumes=own)
     model.config.training = {**(model.config.training or {}), "calibrated_on": f"{len(vols)} volumes",
                              "calibration_files": [Path(p).name for p in healthy]}
     return save_checkpoint(out, model.config, model.net.state_dict())

@@ -57,15 +57,18 @@ class HeadTrainConfig:
         return {"channels": list(self.channels), "strides": list(self.strides), "num_res_units": self.num_res_units}
 
 
-def grid_volumes(model: Model, paths) -> list[np.ndarray]:
-    """Each volume on the model grid (normalised), split into sub-volumes at the model's slice spacing."""
+def grid_volumes(model: Model, paths, config=None) -> list[np.ndarray]:
+    """Each volume on the model grid (normalised), split into sub-volumes at the model's slice spacing.
+
+    ``config``: another grid's configuration (the healing head's: engine.ops.anomaly.anomaly_config)."""
     from ...io import read_volume
     from ..prep.preprocess import prepare
 
+    cfg = model.config if config is None else config
     out = []
     for path in paths:
         vol, geom = read_volume(path)
-        prep = prepare(np.asarray(vol, dtype=np.float32), geom.spacing, model.config, None, force=True)
+        prep = prepare(np.asarray(vol, dtype=np.float32), geom.spacing, cfg, None, force=True)
         out += [np.ascontiguousarray(prep.data[ph :: prep.stride]) for ph in range(prep.stride)]
     return out
 
@@ -135,8 +138,12 @@ def start_head(tc: HeadTrainConfig, key: str, config_cls) -> HeadRun:
     base = load_model(tc.model, device="cpu")
     model, fine_tune = attach_head(base, key, config_cls.from_dict(tc.head_dict()).to_dict(), config_cls)
     t0 = time.perf_counter()
-    vols = grid_volumes(model, tc.train)
-    vals = grid_volumes(model, tc.val) if tc.val else []
+    # the healing head works on the anomaly grid (anomaly.grid_mm where the model has one), the others on the model's
+    from ..ops.anomaly import anomaly_config
+
+    cfg = anomaly_config(model.config) if key == "heal_head" else model.config
+    vols = grid_volumes(model, tc.train, cfg)
+    vals = grid_volumes(model, tc.val, cfg) if tc.val else []
     data_seconds = round(time.perf_counter() - t0, 1)
     device = resolve_device(tc.device)
     model.to(device)

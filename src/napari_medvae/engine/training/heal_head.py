@@ -227,6 +227,10 @@ def train_heal_head(tc: HealHeadTrainConfig, callback: Callable[[dict], None] | 
 
     history = train_head_loop(head, model.net, steps=tc.steps, lr=tc.lr, fine_tune=r.fine_tune, loss_fn=loss_fn,
                               validate=validate, t0=r.t0, callback=callback, cancel=cancel, ema=0.98)
-    calibrate_model(model, load_volumes(tc.val, model.config), tc.calibration_quantile, score="heal")
+    from ..ops.anomaly import anomaly_config
+
+    own = load_volumes(tc.val, model.config)
+    grid = own if model.config.anomaly.grid_mm is None else load_volumes(tc.val, anomaly_config(model.config))
+    calibrate_model(model, grid, tc.calibration_quantile, score="heal", profile_volumes=own)
     return save_with_record(tc, model, r.base, "heal_head", r.t0, r.device, history, data_seconds=r.data_seconds,
                             fine_tuned=r.fine_tune)
