@@ -8,8 +8,8 @@ A recipe (JSON) names the training and validation folders, an output folder and 
 each added to the previous stage's model with everything before it frozen) and ``calibrate`` (anomaly
 threshold and out-of-distribution profile on the validation volumes); ``settings`` sets model settings chosen on
 the validation volumes (``slice_fill``) without training. A stage with ``"base": MODEL`` (a packaged model's name
-or a path) starts from that model instead of the previous stage's, and the stages after it go on from the model
-before it; ``graft`` copies a head (``"head": "heal_head"``) from such a stage's output (``"from": OUT``) into the
+or a path; ``@OUT``: an earlier stage's output) starts from that model instead of the previous stage's, and the
+stages after it go on from the model before it; ``graft`` copies a head (``"head": "heal_head"``) from such a stage's output (``"from": OUT``) into the
 model, with ``"grid_mm"``: the grid that head was trained on (the healing head: anomaly.grid_mm). Each stage writes
 ``<out_dir>/<out>.safetensors`` + ``.json``; a stage whose output exists is skipped, so an interrupted run
 continues where it stopped. Seconds per stage are printed and written to ``<out_dir>/recipe_log.json``.
@@ -55,13 +55,15 @@ def load_recipe(path: Path) -> dict:
     return recipe
 
 
-def stage_base(st: dict, prev: str | None) -> str | None:
-    """The model a stage starts from: its own ``base`` (a packaged model's name or a path), else ``prev``."""
+def stage_base(st: dict, prev: str | None, out_dir: Path | None = None) -> str | None:
+    """The model a stage starts from: its own ``base`` (a packaged model's name, a path, or ``@OUT``: an earlier
+    stage's output in ``out_dir``), else ``prev``."""
     if "base" not in st:
         return prev
     from napari_medvae.engine.model.loader import model_path
 
-    path = model_path(st["base"])
+    base = str(st["base"])
+    path = (Path(out_dir or ".") / f"{base[1:]}.safetensors") if base.startswith("@") else model_path(base)
     if not Path(path).exists():
         raise SystemExit(f"error: stage {st['out']}: base model {st['base']} ({path}) does not exist")
     return str(path)
@@ -94,7 +96,8 @@ def run_stage(st: dict, prev: str | None, train: list[str], val: list[str], out:
         ModelConfig.from_dict(cfg.to_dict(), "settings stage")  # the same checks as loading it
         save_checkpoint(out, cfg, state)
     elif kind == "graft":
-        graft(prev, str(Path(out).parent / str(opts.get("from", ""))), out, opts)
+        graft(prev, str(Path(out).parent / str(opts.get("from", ""))), out, opts,
+              {"runs": len(branch_of(recipe["stages"], str(opts.get("from", "")))), "n_train": len(train), "n_val": len(val)})
     elif kind == "calibrate":
         from napari_medvae.engine.training.calibrate import recalibrate
 
@@ -115,9 +118,21 @@ def run_stage(st: dict, prev: str | None, train: list[str], val: list[str], out:
         getattr(mod, fn)(getattr(mod, cfg)(train=train, val=val, out=out, model=prev, seed=seed, device="cpu", **opts))
 
 
-def graft(prev: str, donor: str, out: str, opts: dict) -> None:
+def branch_of(stages: list[dict], out: str) -> list[str]:
+    """The side-branch stages that made ``out``: it and the stages its ``@`` bases lead back to (first one first)."""
+    by_out = {st["out"]: st for st in stages}
+    chain = []
+    while out in by_out and out not in chain:
+        chain.append(out)
+        base = str(by_out[out].get("base", ""))
+        out = base[1:] if base.startswith("@") else ""
+    return chain[::-1]
+
+
+def graft(prev: str, donor: str, out: str, opts: dict, here: dict | None = None) -> None:
     """``prev`` with head ``opts["head"]`` (architecture and weights) from the model ``donor`` (a stage's output stem),
-    the head's grid set to ``opts["grid_mm"]``; the donor's other weights are not used."""
+    the head's grid set to ``opts["grid_mm"]``; the donor's other weights are not used. ``here``: what this recipe
+    added to the head (``runs``: its last runs, made by the recipe's stages, on ``n_train`` / ``n_val`` volumes)."""
     from napari_medvae.engine.model.checkpoint import ModelConfig, load_checkpoint, save_checkpoint
 
     bad = sorted(set(opts) - {"from", "head", "grid_mm"})
@@ -135,8 +150,13 @@ def graft(prev: str, donor: str, out: str, opts: dict) -> None:
     state.update({k: v for k, v in dstate.items() if k.startswith(f"{head}.")})
     cfg.architecture = {**cfg.architecture, head: dcfg.architecture[head]}
     cfg.anomaly.grid_mm = float(opts["grid_mm"]) if opts.get("grid_mm") is not None else None
-    cfg.training = {**(cfg.training or {}), f"{head}_grafted_from": {
-        "name": dcfg.name, "training": (dcfg.training or {}).get(head) or (dcfg.training or {}).get("heads")}}
+    # the head's own training record replaces the chain's (the card describes the head the model holds)
+    record = (dcfg.training or {}).get(head)
+    cfg.training = {**(cfg.training or {}), head: record,
+                    f"{head}_graft": {"from_stage": str(opts["from"]), "donor_name": dcfg.name,
+                                      "grid_mm": cfg.anomaly.grid_mm, **(here or {})}}
+    if record is None:
+        cfg.training.pop(head)
     ModelConfig.from_dict(cfg.to_dict(), "graft stage")  # the same checks as loading it
     save_checkpoint(out, cfg, state)
 
@@ -185,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"[{st['stage']}] -> {out}", flush=True)
             t = time.perf_counter()
-            run_stage(st, stage_base(st, prev), train, val, out, recipe)
+            run_stage(st, stage_base(st, prev, out_dir), train, val, out, recipe)
             log[st["out"]] = {"stage": st["stage"], "seconds": round(time.perf_counter() - t, 1)}
             log_path.write_text(json.dumps(log, indent=1))
             print(f"[{st['stage']}] done in {log[st['out']]['seconds']:.0f} s", flush=True)

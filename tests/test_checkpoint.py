@@ -202,6 +202,20 @@ def test_card_summary_is_plain_language_and_the_technical_part_follows():
     assert f"{cfg['anomaly']['threshold']:.4f}" in card
 
 
+def test_card_says_where_a_grafted_healing_head_came_from_and_its_grid(default_model):
+    from napari_medvae.engine.model.card import TECHNICAL_TITLE, card_summary, model_card
+
+    cfg = _shipped_config()
+    graft = cfg["training"]["heal_head_graft"]  # real_t1's healing head: synthetic_mni's, fine-tuned at 2 mm
+    assert cfg["anomaly"]["grid_mm"] == 2.0 and graft["runs"] == 2 and graft["n_train"] == 50
+    assert f"'{graft['donor_name']}' model" in card_summary(cfg) and "2 mm grid" in card_summary(cfg)
+    tech = model_card(cfg).split(TECHNICAL_TITLE)[1]
+    assert f"grafted from the recipe stage '{graft['from_stage']}'" in tech
+    assert "| healing head grid | 2 mm" in tech and "mean over 8 held-out volumes" in tech
+    del cfg["training"]["heal_head_graft"], cfg["anomaly"]["grid_mm"]
+    assert "grafted" not in model_card(cfg) and "healing head grid" not in model_card(cfg)
+
+
 def test_card_of_an_uncalibrated_model_says_its_heatmap_has_no_limit():
     from napari_medvae.engine.model.card import card_summary
 

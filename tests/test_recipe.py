@@ -22,7 +22,9 @@ def test_the_shipped_recipe_is_well_formed():
     outs = [st["out"] for st in recipe["stages"]]
     assert len(set(outs)) == len(outs)
     for i, st in enumerate(recipe["stages"]):
-        if "base" in st:
+        if str(st.get("base", "")).startswith("@"):
+            assert st["base"][1:] in outs[:i]  # an earlier stage's output
+        elif "base" in st:
             assert Path(train_recipe.stage_base(st, None)).exists()  # a packaged model: no download
         if st["stage"] == "graft":
             assert st["from"] in outs[:i] and st["head"] in train_recipe.GRAFT_HEADS
@@ -34,6 +36,14 @@ def test_a_stage_with_its_own_base_starts_from_it():
         .endswith("synthetic_mni.safetensors")
     with pytest.raises(SystemExit, match="does not exist"):
         train_recipe.stage_base({"stage": "heal_head", "out": "x", "base": "/nowhere/m.safetensors"}, None)
+
+
+def test_a_base_can_be_an_earlier_stages_output(tmp_path):
+    _model(tmp_path, "first", 1.0)
+    st = {"stage": "heal_head", "out": "second", "base": "@first"}
+    assert train_recipe.stage_base(st, "prev", tmp_path) == str(tmp_path / "first.safetensors")
+    with pytest.raises(SystemExit, match="does not exist"):
+        train_recipe.stage_base({**st, "base": "@later"}, "prev", tmp_path)
 
 
 def _model(tmp_path: Path, name: str, scale: float) -> str:

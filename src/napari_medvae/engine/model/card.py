@@ -54,6 +54,9 @@ def _summary_lines(c: dict) -> list[str]:
         f"- Scans: {c.get('modality', '?')}"
         + (f", {n_train} healthy training volume{'' if n_train == 1 else 's'}." if n_train else "."),
         *([f"- Training data, in its trainer's words: {data.rstrip('.')}."] if data else []),
+        *([f"- The healing head behind the anomaly map started from another model's (a '"
+           f"{t['heal_head_graft']['donor_name']}' model, whose card names its training data) and was fine-tuned "
+           f"as the table below lists; it works on a {_mm(an.get('grid_mm') or sp)} grid."] if t.get("heal_head_graft") else []),
         *([f"- Calibrated on healthy brains it did not train on ({t['calibrated_on']})."]
           if t.get("calibrated_on") else []),
         "",
@@ -180,7 +183,8 @@ def _anomaly_row(an: dict) -> str:
     return s
 
 
-def _head_rows(arch: dict, t: dict, slice_fill: str = "validated") -> list[tuple[str, str]]:
+def _head_rows(arch: dict, t: dict, slice_fill: str = "validated",
+               config_anomaly: dict | None = None) -> list[tuple[str, str]]:
     """Rows for the 3D heads and the region prior that the config has (architecture + training record)."""
     rows: list[tuple[str, str]] = []
     head, td = arch.get("denoiser"), t.get("denoiser")
@@ -232,12 +236,26 @@ def _head_rows(arch: dict, t: dict, slice_fill: str = "validated") -> list[tuple
                         + "".join(f"; then {e['steps']} more steps, Adam lr {e['lr']}{_contrast(e)}, "
                                   f"{e['seconds'] / 60:.1f} min" for e in th.get("continued", []))
                         if th else "")))
+        graft = t.get("heal_head_graft")
+        if graft:
+            first = (th or {}).get("base_model")
+            runs = graft.get("runs")
+            rows.append(("healing head origin", f"grafted from the recipe stage '{graft['from_stage']}' (a model "
+                         f"'{graft['donor_name']}'" + (f"; its first run above started from {first}" if first else "")
+                         + ")" + (f"; the last {runs} run{'s' if runs != 1 else ''} above were this model's recipe, on "
+                                  f"its {graft.get('n_train')} training volumes (validated on its {graft.get('n_val')})"
+                                  if runs else "")))
+        grid = (config_anomaly or {}).get("grid_mm")
+        if grid:
+            rows.append(("healing head grid", f"{grid:g} mm in-plane and between slices: anomaly maps are made and "
+                                              "calibrated on it and brought back to the scan's grid"))
         hist = ((th.get("continued") or [th])[-1].get("history") if th else None)  # the latest run's validation
         last = hist[-1] if hist else {}
         if "val_psnr_head" in last:
+            n_val = graft["n_val"] if graft and graft.get("runs") else th["n_val"]  # latest run: this recipe's?
             rows.append(("healing head, validation", f"PSNR inside synthetic blobs {last['val_psnr_input']:.2f} dB "
                                                      f"(input) → {last['val_psnr_head']:.2f} dB (healed), mean over "
-                                                     f"{th['n_val']} held-out volumes"))
+                                                     f"{n_val} held-out volumes"))
     else:
         rows.append(("healing head (anomaly)", "none"))
     rp, tr = arch.get("region_prior"), t.get("region_prior")
@@ -294,7 +312,7 @@ def card_technical(config: ModelConfig | dict, weights: str | os.PathLike | None
                                                   f"to the healthy held-out volumes'; refused above "
                                                   f"{prof.get('threshold')} (healthy maximum "
                                                   f"{prof.get('healthy_max_score')})"))
-    rows += _head_rows(arch, t, c.get("slice_fill", "validated"))
+    rows += _head_rows(arch, t, c.get("slice_fill", "validated"), c.get("anomaly"))
     out = [f"## {TECHNICAL_TITLE}", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in rows]
     out += ["", "Generated from the model's JSON config by `napari_medvae.engine.model.card` (`medvae info` prints it; "
