@@ -315,3 +315,19 @@ def test_the_healing_head_trains_on_the_anomaly_grid(tmp_path):
     coarse = grid_volumes(m4, [path], anomaly_config(m4.config))
     assert len(coarse) == 2 * len(own)  # slices 4 mm apart: two interleaved sub-volumes of the 2 mm volume
     assert coarse[0].shape[1] * 2 == pytest.approx(own[0].shape[1], abs=1)  # half as many rows in-plane
+
+
+def test_calibration_reads_volumes_on_the_anomaly_grid_and_on_the_models_own(tmp_path):
+    """Scores are calibrated on the anomaly grid, the intensity profile on the model's grid (every operation checks it)."""
+    from conftest import SAMPLE
+
+    from napari_medvae.engine.training.calibrate import calibration_volumes
+
+    path = [str(SAMPLE / "mni_t1_healthy.nii.gz")]
+    m = load_model(None, device="cpu")
+    grid, own = calibration_volumes(m, path)
+    assert grid is own
+    m4 = load_model(_copy_model(tmp_path, lambda a: a.update(grid_mm=4.0)), device="cpu")
+    grid4, own4 = calibration_volumes(m4, path)
+    assert [v.shape for v, _ in own4] == [v.shape for v, _ in own]
+    assert grid4[0][0].shape[1] * 2 == pytest.approx(own4[0][0].shape[1], abs=1) and grid4[0][1] == 2  # 4 mm, stride 2

@@ -151,6 +151,15 @@ def calibrate_model(model: Model, volumes: list[tuple[np.ndarray, int]], quantil
     model.config.intensity_profile = intensity_profile([v for v, _ in (volumes if profile_volumes is None else profile_volumes)])
 
 
+def calibration_volumes(model: Model, paths: Sequence[str]) -> tuple[list, list]:
+    """``paths`` read twice where the model's anomaly grid differs from its own (``anomaly.grid_mm``): (volumes on the
+    anomaly grid, for the scores; volumes on the model's grid, for the intensity profile every operation checks)."""
+    from ..ops.anomaly import anomaly_config
+
+    own = load_volumes(paths, model.config)
+    return (own if model.config.anomaly.grid_mm is None else load_volumes(paths, anomaly_config(model.config))), own
+
+
 def recalibrate(model_path: str, healthy: Sequence[str], out: str, quantile: float = 0.999,
                 score: str | None = None, heal_flip: bool | None = None,
                 heal_invert: float | None = None) -> Path:
@@ -165,11 +174,7 @@ def recalibrate(model_path: str, healthy: Sequence[str], out: str, quantile: flo
     if heal_flip is not None and (score or default_score(model)) not in HEAL_SCORES:
         raise InputError("--heal-flip applies to the healing head's scores (heal, healed) only")
     check_heal_invert(heal_invert, score or default_score(model))
-    from ..ops.anomaly import anomaly_config
-
-    vols = load_volumes(healthy, anomaly_config(model.config))
-    # the intensity profile is checked by every operation, on the model's own grid
-    own = vols if model.config.anomaly.grid_mm is None else load_volumes(healthy, model.config)
+    vols, own = calibration_volumes(model, healthy)
     calibrate_model(model, vols, quantile, score, heal_flip, heal_invert, profile_volumes=own)
     model.config.training = {**(model.config.training or {}), "calibrated_on": f"{len(vols)} volumes",
                              "calibration_files": [Path(p).name for p in healthy]}

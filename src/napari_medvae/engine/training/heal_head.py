@@ -209,8 +209,7 @@ def train_heal_head(tc: HealHeadTrainConfig, callback: Callable[[dict], None] | 
 
     A base model whose head has the requested architecture is fine-tuned; otherwise a new head (starting as the
     identity) is trained."""
-    from .calibrate import calibrate_model
-    from .volumes import load_volumes
+    from .calibrate import calibrate_model, calibration_volumes
 
     r = start_head(tc, "heal_head", HealHeadConfig)
     model, head = r.model, r.head
@@ -227,10 +226,7 @@ def train_heal_head(tc: HealHeadTrainConfig, callback: Callable[[dict], None] | 
 
     history = train_head_loop(head, model.net, steps=tc.steps, lr=tc.lr, fine_tune=r.fine_tune, loss_fn=loss_fn,
                               validate=validate, t0=r.t0, callback=callback, cancel=cancel, ema=0.98)
-    from ..ops.anomaly import anomaly_config
-
-    own = load_volumes(tc.val, model.config)
-    grid = own if model.config.anomaly.grid_mm is None else load_volumes(tc.val, anomaly_config(model.config))
+    grid, own = calibration_volumes(model, tc.val)
     calibrate_model(model, grid, tc.calibration_quantile, score="heal", profile_volumes=own)
     return save_with_record(tc, model, r.base, "heal_head", r.t0, r.device, history, data_seconds=r.data_seconds,
                             fine_tuned=r.fine_tune)
