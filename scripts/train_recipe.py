@@ -112,7 +112,7 @@ def run_stage(st: dict, prev: str | None, train: list[str], val: list[str], out:
         import importlib
 
         mod = importlib.import_module(f"napari_medvae.engine.training.{module}")
-        for k in ("patch", "noise_range"):
+        for k in ("patch", "noise_range", "runs"):
             if k in opts:
                 opts[k] = tuple(opts[k])
         getattr(mod, fn)(getattr(mod, cfg)(train=train, val=val, out=out, model=prev, seed=seed, device="cpu", **opts))

@@ -93,6 +93,11 @@ def test_inpaint_uses_the_slice_head_for_missing_slices_only(sh_model, read, mon
     ({"steps": 0}, "steps"),
     ({"strides": (3,)}, "strides"),
     ({"train": []}, "no training volumes"),
+    ({"runs": ()}, "runs must be"),
+    ({"runs": (0,)}, "runs must be"),
+    ({"runs": (9,)}, "runs must be"),
+    ({"runs": (1, 8)}, "need a patch of at least 18 slices"),
+    ({"single": True, "runs": (1, 3)}, "single missing slices only"),
 ])
 def test_bad_slice_head_options_are_refused(tmp_path, head_data, kw, msg):
     files = sorted(str(p) for p in head_data.iterdir())
@@ -182,3 +187,70 @@ def test_slice_fill_head_needs_a_slice_head():
     cfg["slice_fill"] = "head"
     with pytest.raises(ModelError, match="needs architecture.slice_head"):
         ModelConfig.from_dict(cfg, "test")
+
+
+@pytest.fixture(scope="module")
+def single_model(tmp_path_factory, head_data, sh_model):
+    files = sorted(str(p) for p in head_data.iterdir())
+    out = tmp_path_factory.mktemp("single") / "s"
+    tc = SliceHeadTrainConfig(train=files[:1], val=files[1:], out=str(out), model=str(sh_model), steps=2, batch_size=1,
+                              patch=(16, 16, 16), channels=(4, 8), strides=(2,), num_res_units=1, device="cpu",
+                              runs=(1,), single=True)
+    return train_slice_head(tc)
+
+
+def test_single_slice_head_starts_from_the_general_head_and_keeps_it(single_model, sh_model):
+    m, base = load_model(single_model, device="cpu"), load_model(sh_model, device="cpu")
+    assert m.net.slice_head_single is not None
+    assert m.config.architecture["slice_head_single"] == m.config.architecture["slice_head"]
+    rec = m.config.training["slice_head_single"]
+    assert rec["initialised_from"] == "slice_head" and rec["runs"] == [1] and rec["single"] is True
+    assert "val_psnr_run1_head" in rec["history"][-1] and "val_psnr_run3_head" in rec["history"][-1]
+    assert m.config.training["slice_head"] == base.config.training["slice_head"]
+    before = base.net.state_dict()
+    for k, v in m.net.state_dict().items():
+        if not k.startswith("slice_head_single."):
+            assert torch.equal(v, before[k]), k  # everything else, the general head included, is frozen
+    # it started from the general head's weights: a few steps at a small learning rate keep it close to them
+    diffs = [float((v - before["slice_head." + k[len("slice_head_single."):]]).abs().max())
+             for k, v in m.net.state_dict().items() if k.startswith("slice_head_single.")]
+    assert max(diffs) < 0.05
+    from napari_medvae.engine.model.card import _head_rows
+
+    rows = dict(_head_rows(m.config.architecture, m.config.training, "head"))
+    assert "single-slice head" in rows and "started from the missing-slice head" in rows["single-slice head"]
+    assert "single-slice head" in rows["missing slices are filled by"]
+
+
+def test_single_slices_go_to_the_single_head_and_runs_to_the_general_one(single_model, sh_model, monkeypatch):
+    calls = []
+    real = inp._run_slice_head
+    monkeypatch.setattr(inp, "_run_slice_head", lambda m, key, i, k, rows, o: calls.append((key, list(rows)))
+                        or real(m, key, i, k, rows, o))
+    rng = np.random.default_rng(0)
+    vol = rng.random((40, 24, 24)).astype(np.float32)
+    mask = np.zeros(vol.shape, bool)
+    mask[[5, 12, 13, 14, 30]] = True
+    init = first_guess(vol, mask)
+    out = slice_head_fill(load_model(single_model, device="cpu"), init, mask)
+    assert calls == [("slice_head_single", [5, 30]), ("slice_head", [12, 13, 14])]
+    np.testing.assert_array_equal(out[~mask], init[~mask])
+    assert np.isfinite(out).all()
+    calls.clear()
+    slice_head_fill(load_model(sh_model, device="cpu"), init, mask)  # no single-slice head: the general one does all
+    assert calls == [("slice_head", [5, 12, 13, 14, 30])]
+    calls.clear()
+    gap = np.zeros(vol.shape, bool)
+    gap[[12, 13]] = True
+    slice_head_fill(load_model(single_model, device="cpu"), first_guess(vol, gap), gap)
+    assert calls == [("slice_head", [12, 13])]  # no single slice: the single-slice head does not run
+
+
+def test_cli_trains_the_single_slice_head(tmp_path, head_data, sh_model, capsys):
+    opts = ["--data", str(head_data), "--steps", "1", "--batch-size", "1", "--patch", "16", "16", "16", "--channels",
+            "4", "8", "--res-units", "1", "--single"]
+    assert main(["train-slice-head", str(sh_model), "-o", str(tmp_path / "s"), *opts]) == 0
+    assert load_model(tmp_path / "s.safetensors", device="cpu").net.slice_head_single is not None
+    assert main(["train-slice-head", str(sh_model), "-o", str(tmp_path / "t"), *opts, "--runs", "1", "3"]) != 0
+    assert "single missing slices only" in capsys.readouterr().err
+    assert not (tmp_path / "t.safetensors").exists()

@@ -262,7 +262,9 @@ def cmd_train_slice_head(args) -> int:
 
     src, _ = _head_base(args)
     return _train_head(args, "train-slice-head", train_slice_head,
-                       SliceHeadTrainConfig(**_head_options(args, src), patch=tuple(args.patch)))
+                       SliceHeadTrainConfig(**_head_options(args, src), patch=tuple(args.patch),
+                                            runs=tuple(args.runs or ([1] if args.single else [1, 2, 3, 3])),
+                                            single=args.single))
 
 
 def cmd_train_heal_head(args) -> int:
@@ -509,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "PSNR in single missing slices and 3-slice gaps", steps=3000, batch_size=6, lr=1e-3)
     ts.add_argument("--patch", type=int, nargs=3, default=[24, 48, 48], metavar=("SLICES", "ROWS", "COLS"),
                     help="training patch (voxels, multiples of 2**(levels-1))")
+    ts.add_argument("--runs", type=int, nargs="+", metavar="N",
+                    help="lengths of the runs of missing slices in training patches, drawn uniformly from this list "
+                         "(default 1 2 3 3: 3-slice gaps twice as often; with --single: 1)")
+    ts.add_argument("--single", action="store_true",
+                    help="train the single-slice head instead (single missing slices only; it starts from the "
+                         "missing-slice head's weights and fills the slices with known neighbours on both sides)")
     ts.set_defaults(fn=cmd_train_slice_head)
     th = _head_parser(sub, common, "train-heal-head", "a trained 3D healing head (anomaly scoring)",
                       "the healing head (a 3D UNet that removes synthetic blobs; its residual joins the anomaly score)",

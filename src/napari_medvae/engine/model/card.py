@@ -220,7 +220,27 @@ def _head_rows(arch: dict, t: dict, slice_fill: str = "validated",
                                                            f"(cubic) → {last['val_psnr_head']:.2f} dB (head alone), mean "
                                                            f"over {ts['n_val']} held-out volumes × single slices and "
                                                            "3-slice gaps"))
-        rows.append(("missing slices are filled by", "the missing-slice head alone (slice_fill 'head')"
+        ss, tss = arch.get("slice_head_single"), t.get("slice_head_single")
+        if ss:
+            rows.append(("single-slice head", f"3D UNet (MONAI), channels {ss['channels']}, strides {ss['strides']}, "
+                                              f"{ss['num_res_units']} residual units"
+                         + ("; started from the missing-slice head" if tss and tss.get("initialised_from") else "")
+                         + (f"; {tss['steps']} steps × batch {tss['batch_size']} patches of "
+                            f"{'×'.join(str(n) for n in tss['patch'])} voxels from {tss['n_train']} volumes (single "
+                            f"missing slices only), Adam lr {tss['lr']}, VAE frozen, {tss['seconds'] / 60:.1f} min on "
+                            f"{tss['device']}"
+                            + "".join(f"; then {e['steps']} more steps, Adam lr {e['lr']}, {e['seconds'] / 60:.1f} min"
+                                      for e in tss.get("continued", []))
+                            if tss else "")))
+            hist = ((tss.get("continued") or [tss])[-1].get("history") if tss else None)
+            last = hist[-1] if hist else {}
+            if "val_psnr_run1_head" in last:
+                rows.append(("single-slice head, validation", f"PSNR in single missing slices {last['val_psnr_run1_cubic']:.2f} "
+                                                              f"dB (cubic) → {last['val_psnr_run1_head']:.2f} dB (head), mean "
+                                                              f"over {tss['n_val']} held-out volumes"))
+        rows.append(("missing slices are filled by", ("the single-slice head (single missing slices) and the "
+                                                      "missing-slice head (longer runs)" if ss else
+                                                      "the missing-slice head alone") + " (slice_fill 'head')"
                      if slice_fill == "head" else "cubic interpolation corrected by the VAE and the head, "
                      "weighted by how well each corrects known slices of the same volume (slice_fill 'validated')"))
     else:

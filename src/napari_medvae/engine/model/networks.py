@@ -20,6 +20,8 @@ constant channel), its output a residual added to the Wiener estimate; D, H, W m
 Optional ``slice_head`` (``architecture.slice_head``): the same kind of 3D UNet for missing slices. Its input
 is B x 2 x D x H x W (the classical first guess, the mask of missing slices), its output a correction added
 inside the mask (``medvae train-slice-head``). Inpainting blends it with the VAE's refinement (see inpaint).
+Optional ``slice_head_single`` (``architecture.slice_head_single``): a second such head, trained on single missing
+slices only (``medvae train-slice-head --single``); where a model has it, it fills the runs of one missing slice.
 
 Optional ``heal_head`` (``architecture.heal_head``): the same kind of 3D UNet, trained to remove synthetic blobs
 and coarse intensity changes from healthy volumes (a denoising autoencoder, after Kascenas et al., MIDL 2022). Its
@@ -56,6 +58,7 @@ class SliceVAEConfig:
     prefill_order: int = 1
     denoiser: dict | None = None
     slice_head: dict | None = None
+    slice_head_single: dict | None = None
     heal_head: dict | None = None
     region_prior: dict | None = None
     type: str = field(default="SliceVAE")
@@ -63,7 +66,7 @@ class SliceVAEConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
-        for k in ("denoiser", "slice_head", "heal_head", "region_prior"):
+        for k in ("denoiser", "slice_head", "slice_head_single", "heal_head", "region_prior"):
             if d[k] is None:
                 d.pop(k)
         return d
@@ -83,6 +86,8 @@ class SliceVAEConfig:
             d["denoiser"] = DenoiserConfig.from_dict(d["denoiser"]).to_dict()
         if d.get("slice_head") is not None:
             d["slice_head"] = SliceHeadConfig.from_dict(d["slice_head"]).to_dict()
+        if d.get("slice_head_single") is not None:
+            d["slice_head_single"] = SingleSliceHeadConfig.from_dict(d["slice_head_single"]).to_dict()
         if d.get("heal_head") is not None:
             d["heal_head"] = HealHeadConfig.from_dict(d["heal_head"]).to_dict()
         if d.get("region_prior") is not None:
@@ -142,6 +147,14 @@ class SliceHeadConfig(DenoiserConfig):
 
     inputs: int = 2  # first guess, mask of missing slices
     KEY, INPUTS, WHAT = "slice_head", 2, "first guess, mask"
+
+
+@dataclass
+class SingleSliceHeadConfig(SliceHeadConfig):
+    """The 3D single-slice head: a missing-slice head trained on single missing slices only (runs of 1), which the
+    general head fills less well than 3-slice gaps; it fills the single slices, the general head the longer runs."""
+
+    KEY, INPUTS, WHAT = "slice_head_single", 2, "first guess, mask (single missing slices)"
 
 
 @dataclass
@@ -314,6 +327,8 @@ class SliceVAE(nn.Module):
         _fuse_swish(self)
         self.denoiser = build_denoiser(DenoiserConfig.from_dict(cfg.denoiser)) if cfg.denoiser else None
         self.slice_head = build_denoiser(SliceHeadConfig.from_dict(cfg.slice_head)) if cfg.slice_head else None
+        self.slice_head_single = (build_denoiser(SingleSliceHeadConfig.from_dict(cfg.slice_head_single))
+                                  if cfg.slice_head_single else None)
         self.heal_head = build_denoiser(HealHeadConfig.from_dict(cfg.heal_head)) if cfg.heal_head else None
         self.region_prior = RegionPrior(RegionPriorConfig.from_dict(cfg.region_prior)) if cfg.region_prior else None
 

@@ -291,21 +291,42 @@ def blend_weights(truth: np.ndarray, first: np.ndarray, fills: Sequence[np.ndarr
 
 
 def slice_head_fill(model: Model, init: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``init`` plus the missing-slice head's correction inside ``mask`` (slices of ``mask`` and 8 around them)."""
-    from ..model.networks import SliceHeadConfig
+    """``init`` plus the missing-slice heads' correction inside ``mask`` (run on its slices and 8 around them).
 
-    head = model.net.slice_head
-    mult = SliceHeadConfig.from_dict(model.config.architecture["slice_head"]).multiple
+    Where the model has a single-slice head (``architecture.slice_head_single``), it fills the missing slices that
+    have known slices on both sides (runs of one along axis 0) and the general head fills the longer runs; each head
+    sees the whole mask. Each head's output is averaged with that of the left-right mirror image."""
     rows = np.flatnonzero(mask.any(axis=(1, 2)))
     out = init.copy()
     if len(rows) == 0:
         return out
+    missing = np.zeros(init.shape[0] + 2, bool)
+    missing[rows + 1] = True
+    alone = rows[~missing[rows] & ~missing[rows + 2]]  # no missing neighbour above or below
+    jobs = [("slice_head", rows)]
+    if getattr(model.net, "slice_head_single", None) is not None and len(alone):
+        jobs = [("slice_head_single", alone), ("slice_head", np.setdiff1d(rows, alone))]
+    for key, sel in jobs:
+        if len(sel):
+            _run_slice_head(model, key, init, mask, sel, out)
+    return out
+
+
+def _run_slice_head(model: Model, key: str, init: np.ndarray, mask: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+    """Head ``key``'s fill of ``mask`` on slices ``rows`` (axis 0), written into ``out`` there."""
+    from ..model.networks import SingleSliceHeadConfig, SliceHeadConfig
+
+    cls = SingleSliceHeadConfig if key == "slice_head_single" else SliceHeadConfig
+    head = getattr(model.net, key)
+    mult = cls.from_dict(model.config.architecture[key]).multiple
     z0, z1 = max(0, int(rows[0]) - 8), min(init.shape[0], int(rows[-1]) + 9)
     x = np.stack([init[z0:z1], mask[z0:z1].astype(np.float32)])
     acc = run_head3d(model, head, x, mult, base=0, crop=True)
     acc += run_head3d(model, head, np.ascontiguousarray(x[..., ::-1]), mult, base=0, crop=True)[..., ::-1]  # left-right mirror
-    out[z0:z1] = np.where(mask[z0:z1], np.clip(acc / 2, 0, None), init[z0:z1])
-    return out
+    sel = np.zeros(init.shape[0], bool)
+    sel[rows] = True
+    take = mask[z0:z1] & sel[z0:z1, None, None]
+    out[z0:z1] = np.where(take, np.clip(acc / 2, 0, None), out[z0:z1])
 
 
 def blend_weight(truth: np.ndarray, first: np.ndarray, net: np.ndarray) -> float:

@@ -85,14 +85,36 @@ def tissue_patch(vols: list[np.ndarray], patch, rng: np.random.Generator) -> np.
     return vol[o[0] : o[0] + pz, o[1] : o[1] + py, o[2] : o[2] + px].astype(np.float32)
 
 
-def attach_head(base: Model, key: str, wanted: dict, config_cls) -> tuple[Model, bool]:
-    """(a CPU copy of ``base`` with head ``key`` of architecture ``wanted``, whether the base's head is fine-tuned).
+def _fits(entry: dict | None, wanted: dict, config_cls) -> bool:
+    """Whether an architecture entry (a head's config dict, or None) has the hyper-parameters ``wanted`` (inputs aside)."""
+    if entry is None:
+        return False
+    have = config_cls.from_dict({k: v for k, v in entry.items() if k != "inputs"}).to_dict()
+    return have == wanted
+
+
+def head_start(base: Model, key: str, wanted: dict, config_cls, init_from: str | None = None) -> str | None:
+    """Where head ``key`` of architecture ``wanted`` starts from on ``base``: ``key`` (its own weights, fine-tuned),
+    ``init_from`` (that head's weights, same architecture) or None (a new head, the identity)."""
+    arch = base.config.architecture
+    if _fits(arch.get(key), wanted, config_cls):
+        return key
+    if init_from and _fits(arch.get(init_from), wanted, config_cls):
+        return init_from
+    return None
+
+
+def attach_head(base: Model, key: str, wanted: dict, config_cls, init_from: str | None = None) -> tuple[Model, bool]:
+    """(a CPU copy of ``base`` with head ``key`` of architecture ``wanted``, whether the head starts from trained weights).
 
     The base model's head is trained further when it has the requested architecture; otherwise a new head
-    replaces it. All other weights are copied bit for bit.
+    replaces it, starting from the weights of the base's head ``init_from`` where that one has the same architecture
+    (and as the identity if not). All other weights are copied bit for bit.
     """
+    start = head_start(base, key, wanted, config_cls, init_from)
     arch = dict(base.config.architecture)
-    fine_tune = arch.get(key) is not None and config_cls.from_dict(arch[key]).to_dict() == wanted
+    fine_tune = start == key
+    copy_from = start if start not in (None, key) else None
     if not fine_tune:
         if arch.get(key) is not None:
             log.info("the base model's %s has another architecture; training a new one", key)
@@ -100,11 +122,13 @@ def attach_head(base: Model, key: str, wanted: dict, config_cls) -> tuple[Model,
     cfg = base.config
     cfg.architecture = SliceVAEConfig.from_dict(arch).to_dict()
     state = {k: v for k, v in base.net.state_dict().items() if fine_tune or not k.startswith(f"{key}.")}
+    if copy_from:
+        state.update({f"{key}." + k[len(copy_from) + 1:]: v for k, v in state.items() if k.startswith(f"{copy_from}.")})
     model = from_config(cfg, None, device="cpu")
     missing = model.net.load_state_dict(state, strict=False).missing_keys
     if any(not k.startswith(f"{key}.") for k in missing):
         raise InputError(f"the base model's weights do not fit its architecture ({missing[:2]})")
-    return model, fine_tune
+    return model, fine_tune or copy_from is not None
 
 
 @dataclass
@@ -121,6 +145,7 @@ class HeadRun:
     head: torch.nn.Module
     rng: np.random.Generator
     t0: float
+    initialised_from: str | None = None  # another head whose weights the new head started from
 
     def batch(self, sample: Callable, patch, batch_size: int) -> tuple[torch.Tensor, ...]:
         """``batch_size`` examples of ``sample(vols, patch, rng)`` stacked into tensors on the training device."""
@@ -128,15 +153,18 @@ class HeadRun:
         return tuple(torch.from_numpy(np.stack(a)).to(self.device) for a in parts)
 
 
-def start_head(tc: HeadTrainConfig, key: str, config_cls) -> HeadRun:
-    """Check ``tc``, seed, attach head ``key`` to the base model and load the volumes on the model grid."""
+def start_head(tc: HeadTrainConfig, key: str, config_cls, init_from: str | None = None) -> HeadRun:
+    """Check ``tc``, seed, attach head ``key`` to the base model (a new one starting from the base's head ``init_from``
+    where it fits, see ``attach_head``) and load the volumes on the model grid."""
     from ..model.loader import load_model, resolve_device
 
     tc.check()
     rng = np.random.default_rng(tc.seed)
     torch.manual_seed(tc.seed)
     base = load_model(tc.model, device="cpu")
-    model, fine_tune = attach_head(base, key, config_cls.from_dict(tc.head_dict()).to_dict(), config_cls)
+    wanted = config_cls.from_dict(tc.head_dict()).to_dict()
+    start = head_start(base, key, wanted, config_cls, init_from)
+    model, fine_tune = attach_head(base, key, wanted, config_cls, init_from)
     t0 = time.perf_counter()
     # the healing head works on the anomaly grid (anomaly.grid_mm where the model has one), the others on the model's
     from ..ops.anomaly import anomaly_config
@@ -147,7 +175,8 @@ def start_head(tc: HeadTrainConfig, key: str, config_cls) -> HeadRun:
     data_seconds = round(time.perf_counter() - t0, 1)
     device = resolve_device(tc.device)
     model.to(device)
-    return HeadRun(base, model, fine_tune, vols, vals, data_seconds, device, getattr(model.net, key), rng, t0)
+    return HeadRun(base, model, fine_tune, vols, vals, data_seconds, device, getattr(model.net, key), rng, t0,
+                   start if start not in (None, key) else None)
 
 
 
