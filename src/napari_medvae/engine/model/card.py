@@ -183,6 +183,19 @@ def _anomaly_row(an: dict) -> str:
     return s
 
 
+def _slice_head_text(arch: dict, rec: dict | None, runs: str) -> str:
+    """A missing-slice head's architecture and training runs (``rec``: its training record, if any)."""
+    text = (f"3D UNet (MONAI), channels {arch['channels']}, strides {arch['strides']}, {arch['num_res_units']} residual "
+            "units" + ("; started from the missing-slice head" if rec and rec.get("initialised_from") else ""))
+    if not rec:
+        return text
+    return (text + f"; {rec['steps']} steps × batch {rec['batch_size']} patches of "
+            f"{'×'.join(str(n) for n in rec['patch'])} voxels from {rec['n_train']} volumes ({runs}), Adam lr "
+            f"{rec['lr']}, VAE frozen, {rec['seconds'] / 60:.1f} min on {rec['device']}"
+            + "".join(f"; then {e['steps']} more steps, Adam lr {e['lr']}, {e['seconds'] / 60:.1f} min"
+                      for e in rec.get("continued", [])))
+
+
 def _head_rows(arch: dict, t: dict, slice_fill: str = "validated",
                config_anomaly: dict | None = None) -> list[tuple[str, str]]:
     """Rows for the 3D heads and the region prior that the config has (architecture + training record)."""
@@ -204,15 +217,7 @@ def _head_rows(arch: dict, t: dict, slice_fill: str = "validated",
         rows.append(("denoising head", "none (Wiener and block-matching stages only)"))
     sh, ts = arch.get("slice_head"), t.get("slice_head")
     if sh:
-        rows.append(("missing-slice head", f"3D UNet (MONAI), channels {sh['channels']}, strides {sh['strides']}, "
-                                           f"{sh['num_res_units']} residual units"
-                     + (f"; {ts['steps']} steps × batch {ts['batch_size']} patches of "
-                        f"{'×'.join(str(n) for n in ts['patch'])} voxels from {ts['n_train']} volumes (runs of 1-3 "
-                        f"missing slices), Adam lr {ts['lr']}, VAE frozen, {ts['seconds'] / 60:.1f} min on "
-                        f"{ts['device']}"
-                        + "".join(f"; then {e['steps']} more steps, Adam lr {e['lr']}, {e['seconds'] / 60:.1f} min"
-                                  for e in ts.get("continued", []))
-                        if ts else "")))
+        rows.append(("missing-slice head", _slice_head_text(sh, ts, "runs of 1-3 missing slices")))
         hist = ((ts.get("continued") or [ts])[-1].get("history") if ts else None)  # the latest run's validation
         last = hist[-1] if hist else {}
         if "val_psnr_head" in last:
@@ -222,16 +227,7 @@ def _head_rows(arch: dict, t: dict, slice_fill: str = "validated",
                                                            "3-slice gaps"))
         ss, tss = arch.get("slice_head_single"), t.get("slice_head_single")
         if ss:
-            rows.append(("single-slice head", f"3D UNet (MONAI), channels {ss['channels']}, strides {ss['strides']}, "
-                                              f"{ss['num_res_units']} residual units"
-                         + ("; started from the missing-slice head" if tss and tss.get("initialised_from") else "")
-                         + (f"; {tss['steps']} steps × batch {tss['batch_size']} patches of "
-                            f"{'×'.join(str(n) for n in tss['patch'])} voxels from {tss['n_train']} volumes (single "
-                            f"missing slices only), Adam lr {tss['lr']}, VAE frozen, {tss['seconds'] / 60:.1f} min on "
-                            f"{tss['device']}"
-                            + "".join(f"; then {e['steps']} more steps, Adam lr {e['lr']}, {e['seconds'] / 60:.1f} min"
-                                      for e in tss.get("continued", []))
-                            if tss else "")))
+            rows.append(("single-slice head", _slice_head_text(ss, tss, "single missing slices only")))
             hist = ((tss.get("continued") or [tss])[-1].get("history") if tss else None)
             last = hist[-1] if hist else {}
             if "val_psnr_run1_head" in last:
