@@ -114,6 +114,27 @@ def test_first_guess_interpolates_in_row_chunks_like_the_whole_volume(known, mon
     assert chunked.dtype == np.float32
 
 
+@pytest.mark.parametrize("known", [2, 3, 12])
+def test_first_guess_equals_the_spline_through_the_known_slices(known):
+    """The weights (one matrix product) give what the spline itself gives, edges (nearest known slice) included."""
+    from scipy.interpolate import interp1d
+
+    from napari_medvae.engine.classical import fill
+
+    rng = np.random.default_rng(2)
+    data = rng.random((known + 4, 9, 7)).astype(np.float32) * 50
+    missing = [0, 2, 4, known + 3]  # the first and last slices lie outside the known range
+    mask = np.zeros(data.shape, bool)
+    mask[missing] = True
+    known_idx = np.setdiff1d(np.arange(data.shape[0]), missing)
+    y = data[known_idx].astype(np.float64)
+    f = interp1d(known_idx, y, axis=0, kind="cubic" if known >= 4 else "linear", bounds_error=False,
+                 fill_value=(y[0], y[-1]))
+    out = fill.first_guess(data, mask)
+    np.testing.assert_allclose(out[missing], np.clip(f(missing), 0, None), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(out[known_idx], data[known_idx])
+
+
 def test_biharmonic_fill_labels_only_the_mask_box_and_fills_each_region():
     from napari_medvae.engine.classical.fill import biharmonic_fill
 
