@@ -7,7 +7,7 @@ A recipe (JSON) names the training and validation folders, an output folder and 
 2.5D slice VAE, ``medvae train``), ``region_prior``, ``slice_head``, ``denoiser``, ``heal_head`` (the heads,
 each added to the previous stage's model with everything before it frozen) and ``calibrate`` (anomaly
 threshold and out-of-distribution profile on the validation volumes); ``settings`` sets model settings chosen on
-the validation volumes (``slice_fill``) without training. A stage with ``"base": MODEL`` (a packaged model's name
+the validation volumes (``slice_fill``) or how heads are stored (``float16_heads``) without training. A stage with ``"base": MODEL`` (a packaged model's name
 or a path; ``@OUT``: an earlier stage's output) starts from that model instead of the previous stage's, and the
 stages after it go on from the model before it; ``graft`` copies a head (``"head": "heal_head"``) from such a stage's output (``"from": OUT``) into the
 model, with ``"grid_mm"``: the grid that head was trained on (the healing head: anomaly.grid_mm). Each stage writes
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("vae", "region_prior", "slice_head", "denoiser", "heal_head", "graft", "calibrate", "settings")
 GRAFT_HEADS = ("heal_head",)  # heads a graft stage may take from another stage's model
-SETTINGS = ("slice_fill",)  # model settings a "settings" stage may set (no training; see ModelConfig)
+SETTINGS = ("slice_fill", "float16_heads")  # model settings a "settings" stage may set (no training; see ModelConfig)
 
 
 def _files(folder: Path) -> list[str]:

@@ -35,6 +35,47 @@ def test_save_load_round_trip(tmp_path, model_copy):
     assert cfg2 == cfg and all((state[k] == state2[k]).all() for k in state)
 
 
+def test_float16_heads_are_stored_as_float16_and_read_back_as_float32(tmp_path, model_copy):
+    import torch
+    from safetensors import safe_open
+
+    cfg, state = load_checkpoint(model_copy)
+    heads = [h for h in ("slice_head", "heal_head") if cfg.architecture.get(h)]
+    assert heads
+    cfg.float16_heads = heads
+    out = save_checkpoint(tmp_path / "half", cfg, state)
+    with safe_open(str(out), "pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}
+    assert all(dtypes[k] == torch.float16 for k in dtypes if k.startswith(tuple(f"{h}." for h in heads)))
+    assert all(dtypes[k] == torch.float32 for k in dtypes if not k.startswith(tuple(f"{h}." for h in heads)))
+    cfg2, state2 = load_checkpoint(out)
+    assert cfg2.float16_heads == heads and all(v.dtype == torch.float32 for v in state2.values())
+    for k, v in state.items():
+        if k.startswith(tuple(f"{h}." for h in heads)):
+            torch.testing.assert_close(state2[k], v, rtol=1e-3, atol=1e-4)  # rounded to float16
+        else:
+            assert torch.equal(state2[k], v)
+    assert out.stat().st_size < model_copy.stat().st_size
+
+
+def test_real_t1_stores_its_slice_heads_as_float16_and_stays_under_20_mib():
+    from napari_medvae.engine.model.loader import packaged_model_path
+
+    path = packaged_model_path("real_t1")
+    cfg, _ = load_checkpoint(path)
+    assert cfg.float16_heads == ["slice_head", "slice_head_single"]
+    assert path.stat().st_size < 20 * 2**20
+
+
+@pytest.mark.parametrize("bad", [["region_prior"], ["nonsense"], "slice_head", ["slice_head_single"]])
+def test_bad_float16_heads_are_refused(tmp_path, model_copy, bad):
+    cfg = json.loads(model_copy.with_suffix(".json").read_text())
+    cfg["float16_heads"] = bad  # the region prior, unknown keys, not a list, a head the model lacks
+    model_copy.with_suffix(".json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="float16_heads must list 3D heads"):
+        load_model(model_copy, device="cpu")
+
+
 @pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions")
 def test_saved_model_files_get_the_umask_permissions_not_private_ones(tmp_path, model_copy):
     """Atomic writes go through mkstemp (mode 0600); the final files must be readable like any new file."""

@@ -301,6 +301,9 @@ def card_technical(config: ModelConfig | dict, weights: str | os.PathLike | None
         w = Path(weights)
         size = f" ({w.stat().st_size / 1e6:.1f} MB)" if w.is_file() else " (weights file not found)"
         rows.append(("files", f"`{w.with_suffix('.safetensors').name}` + `{w.with_suffix('.json').name}`{size}"))
+    if c.get("float16_heads"):
+        rows.append(("stored as float16", ", ".join(c["float16_heads"]) + " (weights read back as float32; the file is "
+                                                                          "smaller, results change by rounding only)"))
     rows += [
         ("modality", c["modality"]),
         ("architecture", f"{arch.get('type')}: context ±{arch.get('context')} slices, channels {arch.get('channels')}, "

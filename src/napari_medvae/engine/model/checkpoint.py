@@ -159,6 +159,8 @@ class ModelConfig:
     slice_fill: how missing slices are filled when the model has a missing-slice head: "validated" (the VAE's and
     the head's corrections of cubic interpolation, blended with weights fitted on known slices of the same volume)
     or "head" (the head's fill as is; chosen where it beat "validated" on the validation volumes).
+    float16_heads: 3D heads whose weights the ``.safetensors`` file stores as float16 (half the bytes; read back as
+    float32, so the network computes as before, with weights rounded to float16): keeps the shipped model small.
     training: the training history (runs, steps, losses, calibration files): saved in ``<name>.provenance.json``,
     not in the model's JSON; read by the model card only.
     """
@@ -173,6 +175,7 @@ class ModelConfig:
     sample_shape: list[int] = field(default_factory=lambda: [94, 116, 98])
     intensity_profile: dict = field(default_factory=dict)
     slice_fill: str = "validated"
+    float16_heads: list[str] = field(default_factory=list)
     training: dict = field(default_factory=dict)
     modality: str = "MRI T1 (brain, skull-stripped)"
     package_version: str = ""
@@ -210,6 +213,10 @@ class ModelConfig:
             raise ModelError(f"{source}: slice_fill must be one of {', '.join(SLICE_FILLS)}, not {cfg.slice_fill!r}")
         if cfg.slice_fill == "head" and not cfg.architecture.get("slice_head"):
             raise ModelError(f"{source}: slice_fill 'head' needs architecture.slice_head (a missing-slice head)")
+        heads = cfg.float16_heads
+        if not isinstance(heads, list) or any(h not in FLOAT16_HEADS or not cfg.architecture.get(h) for h in heads):
+            raise ModelError(f"{source}: float16_heads must list 3D heads the architecture has (of "
+                             f"{', '.join(FLOAT16_HEADS)}), not {heads!r}")
         norm = cfg.normalization
         if norm.get("method") != "percentile" or not 50 < float(norm.get("percentile", 0)) <= 100:
             raise ModelError(f"{source}: normalization must be {{'method': 'percentile', 'percentile': 50..100}}, not {norm}")
@@ -273,8 +280,11 @@ def read_config(config: str | os.PathLike) -> ModelConfig:
     return cfg
 
 
+FLOAT16_HEADS = ("denoiser", "slice_head", "slice_head_single", "heal_head")  # heads that may be stored as float16
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
-    """Read and validate a model; returns (config, state_dict of CPU tensors)."""
+    """Read and validate a model; returns (config, state_dict of float32 CPU tensors)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -298,7 +308,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{weights}: not a readable safetensors file ({exc})") from None
     check_state(cfg, state, str(weights))
-    return cfg, state
+    return cfg, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def check_state(cfg: ModelConfig, state: dict, source: str) -> None:
@@ -344,12 +354,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, state: dict) -> Path:
     """Write <stem>.safetensors + <stem>.json (+ <stem>.provenance.json with the training history) atomically;
-    returns the weights path."""
+    returns the weights path. The tensors of ``cfg.float16_heads`` are stored as float16."""
     from safetensors.torch import save
 
     weights, config = model_paths(Path(path).with_suffix("") if Path(path).suffix else path)
     weights.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    half = tuple(f"{h}." for h in cfg.float16_heads)
+    tensors = {k: (v.detach().cpu().half() if k.startswith(half) and v.is_floating_point() else v.detach().cpu()).contiguous()
+               for k, v in state.items()}
     _atomic_write_bytes(weights, save(tensors, metadata={"format": "pt", "napari_medvae": str(cfg.format_version)}))
     _atomic_write_bytes(config, (json.dumps(cfg.to_dict(training=False), indent=2) + "\n").encode())
     prov = config.with_suffix(PROVENANCE_SUFFIX)
