@@ -17,7 +17,7 @@ def test_quality_quick_writes_table(tmp_path):
 
     out = tmp_path / "q.md"
     assert quality.main(["--quick", "--out", str(out)]) == 0
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     for task in ("denoise, Rician 5 %", "missing ", "painted regions", "anomaly, hypo-intense",
                  "reconstruction", "healthy tissue", "T2-like"):
         assert task in text, task
@@ -33,7 +33,7 @@ def test_speed_quick_writes_table(tmp_path):
 
     out = tmp_path / "s.md"
     assert speed.main(["--quick", "--out", str(out)]) == 0
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert "1 mm brain" in text and "start-up" in text and "cores" in text
     assert "synthetic_mni.json sha256" in text  # $MEDVAE_MODEL (tests/conftest.py) names the model used
 

@@ -55,7 +55,7 @@ def test_only_cli_startup_times_help_and_a_refusal(tmp_path, capsys):
 
     out = tmp_path / "s.md"
     assert speed.main(["--quick", "--only", "cli-startup", "--out", str(out)]) == 0
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert "start-up: medvae --help" in text and "does not exist (refusal)" in text
     assert "wrong outcome" not in text  # --help exits 0, the refusal exits 2 with "medvae: error"
     assert "1 mm brain" not in text  # only the asked-for group ran
