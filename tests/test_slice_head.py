@@ -254,3 +254,16 @@ def test_cli_trains_the_single_slice_head(tmp_path, head_data, sh_model, capsys)
     assert main(["train-slice-head", str(sh_model), "-o", str(tmp_path / "t"), *opts, "--runs", "1", "3"]) != 0
     assert "single missing slices only" in capsys.readouterr().err
     assert not (tmp_path / "t.safetensors").exists()
+
+
+def test_a_head_of_another_kind_is_not_a_starting_point(sh_model):
+    """Weights are copied only from a head with the same inputs: the healing head (1 input) cannot seed a slice head."""
+    from napari_medvae.engine.model.networks import SingleSliceHeadConfig
+    from napari_medvae.engine.training.heads import head_start
+
+    m = load_model(sh_model, device="cpu")
+    heal = m.config.architecture["heal_head"]
+    wanted = SingleSliceHeadConfig.from_dict({k: v for k, v in heal.items() if k != "inputs"}).to_dict()
+    assert head_start(m, "slice_head_single", wanted, SingleSliceHeadConfig, init_from="heal_head") is None
+    own = SingleSliceHeadConfig.from_dict(m.config.architecture["slice_head"]).to_dict()
+    assert head_start(m, "slice_head_single", own, SingleSliceHeadConfig, init_from="slice_head") == "slice_head"

@@ -86,11 +86,14 @@ def tissue_patch(vols: list[np.ndarray], patch, rng: np.random.Generator) -> np.
 
 
 def _fits(entry: dict | None, wanted: dict, config_cls) -> bool:
-    """Whether an architecture entry (a head's config dict, or None) has the hyper-parameters ``wanted`` (inputs aside)."""
+    """Whether an architecture entry (a head's config dict, or None) is a ``config_cls`` head (same inputs) with the
+    hyper-parameters ``wanted``: only then can its weights be loaded into that head."""
     if entry is None:
         return False
-    have = config_cls.from_dict({k: v for k, v in entry.items() if k != "inputs"}).to_dict()
-    return have == wanted
+    try:
+        return config_cls.from_dict(entry).to_dict() == wanted
+    except ValueError:  # another number of inputs (another kind of head)
+        return False
 
 
 def head_start(base: Model, key: str, wanted: dict, config_cls, init_from: str | None = None) -> str | None:
