@@ -658,20 +658,20 @@ def _(c):
 
 
 def _check_oom_warned(c: Ctx, r: dict) -> None:
-    assert r["err"] == ["medvae: warning: out of memory on cpu; retrying with 1 slice per batch"]
+    assert r["err"] == [f"medvae: warning: out of memory on cpu; retrying with {n} slices per batch" for n in (4, 2)]
 
 
-@case("out-of-memory-batches", "Job", "out of memory on batches of more than one slice",
-      "works: halves the batch (2 on the CPU, then 1) and says so on stderr", check=_check_oom_warned)
+@case("out-of-memory-batches", "Job", "out of memory on batches of more than two slices",
+      "works: halves the batch (8, 4, 2) and says so on stderr", check=_check_oom_warned)
 def _(c):
-    _oom_when(c.mp, lambda model, x: x.shape[0] > 1)
+    _oom_when(c.mp, lambda model, x: x.shape[0] > 2)
     return run_args(c, "reconstruct", image(c))
 
 
 @case("out-of-memory-always", "Job", "out of memory even on one slice on the CPU",
       "refused after halving the batch down to 1 slice (each step warned): out of memory, crop the volume",
       error=r"out of memory on the CPU even with 1 slice",
-      warns=("out of memory on cpu; retrying with 1 slice per batch",))
+      warns=tuple(f"out of memory on cpu; retrying with {n} per batch" for n in ("4 slices", "2 slices", "1 slice")))
 def _(c):
     _oom_when(c.mp, lambda model, x: True)
     return run_args(c, "reconstruct", image(c))
@@ -792,10 +792,10 @@ def test_gpu_oom_falls_back_to_cpu(monkeypatch):
     with pytest.warns(UserWarning) as rec:
         out = reconstruct(model, vol, geo.spacing)
     messages = [str(w.message) for w in rec]
-    assert messages == ["out of memory on meta; retrying with 1 slice per batch",
-                        "out of memory on meta even with 1 slice per batch; falling back to CPU"]
-    # a first batch of 2 slices (the batch cap off CUDA is 2), then 1; after the fallback the CPU takes 2 again
-    assert [n for d, n in sizes if d == "meta"] == [2, 1] and all(n <= 2 for d, n in sizes if d == "cpu")
+    assert messages == [f"out of memory on meta; retrying with {n} per batch" for n in ("4 slices", "2 slices", "1 slice")] + [
+        "out of memory on meta even with 1 slice per batch; falling back to CPU"]
+    # a first batch of all 6 slices (the CPU batch cap is 8), then 8 // 2, 4 // 2, 2 // 2 slices
+    assert [n for d, n in sizes if d == "meta"] == [6, 4, 2, 1] and all(n == 1 for d, n in sizes if d == "cpu")
     assert model.device.type == "cpu" and out.shape == vol.shape and np.isfinite(out).all()
 
 

@@ -83,7 +83,7 @@ def test_out_of_memory_warns_and_still_adds_the_layer(make_napari_viewer, qtbot,
     real = runner._forward
 
     def forward(model, x, *args, **kw):
-        if x.shape[0] > 1:
+        if x.shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, x, *args, **kw)
 
@@ -101,4 +101,5 @@ def test_out_of_memory_warns_and_still_adds_the_layer(make_napari_viewer, qtbot,
     finally:
         note.close()
     oom = [m for m in note.messages if "out of memory" in m]
-    assert oom == ["medvae: out of memory on cpu; retrying with 1 slice per batch"], note.messages
+    assert oom == ["medvae: out of memory on cpu; retrying with 4 slices per batch",
+                   "medvae: out of memory on cpu; retrying with 2 slices per batch"], note.messages
