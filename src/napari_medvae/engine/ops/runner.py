@@ -128,8 +128,12 @@ def _pad4(n: int) -> int:
     return (-n) % 4
 
 
+CPU_BATCH_PIXELS = 100_000  # pixels per CPU batch (see auto_batch_size)
+
+
 def auto_batch_size(model: Model, h: int, w: int) -> int:
-    """Slices per batch from free memory: ~60 % of free GPU memory, or a 1.5 GB budget (max 2) on CPU."""
+    """Slices per batch from free memory: ~60 % of free GPU memory, or a 1.5 GB budget on CPU, there at most 8 slices
+    and at most CPU_BATCH_PIXELS pixels (2 slices of a 1 mm brain, 8 of a 2 mm one)."""
     c0 = model.config.architecture["channels"][0]
     per_slice = h * w * 4 * (c0 * 10 + 4 * model.net.cfg.slices)  # bytes of live activations, rough
     if model.device.type == "cuda":
@@ -138,9 +142,10 @@ def auto_batch_size(model: Model, h: int, w: int) -> int:
         cap = 256
     else:
         budget = 1.5e9
-        # small CPU batches keep the activations in the caches: a 1 mm brain's slices (about 230 x 200 pixels) took
-        # 5.8 s in batches of 1-2 and 7.9 s in batches of 8 (AMD EPYC, 2 cores); they also keep Cancel responsive
-        cap = 2
+        # batches of at most CPU_BATCH_PIXELS pixels keep the activations in the caches: a 1 mm brain's slices (about
+        # 230 x 200 pixels) took 5.8 s in batches of 2 and 7.9 s in batches of 8, a 2 mm brain's (115 x 100) 1.85 s in
+        # batches of 2 and 1.4 s in batches of 8 (AMD EPYC, 2 cores); small batches also keep Cancel responsive
+        cap = max(1, min(8, CPU_BATCH_PIXELS // max(1, h * w)))
     return int(max(1, min(cap, budget // max(1, per_slice))))
 
 
