@@ -26,6 +26,31 @@ def test_head_box_covers_the_signal_plus_margin_and_other_channels():
     assert head_box(np.zeros((1, 8, 8, 8), np.float32), 0) is None  # no signal at all
 
 
+def test_signal_box_ignores_masks_that_span_the_background():
+    """Missing slices are whole planes; crop="signal" boxes the signal only, so the slice heads skip the background."""
+    x = _volume()
+    with_slices = np.concatenate([x, np.zeros_like(x)])
+    with_slices[1, 30] = 1  # a whole missing slice: the mask spans the plane
+    assert head_box(with_slices, 0)[1:] == (slice(0, 90), slice(0, 100))
+    assert head_box(with_slices, 0, others=False) == head_box(x, 0)
+
+
+def test_slice_heads_run_on_the_signal_box(model, monkeypatch):
+    from napari_medvae.engine.ops import inpaint
+
+    if model.net.slice_head is None:
+        return
+    seen = []
+    real = inpaint.run_head3d
+    monkeypatch.setattr(inpaint, "run_head3d", lambda *a, **k: seen.append(k.get("crop")) or real(*a, **k))
+    vol = _volume()[0]
+    mask = np.zeros(vol.shape, bool)
+    mask[30] = True
+    out = inpaint.slice_head_fill(model, np.where(mask, 0, vol), mask)
+    assert seen and all(c == "signal" for c in seen)
+    assert np.all(out[~mask] == vol[~mask])
+
+
 def test_cropped_run_equals_the_head_on_the_box_and_leaves_the_background(model):
     head = model.net.heal_head if model.net.heal_head is not None else model.net.slice_head
     mult = 8

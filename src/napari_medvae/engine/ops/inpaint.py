@@ -321,8 +321,8 @@ def _run_slice_head(model: Model, key: str, init: np.ndarray, mask: np.ndarray, 
     mult = cls.from_dict(model.config.architecture[key]).multiple
     z0, z1 = max(0, int(rows[0]) - 8), min(init.shape[0], int(rows[-1]) + 9)
     x = np.stack([init[z0:z1], mask[z0:z1].astype(np.float32)])
-    acc = run_head3d(model, head, x, mult, base=0, crop=True)
-    acc += run_head3d(model, head, np.ascontiguousarray(x[..., ::-1]), mult, base=0, crop=True)[..., ::-1]  # left-right mirror
+    acc = run_head3d(model, head, x, mult, base=0, crop="signal")
+    acc += run_head3d(model, head, np.ascontiguousarray(x[..., ::-1]), mult, base=0, crop="signal")[..., ::-1]  # mirror
     sel = np.zeros(init.shape[0], bool)
     sel[rows] = True
     take = mask[z0:z1] & sel[z0:z1, None, None]

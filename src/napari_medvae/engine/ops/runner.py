@@ -248,10 +248,11 @@ def _forward(model: Model, x: np.ndarray, sample_latent: bool, generator: torch.
 HEAD_MARGIN = 16  # voxels of background kept around the signal when a 3D head runs on its box
 
 
-def head_box(x: np.ndarray, base: int, margin: int = HEAD_MARGIN) -> tuple[slice, slice, slice] | None:
-    """The box of ``x`` (C, D, H, W) worth a 3D head's time: channel ``base``'s signal (``signal_mask``) and the
-    non-zero voxels of the other channels (e.g. a mask), plus ``margin`` voxels; None when it is everything."""
-    other = [c for c in range(x.shape[0]) if c != base]
+def head_box(x: np.ndarray, base: int, margin: int = HEAD_MARGIN, others: bool = True) -> tuple[slice, slice, slice] | None:
+    """The box of ``x`` (C, D, H, W) worth a 3D head's time: channel ``base``'s signal (``signal_mask``) and, with
+    ``others``, the non-zero voxels of the other channels (e.g. a mask), plus ``margin`` voxels; None when it is
+    everything."""
+    other = [c for c in range(x.shape[0]) if c != base] if others else []
     extra = np.any(x[other] != 0, axis=0) if other else None
     slices, ys, xs = signal_box(x[base], extra, margin)
     if len(slices) == 0:
@@ -263,18 +264,20 @@ def head_box(x: np.ndarray, base: int, margin: int = HEAD_MARGIN) -> tuple[slice
 
 
 def run_head3d(model: Model, head: torch.nn.Module, x: np.ndarray, mult: int, max_voxels: int = 12_000_000,
-               extra: float | None = None, base: int = 1, crop: bool = False) -> np.ndarray:
+               extra: float | None = None, base: int = 1, crop: bool | str = False) -> np.ndarray:
     """A 3D head's output (channel ``base`` of ``x`` plus the head's correction) for ``x`` (C, D, H, W): (D, H, W).
 
     Sizes are padded (mirrored) to multiples of ``mult`` (and at least two of them); ``extra`` appends a constant
     channel (the denoiser's sigma). Volumes of more than ``max_voxels`` voxels run in overlapping tiles (MONAI
     sliding-window inference, Gaussian blending), so memory stays bounded. ``crop`` runs the head on the box
     around the signal only (``head_box``) and leaves channel ``base`` unchanged outside it: a skull-stripped
-    1 mm head fits in one pass instead of 27 overlapping tiles, about a sixth of the work.
+    1 mm head fits in one pass instead of 27 overlapping tiles, about a sixth of the work. ``crop="signal"``: the
+    box around channel ``base``'s signal only (the missing-slice heads: a mask of whole slices spans the whole plane,
+    background included, where the head's output is not used).
     """
     from monai.inferers import sliding_window_inference
 
-    if crop and (box := head_box(x, base)) is not None:
+    if crop and (box := head_box(x, base, others=crop != "signal")) is not None:
         out = x[base].astype(np.float32, copy=True)
         out[box] = run_head3d(model, head, np.ascontiguousarray(x[(slice(None), *box)]), mult, max_voxels, extra, base)
         return out
