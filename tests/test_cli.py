@@ -351,8 +351,11 @@ def test_no_symmetry_note_follows_the_engine_rule(model):
 
     rng = np.random.default_rng(0)
     cfg = model.config
+    g, ss = cfg.spacing_mm, cfg.slice_spacing_mm
+    # the model's own grid and near it (a real 0.87 mm scan on a 1 mm model keeps its grid), then clearly off it
+    near = [(ss, f * g, f * g) for f in (0.87, 1.19, 0.75, 1.25)] + [(ss, 0.87 * g, 1.3 * g)]
     for spacing in [(2.0, 2.0, 2.0), (1.0, 1.0, 1.0), (2.0, 2.06, 2.06), (2.0, 1.96, 1.96), (3.0, 2.0, 2.0),
-                    (1.0, 2.0, 2.0), (2.0, 2.0, 1.0), (2.1, 2.0, 2.0)]:
+                    (1.0, 2.0, 2.0), (2.0, 2.0, 1.0), (2.1, 2.0, 2.0), *near]:
         shape = (36, 40, 38)
         vol = (rng.random(shape) * 100).astype(np.float32)
         prep = prepare(vol, spacing, cfg, None, force=True)

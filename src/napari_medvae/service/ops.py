@@ -113,15 +113,14 @@ def symmetry_note(model: Any, shape: Sequence[int], spacing: Sequence[float], ax
     engine.ops.inpaint.prior_fill); other volumes get the classical fill. Mirrors those two rules
     (tests/test_cli.py checks them against the engine).
     """
-    from ..engine.prep.preprocess import check_axis
+    from ..engine.prep.preprocess import check_axis, model_inplane
 
     cfg = model.config
     if getattr(model.net, "region_prior", None) is None:
         return f"the model {cfg.name} has no region prior, the only fill that uses the other hemisphere"
     ax = check_axis(axis, spacing)
-    inplane = [(int(n), float(s)) for i, (n, s) in enumerate(zip(shape, spacing, strict=True)) if i != ax]
-    resampled = not all(abs(max(1, round(n * s / cfg.spacing_mm)) - n) <= 1 and abs(s / cfg.spacing_mm - 1) < 0.05
-                        for n, s in inplane)
+    inplane = [int(n) for i, n in enumerate(shape) if i != ax]
+    resampled = model_inplane(inplane, [float(s) for i, s in enumerate(spacing) if i != ax], cfg.spacing_mm) != tuple(inplane)
     stride = max(1, int(round(cfg.slice_spacing_mm / spacing[ax])))
     if resampled or stride != 1 or abs(spacing[ax] / cfg.slice_spacing_mm - 1) > 0.1:
         vox = " x ".join(f"{s:g}" for s in spacing)

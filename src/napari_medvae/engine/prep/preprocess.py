@@ -151,6 +151,15 @@ def resize_inplane(stack: np.ndarray, size: Sequence[int], *, antialias: bool,
     return out
 
 
+def model_inplane(inplane: Sequence[int], inplane_spacing: Sequence[float], spacing_mm: float) -> tuple[int, int]:
+    """The in-plane shape a slice of ``inplane`` pixels of ``inplane_spacing`` mm has on a model grid of ``spacing_mm``:
+    its own shape when both spacings are within NATIVE_TOLERANCE of the grid (no resampling), else resampled to it.
+    ``prepare`` uses it, and so does everything that must know beforehand whether a volume stays on its grid."""
+    if all(abs(float(s) / spacing_mm - 1) <= NATIVE_TOLERANCE for s in inplane_spacing):
+        return tuple(int(n) for n in inplane)
+    return tuple(max(1, int(round(n * float(s) / spacing_mm))) for n, s in zip(inplane, inplane_spacing, strict=True))
+
+
 def prepare(volume: np.ndarray, spacing: Sequence[float], config, axis: int | None = None, force: bool = False,
             warn: bool = True) -> Prepared:
     """Check, normalise and resample a volume for the model described by ``config``.
@@ -167,9 +176,7 @@ def prepare(volume: np.ndarray, spacing: Sequence[float], config, axis: int | No
     moved = np.moveaxis(volume, ax, 0)
     inplane_sp = [s for i, s in enumerate(sp) if i != ax]
     inplane = tuple(int(n) for n in moved.shape[1:])
-    target = tuple(max(1, int(round(n * s / config.spacing_mm))) for n, s in zip(inplane, inplane_sp, strict=True))
-    if all(abs(s / config.spacing_mm - 1) <= NATIVE_TOLERANCE for s in inplane_sp):
-        target = inplane
+    target = model_inplane(inplane, inplane_sp, config.spacing_mm)
     if min(target) < MIN_INPLANE:
         raise InputError(
             f"volume is too small: its slices are {inplane} voxels of {inplane_sp} mm, i.e. {target} at the model's "
