@@ -83,6 +83,25 @@ def test_fill_leaves_regions_too_large_for_the_cube(prior):
     np.testing.assert_array_equal(out, truth)
 
 
+def test_fill_peels_regions_too_large_for_the_cube_when_given_a_base(prior):
+    """With a classical fill as ``base``, a region too large for the cube is kriged by cubes along its edge and blended
+    with the base inside: every masked voxel is filled, known voxels stay, and the fill beats the base."""
+    rows, mean, _ = prior
+    cov = kriging.covariance(rows, 9)
+    errs = {"peel": [], "base": []}
+    for truth in _fields(3, 3):
+        mask = _ball(truth.shape, (13, 14, 14), 5.5)  # 11 voxels across: more than the cube's 9 - 2 * MARGIN
+        data = np.where(mask, 0, truth).astype(np.float32)
+        base = inp.first_guess(data, mask)
+        out, done = kriging.fill(data, mask, cov, mean.astype(np.float64), 9, base=base)
+        assert np.array_equal(done, mask)
+        np.testing.assert_array_equal(out[~mask], data[~mask])
+        assert np.isfinite(out).all() and out[mask].min() >= 0
+        errs["peel"].append(np.mean((out[mask] - truth[mask]) ** 2))
+        errs["base"].append(np.mean((base[mask] - truth[mask]) ** 2))
+    assert np.mean(errs["peel"]) < 0.5 * np.mean(errs["base"]), errs
+
+
 def test_fill_rescales_the_mean_only_when_the_known_voxels_reject_it(prior):
     """Known voxels at the prior's brightness keep its mean (scale 1); a volume darker by half (another contrast) gets
     the mean rescaled, so its fill is the half of the fill of the original (kriging with an unknown scale)."""

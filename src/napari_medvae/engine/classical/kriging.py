@@ -37,6 +37,14 @@ MIRROR_RANGE = 12
 MIRROR_MIN_CORR = 0.3
 MIRROR_SHIFT = 2
 MIRROR_SIGMA = 2.0  # the plane is found on the volume smoothed by this Gaussian (voxels): symmetry is anatomical, not of noise
+# regions too large for the cube (``_peel``): cube centres one per PEEL_STEP-voxel cell of the region's edge, Gaussian
+# weights of PEEL_SIGMA voxels around each centre, the classical fill's weight PEEL_BASE, and cubes with fewer known
+# voxels than PEEL_MIN_KNOWN are skipped. Chosen on validation subjects sub-51..54 (see CHANGELOG, 2026-12-07)
+PEEL_STEP, PEEL_SIGMA, PEEL_BASE, PEEL_MIN_KNOWN = 5, 3.0, 0.05, 20
+# BLAS threads for the fill's factorisations (a few hundred to a few thousand rows each): OpenBLAS's threads cost more
+# than they give there, and far more while another process keeps the cores busy (780 rows on this 2-core CPU, busy:
+# 0.59 s with 2 threads, 0.012 s with one)
+BLAS_THREADS = 1
 
 
 def support(patch: int) -> np.ndarray:
@@ -220,7 +228,8 @@ def _contralateral(mirror, box_lo, p: int, sup: np.ndarray, need: np.ndarray, kn
 
 
 def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, patch: int,
-         power: float = 1.0, mirror: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+         power: float = 1.0, mirror: tuple[np.ndarray, np.ndarray] | None = None,
+         base: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fill each connected region of ``mask`` that fits in a cube; returns (volume, bool map of filled voxels).
 
     The known voxels are the cube's ball voxels outside ``mask`` within REACH steps of the region; a region is placed
@@ -231,8 +240,19 @@ def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, 
     the prior's mean and that cube are both drifts of the kriging (universal kriging, coefficients by generalised
     least squares), so what the other hemisphere shows there informs the fill as far as it fits the known voxels.
     ``power``: the prior's (conditioning on intensities raised to it, the prediction taken back by the inverse power).
-    Voxels not filled keep their value in ``data``.
+    ``base`` (a classical fill of ``mask``, same shape): regions too large for the cube are filled too, by cubes
+    along their edge blended with ``base`` (see ``_peel``); without it they keep their value in ``data``.
+    The many small Cholesky factorisations run on one BLAS thread (``threadpoolctl``), see BLAS_THREADS.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+        return _fill(data, mask, cov, mean, patch, power, mirror, base)
+
+
+def _fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, patch: int, power: float,
+          mirror: tuple[np.ndarray, np.ndarray] | None, base: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``fill``'s work, under its thread limit."""
     p = check_patch(patch)
     g = check_power(power)
     sup = support(p)
@@ -243,49 +263,102 @@ def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, 
     if any(s < p for s in mask.shape):
         return out, done
     lab, _ = ndi.label(mask)
+    large = []
     for i, sl in enumerate(ndi.find_objects(lab), 1):
         if sl is None:
             continue
         ext = [s.stop - s.start for s in sl]
-        if max(ext) > p - 2 * MARGIN:
-            continue
         lo = [min(max((s.start + s.stop - p) // 2, 0), n - p) for s, n in zip(sl, mask.shape, strict=True)]
         box = tuple(slice(a, a + p) for a in lo)
         hole = (lab[box] == i).ravel()
-        if (hole & ~in_ball).any():
+        if max(ext) > p - 2 * MARGIN or (hole & ~in_ball).any():
+            large.append((i, sl))
             continue
         known = ~mask[box].ravel() & in_ball
         if REACH:
             known &= ndi.binary_dilation(lab[box] == i, iterations=REACH).ravel()
         hole, known = hole[sup], known[sup]
-        vals = out[box].ravel()[sup].astype(np.float64)
-        if g != 1:
-            vals = np.clip(vals, 0, None) ** g
-        ckk = cov[np.ix_(known, known)]
-        ckk[np.diag_indices_from(ckk)] += NUGGET * float(np.mean(np.diag(cov)))
-        cv = None if mirror is None else _contralateral(mirror, lo, p, sup, hole | known, known, vals, g)
-        drift_k, drift_h = mean[known][:, None], mean[hole][:, None]
-        if cv is not None:
-            drift_k, drift_h = np.stack([mean[known], cv[known]], 1), np.stack([mean[hole], cv[hole]], 1)
-        try:
-            from scipy.linalg import cho_factor, cho_solve
-
-            cf = cho_factor(ckk, check_finite=False)
-            ci_drift = cho_solve(cf, drift_k, check_finite=False)
-            if cv is not None:
-                coef = np.linalg.solve(drift_k.T @ ci_drift, ci_drift.T @ vals[known])
-            else:
-                coef = np.array([scale_of_mean(ci_drift[:, 0], mean[known], vals[known])])
-            w = cho_solve(cf, vals[known] - drift_k @ coef, check_finite=False)
-        except np.linalg.LinAlgError:  # not positive definite after all: least squares, the prior's own mean
-            drift_k, drift_h, coef = mean[known][:, None], mean[hole][:, None], np.ones(1)
-            w = np.linalg.lstsq(ckk, vals[known] - mean[known], rcond=None)[0]
-        pred = drift_h @ coef + cov[np.ix_(hole, known)] @ w
+        pred = _krige(out[box].ravel()[sup], hole, known, lo, cov, mean, p, sup, g, mirror)
         cube = out[box].ravel()
-        cube[sup[hole]] = np.clip(pred, 0, None) if g == 1 else np.clip(pred, 0, None) ** (1 / g)
+        cube[sup[hole]] = pred
         out[box] = cube.reshape((p, p, p))
         done[box] |= lab[box] == i
+    if base is not None:
+        for i, sl in large:
+            _peel(out, mask, lab, i, sl, cov, mean, p, sup, g, mirror, base)
+            done[sl] |= lab[sl] == i
     return out, done
+
+
+def _krige(cube: np.ndarray, hole: np.ndarray, known: np.ndarray, lo: Sequence[int], cov: np.ndarray, mean: np.ndarray,
+           p: int, sup: np.ndarray, g: float, mirror: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """The conditional mean of the ``hole`` voxels of a cube (corner ``lo``; ``cube``: its ball voxels in support
+    order) given its ``known`` voxels, in intensity units (see ``fill``)."""
+    from scipy.linalg import cho_factor, cho_solve
+
+    vals = cube.astype(np.float64)
+    if g != 1:
+        vals = np.clip(vals, 0, None) ** g
+    ckk = cov[np.ix_(known, known)]
+    ckk[np.diag_indices_from(ckk)] += NUGGET * float(np.mean(np.diag(cov)))
+    cv = None if mirror is None else _contralateral(mirror, lo, p, sup, hole | known, known, vals, g)
+    drift_k, drift_h = mean[known][:, None], mean[hole][:, None]
+    if cv is not None:
+        drift_k, drift_h = np.stack([mean[known], cv[known]], 1), np.stack([mean[hole], cv[hole]], 1)
+    try:
+        cf = cho_factor(ckk, check_finite=False)
+        ci_drift = cho_solve(cf, drift_k, check_finite=False)
+        if cv is not None:
+            coef = np.linalg.solve(drift_k.T @ ci_drift, ci_drift.T @ vals[known])
+        else:
+            coef = np.array([scale_of_mean(ci_drift[:, 0], mean[known], vals[known])])
+        w = cho_solve(cf, vals[known] - drift_k @ coef, check_finite=False)
+    except np.linalg.LinAlgError:  # not positive definite after all: least squares, the prior's own mean
+        drift_h, coef = mean[hole][:, None], np.ones(1)
+        w = np.linalg.lstsq(ckk, vals[known] - mean[known], rcond=None)[0]
+    pred = np.clip(drift_h @ coef + cov[np.ix_(hole, known)] @ w, 0, None)
+    return pred if g == 1 else pred ** (1 / g)
+
+
+def _peel(out: np.ndarray, mask: np.ndarray, lab: np.ndarray, i: int, sl: tuple[slice, ...], cov: np.ndarray,
+          mean: np.ndarray, p: int, sup: np.ndarray, g: float, mirror: tuple[np.ndarray, np.ndarray] | None,
+          base: np.ndarray) -> None:
+    """Fill region ``i`` of ``lab`` (bounding box ``sl``), too large for one cube, in ``out`` ("peeling").
+
+    Cubes are centred on the region's edge voxels (those next to a known voxel), one per PEEL_STEP-voxel cell of the
+    volume, and each krige the region's voxels in their ball from the known voxels there (as ``fill`` does). Each
+    voxel's fill is the average of its cubes' predictions, weighted by a Gaussian (PEEL_SIGMA voxels) of its
+    distance from the cube's centre, and of ``base`` with weight PEEL_BASE: the further inside the region (the
+    further from every edge), the more the classical fill counts.
+    """
+    h = p // 2
+    # everything happens in the region's bounding box grown by a cube: every cube lies inside it
+    bb = tuple(slice(max(s.start - p, 0), min(s.stop + p, n)) for s, n in zip(sl, mask.shape, strict=True))
+    o = np.array([s.start for s in bb])
+    region = lab[bb] == i
+    unknown = mask[bb]
+    near = ndi.binary_dilation(region, iterations=max(REACH, 1)) & ~unknown
+    edge = np.argwhere(region & ndi.binary_dilation(~unknown)) + o
+    centres = edge[np.unique(edge // PEEL_STEP, axis=0, return_index=True)[1]]
+    acc = np.zeros(region.shape)
+    wsum = np.zeros(region.shape)
+    offs = np.stack(np.unravel_index(sup, (p,) * 3), axis=1)  # ball voxels' positions in the cube
+    for c in centres:
+        lo = [min(max(int(a) - h, 0), n - p) for a, n in zip(c, mask.shape, strict=True)]
+        box = tuple(slice(a - b, a - b + p) for a, b in zip(lo, o, strict=True))
+        hole = region[box].ravel()[sup]
+        known = near[box].ravel()[sup]
+        if not hole.any() or known.sum() < PEEL_MIN_KNOWN:
+            continue
+        pred = _krige(out[tuple(slice(a, a + p) for a in lo)].ravel()[sup], hole, known, lo, cov, mean, p, sup, g,
+                      mirror)
+        pos = offs[hole] + (np.array(lo) - o)  # local voxel positions of the hole voxels
+        wt = np.exp(-((pos + o - c) ** 2).sum(1) / (2 * PEEL_SIGMA**2))
+        flat = np.ravel_multi_index(pos.T, region.shape)  # distinct within a cube
+        acc.ravel()[flat] += wt * pred
+        wsum.ravel()[flat] += wt
+    view = out[bb]
+    view[region] = (acc[region] + PEEL_BASE * base[bb][region]) / (wsum[region] + PEEL_BASE)
 
 
 def scale_of_mean(cinv_mean: np.ndarray, mean: np.ndarray, vals: np.ndarray) -> float:

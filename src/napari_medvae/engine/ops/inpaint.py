@@ -191,8 +191,8 @@ def _paste(volume: np.ndarray, mask: np.ndarray, filled: np.ndarray) -> np.ndarr
 
 def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.ndarray,
                symmetry: bool = True) -> np.ndarray | None:
-    """The region prior's fill of ``mask`` on the model grid; regions it cannot fill keep ``classical`` (the caller's
-    first_guess of ``mask``).
+    """The region prior's fill of ``mask`` on the model grid: regions that fit its cube are kriged in one cube, larger
+    ones by cubes along their edge blended with ``classical`` (the caller's first_guess of ``mask``) inside.
 
     None when the model has no region prior or the volume's slices are not at the model's slice spacing (the grid
     the prior was fitted on; filling the interleaved 2 mm grids of a 1 mm volume one by one ignores the slices in
@@ -210,7 +210,7 @@ def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.nda
     out = classical.copy()
     mirror = kriging.mirror_image(prep.data, mask) if symmetry else None
     filled, done = kriging.fill(prep.data, mask, cov, mean, rp.patch, power=rp.power,
-                                mirror=None if mirror is None else mirror[:2])
+                                mirror=None if mirror is None else mirror[:2], base=classical)
     out[done] = filled[done]
     return out
 
