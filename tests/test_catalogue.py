@@ -657,6 +657,40 @@ def _(c):
     return args
 
 
+@case("interrupt-after-labels", "Job", "Ctrl-C while the heatmap is written, after the candidate labels were",
+      "stops: exit 130, the labels written before are removed too (no file of the run stays)", exit_code=130,
+      prefix="medvae: interrupted", error=r"no output was written")
+def _(c):
+    import napari_medvae.io as mio
+
+    real = mio._sitk_write
+
+    def interrupt_heatmap(image, target, ext, compress, final):
+        if Path(final).name == c.out.name:
+            raise KeyboardInterrupt
+        real(image, target, ext, compress, final)
+
+    args = run_args(c, "anomaly", image(c), "--labels", str(c.out.with_name("labels.nii.gz")))
+    c.mp.setattr(mio, "_sitk_write", interrupt_heatmap)
+    return args
+
+
+@case("terminate-mid-run", "Job", "SIGTERM (a kill, a scheduler's time limit) while the network runs",
+      "stops like Ctrl-C: exit 130, no output file", exit_code=130, prefix="medvae: interrupted",
+      error=r"no output was written")
+def _(c):
+    import signal
+
+    import napari_medvae.cli as cli
+
+    def terminate(self, done, total):
+        if done > 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    c.mp.setattr(cli._Bar, "__call__", terminate)
+    return run_args(c, "reconstruct", image(c))
+
+
 def _check_oom_warned(c: Ctx, r: dict) -> None:
     assert r["err"] == [f"medvae: warning: out of memory on cpu; retrying with {n} slices per batch" for n in (4, 2)]
 

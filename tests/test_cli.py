@@ -371,3 +371,23 @@ def test_candidate_rows_give_the_file_voxel_order():
     assert rows == [{"label": 1, "voxels": 3, "centroid_voxel_ijk": [6.25, 5.5, 4.0]}]
     assert label_volume(np.array([0, 7])).dtype == np.int16
     assert label_volume(np.array([0, 40000])).dtype == np.int32
+
+
+def test_empty_folder_is_refused_in_one_line(tmp_path, capfd):
+    """A folder without DICOM files: one line of our own, no ITK warning printed from C++ before it."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["reconstruct", str(empty), "-o", str(tmp_path / "o.nii.gz"), "-q"]) != 0
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medvae: error: no DICOM series found"), err
+
+
+def test_info_piped_into_a_reader_that_stops_early(tmp_path):
+    """`medvae info | head -1`: no BrokenPipe traceback, exit 0."""
+    import subprocess
+    import sys
+
+    code = "import sys; from napari_medvae.cli import main; sys.exit(main(['info']))"
+    proc = subprocess.run(f"{sys.executable} -c \"{code}\" | head -1", shell=True, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.startswith("# Model card") and "Traceback" not in proc.stderr, proc.stderr

@@ -75,6 +75,25 @@ def test_cli_anomaly_on_a_head_keeps_candidates_in_the_brain_and_writes_the_mask
     assert not (lab[brain == 0] > 0).any()
 
 
+@pytest.mark.slow
+def test_batch_extracts_the_brain_of_heads(tmp_path):
+    """medvae batch strips the skull as the single-volume commands do (--skull-strip auto): no anomaly score outside
+    the brain of a head; --skull-strip never scores the scalp too."""
+    import shutil
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(HEAD, src / "head.nii.gz")
+    vol, geom = read_volume(HEAD)
+    brain = skullstrip.extract_brain(vol, geom.spacing, geom.direction, geom.origin)
+    assert _medvae("batch", "anomaly", src, "-o", tmp_path / "auto", "-q") == 0
+    heat, _ = read_volume(tmp_path / "auto" / "head.nii.gz")
+    assert heat[brain].max() > 0 and not (heat[~brain] > 0).any()
+    assert _medvae("batch", "anomaly", src, "-o", tmp_path / "never", "--skull-strip", "never", "-q") == 0
+    raw, _ = read_volume(tmp_path / "never" / "head.nii.gz")
+    assert (raw[~brain] > 0).any()
+
+
 def test_cli_refuses_a_mask_output_when_no_brain_was_extracted(tmp_path, capsys):
     code = _medvae("reconstruct", SLAB, "-o", tmp_path / "r.nii.gz", "--brain-mask-out", tmp_path / "m.nii.gz", "-q")
     assert code != 0
@@ -86,6 +105,40 @@ def test_cli_refuses_the_output_as_mask_output(tmp_path, capsys):
     out = tmp_path / "r.nii.gz"
     assert _medvae("reconstruct", SLAB, "-o", out, "--brain-mask-out", out, "-q") != 0
     assert "must differ from the output" in capsys.readouterr().err
+
+
+def test_cli_refuses_the_painted_mask_as_mask_output(tmp_path, capsys):
+    """--brain-mask-out must never overwrite the painted --mask it reads."""
+    from napari_medvae.io import write_volume
+
+    vol, geom = read_volume(HEAD)
+    painted = tmp_path / "painted.nii.gz"
+    m = np.zeros(vol.shape, np.uint8)
+    m[tuple(n // 2 for n in vol.shape)] = 1
+    write_volume(painted, m, geom)
+    before = painted.read_bytes()
+    code = _medvae("inpaint", HEAD, "-o", tmp_path / "o.nii.gz", "--mask", painted, "--brain-mask-out", painted, "-q")
+    assert code != 0 and painted.read_bytes() == before
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+@pytest.mark.slow
+def test_cli_inpaints_a_head_with_a_float_mask(tmp_path):
+    """A painted mask stored as float 0/1 on a head with skull: filled (the brain is extracted first), not a crash."""
+    from napari_medvae.io import write_volume
+
+    vol, geom = read_volume(HEAD)
+    c = [n // 2 for n in vol.shape]
+    m = np.zeros(vol.shape, np.float32)
+    m[c[0] - 2:c[0] + 2, c[1] - 2:c[1] + 2, c[2] - 2:c[2] + 2] = 1.0
+    painted, out = tmp_path / "painted.nii.gz", tmp_path / "o.nii.gz"
+    write_volume(painted, m, geom)
+    assert _medvae("inpaint", HEAD, "-o", out, "--mask", painted, "-q") == 0
+    res, _ = read_volume(out)
+    keep = m == 0
+    np.testing.assert_array_equal(res[keep], vol[keep])
+    assert not np.array_equal(res[~keep], vol[~keep])
 
 
 def test_skull_strip_modes_are_checked():

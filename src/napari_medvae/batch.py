@@ -55,7 +55,7 @@ _OPTIONS = {
     "anomaly": {"brain_mask_dir", "labels", "threshold"},
     "uncertainty": {"samples", "seed"},
 }
-_COMMON = {"axis", "force"}
+_COMMON = {"axis", "force", "skull_strip"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def _request(operation: str, opts: dict):
     from . import service
 
     axis = None if opts.get("axis") is None else str(opts["axis"])  # a file axis (0-2) or a plane name, per file
-    common = {"axis": axis, "force": bool(opts.get("force", False)), "skull_strip": "never"}
+    common = {"axis": axis, "force": bool(opts.get("force", False)), "skull_strip": str(opts.get("skull_strip", "auto"))}
     if operation == "inpaint":
         return service.InpaintRequest(missing_slices="auto" if "missing_slices" in opts else None,
                                       symmetry=not opts.get("no_symmetry", False), if_none_blank="skip", **common)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -134,7 +135,7 @@ def cmd_inpaint(args) -> int:
     requested = parse_slices(args.missing_slices) if args.missing_slices is not None else None
     request = InpaintRequest(missing_slices=requested, symmetry=not args.no_symmetry, **_options(args))
     out = _out(args.output, args.input, args.mask)
-    _check_mask_out(args, out)
+    _check_mask_out(args, out, args.mask)
     res = _run_file("inpaint", args, request, out, mask_path=args.mask)
     if res.nothing_to_fill:
         _say(args, f"no blank slices along {res.where}: nothing to fill; wrote {out} (a copy of the input)")
@@ -301,7 +302,8 @@ def cmd_batch(args) -> int:
     from .batch import run_batch
 
     options = {
-        "axis": args.axis, "force": args.force, "missing_slices": args.missing_slices, "mask_dir": args.mask_dir,
+        "axis": args.axis, "force": args.force, "skull_strip": args.skull_strip, "missing_slices": args.missing_slices,
+        "mask_dir": args.mask_dir,
         "no_symmetry": args.no_symmetry,
         "brain_mask_dir": args.brain_mask_dir, "labels": args.labels, "threshold": args.threshold,
         "samples": args.samples, "seed": args.seed,
@@ -430,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
     vol = argparse.ArgumentParser(add_help=False)
-    vol.add_argument("input", help="volume file (.nii, .nii.gz, .nrrd, .mha, .mhd) or DICOM series folder")
+    vol.add_argument("input", help="volume file (.nii, .nii.gz, .nrrd, .mha, .mhd, .mgz, .mgh) or DICOM series folder")
     vol.add_argument("-o", "--output", required=True, help="output volume (same grid as the input)")
     vol.add_argument("--axis", help="slice axis: axial, coronal or sagittal (from the file's orientation), or the file's "
                                     "voxel axis 0, 1 or 2 (i, j, k; napari shows it as axis 2, 1, 0); default: the "
@@ -459,26 +461,29 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--no-symmetry", action="store_true",
                     help="painted masks: do not use the mirror image across the brain's plane of symmetry (the other "
                          "hemisphere) for the fill, e.g. when the other side is abnormal there. It changes the output "
-                         "only where the region prior fills: volumes on the model's grid (2 mm voxels and slices for "
-                         "the shipped model, like the sample data), painted regions small enough for the prior "
-                         "(up to about 11 voxels across on that grid), and where a mirror plane is found (mirror "
-                         "correlation at least 0.3). Finer scans (e.g. 1 mm) get the classical fill, which does not "
-                         "use the other hemisphere: the output is then the same, and a note says so")
+                         "only where the region prior fills: volumes whose in-plane voxels are within 20 %% of the "
+                         "model's grid, with slices at its spacing (about 1 mm for the default real_t1, 2 mm for "
+                         "synthetic_mni; see medvae info), and where a mirror plane is found (mirror correlation at "
+                         "least 0.3). Other volumes get the classical fill, which does not use the other hemisphere: "
+                         "the output is then the same, and a note says so")
     ip.set_defaults(fn=cmd_inpaint)
     an = sub.add_parser("anomaly", parents=[common, vol], help="anomaly heatmap (1.0 = calibrated threshold)")
-    an.add_argument("--brain-mask", help="restrict the heatmap to this mask (same grid)")
+    an.add_argument("--brain-mask", help="your own brain mask (same grid; 1 = brain), used instead of skull "
+                                         "stripping: the model sees the voxels inside it only (as a skull-stripped "
+                                         "brain) and the heatmap is limited to it. Give a whole brain: a mask that "
+                                         "cuts through tissue makes its cut edges look abnormal")
     an.add_argument("--labels", help="write connected candidates above the threshold as a label volume")
     an.add_argument("--report", help="write the candidates as JSON (voxels, mm3, peak, centroid)")
     an.add_argument("--threshold", type=float, default=1.0, help="candidate threshold in heatmap units (default 1.0)")
     an.set_defaults(fn=cmd_anomaly)
     un = sub.add_parser("uncertainty", parents=[common, vol], help="std over posterior samples")
-    un.add_argument("--samples", type=int, default=8)
-    un.add_argument("--seed", type=int, default=0)
+    un.add_argument("--samples", type=int, default=8, help="posterior samples whose spread is mapped (default 8)")
+    un.add_argument("--seed", type=int, default=0, help="random seed of the samples (default 0): same seed, same map")
     un.set_defaults(fn=cmd_uncertainty)
     sp = sub.add_parser("sample", parents=[common], help="generate new volumes from the prior")
-    sp.add_argument("-n", type=int, default=1)
+    sp.add_argument("-n", type=int, default=1, help="number of volumes (default 1)")
     sp.add_argument("-o", "--output", required=True, help="output folder")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sp.set_defaults(fn=cmd_sample)
     tr = sub.add_parser("train", parents=[common], help="train or fine-tune a model on healthy volumes")
     tr.add_argument("data", nargs="+", help="healthy volumes or folders of them")
@@ -565,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--axis", help="slice axis of every file: axial, coronal or sagittal (from each file's orientation) "
                                    "or the file's voxel axis 0, 1 or 2; default per file")
     ba.add_argument("--force", action="store_true", help="run even on volumes that look unlike the training data")
+    ba.add_argument("--skull-strip", choices=("auto", "always", "never"), default="auto",
+                    help="heads with skull, per file: as for the single-volume commands (auto, the default: extract "
+                         "the brain of volumes larger than a brain; the scalp, skull and neck are left as they were)")
     ba.add_argument("--missing-slices", help="inpaint: 'auto' (fill the blank slices of each volume; volumes without "
                                              "any are recorded as skipped)")
     ba.add_argument("--mask-dir", help="inpaint: folder of masks with the same relative paths as the inputs")
@@ -606,6 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
+    previous = _on_sigterm()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -614,8 +623,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"medvae: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("medvae: interrupted; no output was written", file=sys.stderr)
+        print(f"medvae: interrupted; {_INTERRUPTED.get(args.command, 'no output was written')}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout piped into a reader that stopped early (medvae info | head): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail on the closed pipe again
+        return 0
     except MedVAEError as exc:
         if args.debug:
             raise
@@ -625,6 +638,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"medvae: error: {_one_line(exc) or 'out of memory; try a smaller volume or a machine with more RAM'}",
               file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+# what an interruption leaves, by command (others: nothing)
+_INTERRUPTED = {
+    "batch": "the files finished so far are kept; run the same command again to resume",
+    "sample": "the volumes written so far are kept",
+    "demo": "the outputs written so far are kept",
+    "train": "no model was written; the last saved training state is kept (--resume continues from it)",
+}
+
+
+def _on_sigterm():
+    """Make SIGTERM (a kill, a scheduler's time limit) interrupt like Ctrl-C, so that temporary files are removed and
+    no partial output stays; returns the previous handler (None where it cannot be set: not the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, _raise)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -549,13 +549,20 @@ def _check_nifti_spacing(path: Path) -> None:
 
 
 def list_dicom_series(directory: str | os.PathLike[str]) -> dict[str, int]:
-    """DICOM series in ``directory`` (not recursive): ``{series_instance_uid: number_of_files}``."""
+    """DICOM series in ``directory`` (not recursive): ``{series_instance_uid: number_of_files}``.
+
+    ITK's own warning for a folder without any ("No Series were found") is not printed: the callers say it in
+    their own words."""
     d = str(Path(directory).expanduser())
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(d) or ()
         return {uid: len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(d, uid)) for uid in uids}
     except RuntimeError as exc:
         raise VolumeReadError(f"cannot scan {d!r} for DICOM files: {_itk_reason(exc)}") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _read_dicom_dir(path: Path, series_uid: str | None) -> sitk.Image:

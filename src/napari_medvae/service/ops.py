@@ -178,7 +178,10 @@ def _execute(request: rq.VolumeRequest, model: Any, volume: np.ndarray, seen: np
              extracted: bool, job: _Job, mask: np.ndarray | None = None, where: str = "") -> Result:
     """Run the engine on ``seen`` (the volume the network sees) and put the result back on the input."""
     from .. import engine  # looked up at call time: tests replace engine functions
+    from ..engine.ops.runner import check_mask
 
+    if mask is not None:  # any dtype (0/1 float, 0/255): bool from here on, as the engine reads it
+        mask = check_mask(mask, volume.shape)
     sp, axis, kw = job.spacing, job.axis, {"force": request.force, "progress": job.progress, "cancel": job.cancel}
     if isinstance(request, rq.AnomalyRequest):
         res, secs = _timed(engine.anomaly, model, seen, sp, brain_mask=bm, axis=axis, threshold=request.threshold,
@@ -332,20 +335,25 @@ def run_file(request: rq.Request, input_path: str | os.PathLike[str] | None, out
             note(f"--no-symmetry changes nothing for this volume: {why}")
     res = _execute(request, model, vol, seen, bm, bm is not None and given is None, job, mask, where)
     outputs: list[Path] = []
-    if brain_mask_out is not None:
-        outputs.append(save(brain_mask_out, bm.astype(np.uint8), geo))
-    if isinstance(res, AnomalyResult):
-        if labels_path is not None:
-            outputs.append(save(labels_path, res.labels_out(), geo))
-        if report_path is not None:
-            report = res.to_json(input=str(Path(input_path).resolve()), model=model.config.name)
-            outputs.append(save_json(report_path, report))
-        outputs.insert(0, save(output_path, res.heatmap, geo))  # listed first, written last
-        return replace(res, outputs=tuple(outputs))
-    like = None if isinstance(request, rq.UncertaintyRequest) else vol.dtype  # images: the input's dtype
-    written = res.volume if like is None else cast_like(res.volume, like)
-    outputs.insert(0, save(output_path, written, geo))
-    return replace(res, volume=written, outputs=tuple(outputs))
+    try:
+        if brain_mask_out is not None:
+            outputs.append(save(brain_mask_out, bm.astype(np.uint8), geo))
+        if isinstance(res, AnomalyResult):
+            if labels_path is not None:
+                outputs.append(save(labels_path, res.labels_out(), geo))
+            if report_path is not None:
+                report = res.to_json(input=str(Path(input_path).resolve()), model=model.config.name)
+                outputs.append(save_json(report_path, report))
+            outputs.insert(0, save(output_path, res.heatmap, geo))  # listed first, written last
+            return replace(res, outputs=tuple(outputs))
+        like = None if isinstance(request, rq.UncertaintyRequest) else vol.dtype  # images: the input's dtype
+        written = res.volume if like is None else cast_like(res.volume, like)
+        outputs.insert(0, save(output_path, written, geo))
+        return replace(res, volume=written, outputs=tuple(outputs))
+    except BaseException:  # an interruption or a failed write: none of this run's files stay behind
+        for path in outputs:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _load(model_path: Any, device: str) -> Any:

@@ -152,8 +152,8 @@ class InpaintWidget(QWidget):
         self.symmetry.setChecked(True)
         self.symmetry.setToolTip("painted masks: the fill also follows the mirror image across the brain's plane of "
                                  "symmetry where it is known; untick when the other side is abnormal there. It has an "
-                                 "effect only on volumes on the model's grid (e.g. the 2 mm sample data), for small "
-                                 "painted regions; finer scans get the classical fill, which does not use it")
+                                 "effect only on volumes near the model's grid (about 1 mm for real_t1, 2 mm for "
+                                 "synthetic_mni); other scans get the classical fill, which does not use it")
         self.run_btn = QPushButton("Inpaint")
         self.job = JobBar()
         self.job.lock(self.run_btn, self.new_mask_btn, self.detect_btn, self.current_btn)

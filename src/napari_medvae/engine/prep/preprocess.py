@@ -167,7 +167,7 @@ def prepare(volume: np.ndarray, spacing: Sequence[float], config, axis: int | No
     Raises OutOfDistributionError for volumes unlike the training data unless ``force``; with ``warn`` a volume
     run although it is somewhat unlike them (engine.prep.ood.ood_warning) gets a Python warning.
     """
-    from .ood import check_ood, ood_score, ood_warning
+    from .ood import check_ood, negative_fraction, ood_score, ood_warning
 
     check_volume(volume)
     sp = check_spacing(spacing)
@@ -193,7 +193,7 @@ def prepare(volume: np.ndarray, spacing: Sequence[float], config, axis: int | No
         data /= np.float32(scale)
     stride = max(1, int(round(config.slice_spacing_mm / sp[ax])))
     profile = getattr(config, "intensity_profile", None)
-    score = ood_score(data, float(volume.min()), profile)
+    score = ood_score(data, negative_fraction(volume), profile)
     check_ood(score, profile, force)
     message = ood_warning(score, profile) if warn else None
     if message:
