@@ -102,6 +102,27 @@ def test_fill_peels_regions_too_large_for_the_cube_when_given_a_base(prior):
     assert np.mean(errs["peel"]) < 0.5 * np.mean(errs["base"]), errs
 
 
+def test_peeling_polls_check_between_cubes_so_it_can_be_cancelled(prior):
+    rows, mean, _ = prior
+    cov = kriging.covariance(rows, 9)
+    truth = _fields(1, 3)[0]
+    mask = _ball(truth.shape, (13, 14, 14), 5.5)
+    data = np.where(mask, 0, truth).astype(np.float32)
+    calls = []
+    kriging.fill(data, mask, cov, mean.astype(np.float64), 9, base=inp.first_guess(data, mask),
+                 check=lambda: calls.append(1))
+    assert len(calls) > 3  # the region, then each of its cubes
+
+    def cancel():
+        if len(calls) > 5:
+            raise RuntimeError("cancelled")
+        calls.append(1)
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        kriging.fill(data, mask, cov, mean.astype(np.float64), 9, base=inp.first_guess(data, mask), check=cancel)
+
+
 def test_fill_rescales_the_mean_only_when_the_known_voxels_reject_it(prior):
     """Known voxels at the prior's brightness keep its mean (scale 1); a volume darker by half (another contrast) gets
     the mean rescaled, so its fill is the half of the fill of the original (kriging with an unknown scale)."""

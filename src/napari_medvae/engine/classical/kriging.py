@@ -13,7 +13,7 @@ covariance also knows how tissue edges continue. Regions that do not fit are lef
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -39,7 +39,7 @@ MIRROR_SHIFT = 2
 MIRROR_SIGMA = 2.0  # the plane is found on the volume smoothed by this Gaussian (voxels): symmetry is anatomical, not of noise
 # regions too large for the cube (``_peel``): cube centres one per PEEL_STEP-voxel cell of the region's edge, Gaussian
 # weights of PEEL_SIGMA voxels around each centre, the classical fill's weight PEEL_BASE, and cubes with fewer known
-# voxels than PEEL_MIN_KNOWN are skipped. Chosen on validation subjects sub-51..54 (see CHANGELOG, 2026-12-07)
+# voxels than PEEL_MIN_KNOWN are skipped. Chosen on validation subjects sub-51..54 (docs/method.md, Painted regions)
 PEEL_STEP, PEEL_SIGMA, PEEL_BASE, PEEL_MIN_KNOWN = 5, 3.0, 0.05, 20
 # BLAS threads for the fill's factorisations (a few hundred to a few thousand rows each): OpenBLAS's threads cost more
 # than they give there, and far more while another process keeps the cores busy (780 rows on this 2-core CPU, busy:
@@ -229,7 +229,7 @@ def _contralateral(mirror, box_lo, p: int, sup: np.ndarray, need: np.ndarray, kn
 
 def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, patch: int,
          power: float = 1.0, mirror: tuple[np.ndarray, np.ndarray] | None = None,
-         base: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+         base: np.ndarray | None = None, check: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fill each connected region of ``mask`` that fits in a cube; returns (volume, bool map of filled voxels).
 
     The known voxels are the cube's ball voxels outside ``mask`` within REACH steps of the region; a region is placed
@@ -243,15 +243,17 @@ def fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, 
     ``base`` (a classical fill of ``mask``, same shape): regions too large for the cube are filled too, by cubes
     along their edge blended with ``base`` (see ``_peel``); without it they keep their value in ``data``.
     The many small Cholesky factorisations run on one BLAS thread (``threadpoolctl``), see BLAS_THREADS.
+    ``check()`` is called before each cube (it raises to cancel: a very large region takes many cubes).
     """
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
-        return _fill(data, mask, cov, mean, patch, power, mirror, base)
+        return _fill(data, mask, cov, mean, patch, power, mirror, base, check or (lambda: None))
 
 
 def _fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray, patch: int, power: float,
-          mirror: tuple[np.ndarray, np.ndarray] | None, base: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+          mirror: tuple[np.ndarray, np.ndarray] | None, base: np.ndarray | None,
+          check: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
     """``fill``'s work, under its thread limit."""
     p = check_patch(patch)
     g = check_power(power)
@@ -267,6 +269,7 @@ def _fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray,
     for i, sl in enumerate(ndi.find_objects(lab), 1):
         if sl is None:
             continue
+        check()
         ext = [s.stop - s.start for s in sl]
         lo = [min(max((s.start + s.stop - p) // 2, 0), n - p) for s, n in zip(sl, mask.shape, strict=True)]
         box = tuple(slice(a, a + p) for a in lo)
@@ -285,7 +288,7 @@ def _fill(data: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: np.ndarray,
         done[box] |= lab[box] == i
     if base is not None:
         for i, sl in large:
-            _peel(out, mask, lab, i, sl, cov, mean, p, sup, g, mirror, base)
+            _peel(out, mask, lab, i, sl, cov, mean, p, sup, g, mirror, base, check)
             done[sl] |= lab[sl] == i
     return out, done
 
@@ -322,7 +325,7 @@ def _krige(cube: np.ndarray, hole: np.ndarray, known: np.ndarray, lo: Sequence[i
 
 def _peel(out: np.ndarray, mask: np.ndarray, lab: np.ndarray, i: int, sl: tuple[slice, ...], cov: np.ndarray,
           mean: np.ndarray, p: int, sup: np.ndarray, g: float, mirror: tuple[np.ndarray, np.ndarray] | None,
-          base: np.ndarray) -> None:
+          base: np.ndarray, check: Callable[[], None]) -> None:
     """Fill region ``i`` of ``lab`` (bounding box ``sl``), too large for one cube, in ``out`` ("peeling").
 
     Cubes are centred on the region's edge voxels (those next to a known voxel), one per PEEL_STEP-voxel cell of the
@@ -344,6 +347,7 @@ def _peel(out: np.ndarray, mask: np.ndarray, lab: np.ndarray, i: int, sl: tuple[
     wsum = np.zeros(region.shape)
     offs = np.stack(np.unravel_index(sup, (p,) * 3), axis=1)  # ball voxels' positions in the cube
     for c in centres:
+        check()
         lo = [min(max(int(a) - h, 0), n - p) for a, n in zip(c, mask.shape, strict=True)]
         box = tuple(slice(a - b, a - b + p) for a, b in zip(lo, o, strict=True))
         hole = region[box].ravel()[sup]

@@ -105,8 +105,9 @@ def _summary_lines(c: dict) -> list[str]:
     does.append("- Filling of missing or corrupted slices"
                 + (f" (its learned part only at {_mm(ssp)} between slices)." if arch.get("slice_head") else "."))
     does.append("- Filling of regions painted by hand"
-                + (f" (its learned part only for regions up to about {(arch['region_prior']['patch'] - 4) * sp:g} mm "
-                   "across)." if arch.get("region_prior") else "."))
+                + (f" (its learned prior whole for regions up to about {(arch['region_prior']['patch'] - 4) * sp:g} mm "
+                   "across; larger ones along their edge, the classical fill inside)." if arch.get("region_prior")
+                   else "."))
     does.append("- An uncertainty map: where repeated reconstructions disagree, in the scan's own intensity units.")
     lines += ["", "### What it does", "", *does, "", "### Known limitations", ""]
     med = an.get("median_size")

@@ -17,7 +17,7 @@ moved mask the same way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -142,7 +142,7 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
         p.step(1)
         return _paste(volume, m, prep.to_original(np.clip(fill, 0, None)))
     # the region prior's fill of painted regions (None: no prior, whole missing slices, or another slice spacing)
-    pfill = prior_fill(model, prep, mm, classical, symmetry=symmetry) if missing_slices is None else None
+    pfill = prior_fill(model, prep, mm, classical, symmetry=symmetry, check=p0.check) if missing_slices is None else None
     # the network's weight is measured on a moved copy of the mask; the region prior's fill is used as is (weighing it
     # against the biharmonic fill on 3 moved copies lost on the tuning subjects, painted regions, pooled: T1 27.75 vs
     # 27.79 dB, T2-like 30.23 vs 32.24 dB; a copy's verdict was as much as 12 dB off the real mask's: -6.1 vs +6.3 dB)
@@ -190,14 +190,14 @@ def _paste(volume: np.ndarray, mask: np.ndarray, filled: np.ndarray) -> np.ndarr
 
 
 def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.ndarray,
-               symmetry: bool = True) -> np.ndarray | None:
+               symmetry: bool = True, check: Callable[[], None] | None = None) -> np.ndarray | None:
     """The region prior's fill of ``mask`` on the model grid: regions that fit its cube are kriged in one cube, larger
     ones by cubes along their edge blended with ``classical`` (the caller's first_guess of ``mask``) inside.
 
     None when the model has no region prior or the volume's slices are not at the model's slice spacing (the grid
     the prior was fitted on; filling the interleaved 2 mm grids of a 1 mm volume one by one ignores the slices in
     between and was worse than the classical fill). ``symmetry``: also condition on the mirror image of the volume
-    (``classical.kriging.mirror_image``) where it is known.
+    (``classical.kriging.mirror_image``) where it is known. ``check()`` is called between cubes (it raises to cancel).
     """
     from ..classical import kriging
 
@@ -210,7 +210,7 @@ def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.nda
     out = classical.copy()
     mirror = kriging.mirror_image(prep.data, mask) if symmetry else None
     filled, done = kriging.fill(prep.data, mask, cov, mean, rp.patch, power=rp.power,
-                                mirror=None if mirror is None else mirror[:2], base=classical)
+                                mirror=None if mirror is None else mirror[:2], base=classical, check=check)
     out[done] = filled[done]
     return out
 
