@@ -13,6 +13,7 @@ covariance also knows how tissue edges continue. Regions that do not fit are lef
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -45,6 +46,8 @@ PEEL_STEP, PEEL_SIGMA, PEEL_BASE, PEEL_MIN_KNOWN = 5, 3.0, 0.05, 20
 # than they give there, and far more while another process keeps the cores busy (780 rows on this 2-core CPU, busy:
 # 0.59 s with 2 threads, 0.012 s with one)
 BLAS_THREADS = 1
+# threads that krige a large region's cubes in parallel (each on one BLAS thread)
+PEEL_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def support(patch: int) -> np.ndarray:
@@ -346,21 +349,39 @@ def _peel(out: np.ndarray, mask: np.ndarray, lab: np.ndarray, i: int, sl: tuple[
     acc = np.zeros(region.shape)
     wsum = np.zeros(region.shape)
     offs = np.stack(np.unravel_index(sup, (p,) * 3), axis=1)  # ball voxels' positions in the cube
-    for c in centres:
-        check()
+    def cube(c):
+        """(local flat indices, weights, fill) of the region's voxels in the cube centred on ``c``, or None."""
         lo = [min(max(int(a) - h, 0), n - p) for a, n in zip(c, mask.shape, strict=True)]
         box = tuple(slice(a - b, a - b + p) for a, b in zip(lo, o, strict=True))
         hole = region[box].ravel()[sup]
         known = near[box].ravel()[sup]
         if not hole.any() or known.sum() < PEEL_MIN_KNOWN:
-            continue
+            return None
         pred = _krige(out[tuple(slice(a, a + p) for a in lo)].ravel()[sup], hole, known, lo, cov, mean, p, sup, g,
                       mirror)
         pos = offs[hole] + (np.array(lo) - o)  # local voxel positions of the hole voxels
         wt = np.exp(-((pos + o - c) ** 2).sum(1) / (2 * PEEL_SIGMA**2))
-        flat = np.ravel_multi_index(pos.T, region.shape)  # distinct within a cube
-        acc.ravel()[flat] += wt * pred
-        wsum.ravel()[flat] += wt
+        return np.ravel_multi_index(pos.T, region.shape), wt, pred  # indices distinct within a cube
+
+    # the cubes are independent (``out`` changes only after the last): PEEL_WORKERS threads (LAPACK and numpy's
+    # copies release the GIL); their fills are added in the centres' order, so the result does not depend on them
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=PEEL_WORKERS) as pool:
+        futures = [pool.submit(cube, c) for c in centres]
+        try:
+            for f in futures:
+                check()
+                res = f.result()
+                if res is None:
+                    continue
+                flat, wt, pred = res
+                acc.ravel()[flat] += wt * pred
+                wsum.ravel()[flat] += wt
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
     view = out[bb]
     view[region] = (acc[region] + PEEL_BASE * base[bb][region]) / (wsum[region] + PEEL_BASE)
 

@@ -132,7 +132,9 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
     flips = FLIPS if tta else FLIPS[:1]
     p0 = Progress(1, None, cancel)
     p0.check()
-    init = classical = first_guess(prep.data, mm)
+    # the region prior's fill of painted regions (None: no prior, whole missing slices, or another slice spacing)
+    pfill = prior_fill(model, prep, mm, symmetry=symmetry, check=p0.check) if missing_slices is None else None
+    init = classical = first_guess(prep.data, mm) if pfill is None else pfill
     if (missing_slices is not None and model.config.slice_fill == "head" and prep.stride == 1
             and getattr(model.net, "slice_head", None) is not None):
         # the model's missing-slice head alone, on slices at the spacing it was trained at (see ModelConfig.slice_fill)
@@ -141,8 +143,6 @@ def inpaint(model: Model, volume: np.ndarray, spacing: Sequence[float], *, mask:
         fill = slice_head_fill(model, classical, mm)
         p.step(1)
         return _paste(volume, m, prep.to_original(np.clip(fill, 0, None)))
-    # the region prior's fill of painted regions (None: no prior, whole missing slices, or another slice spacing)
-    pfill = prior_fill(model, prep, mm, classical, symmetry=symmetry, check=p0.check) if missing_slices is None else None
     # the network's weight is measured on a moved copy of the mask; the region prior's fill is used as is (weighing it
     # against the biharmonic fill on 3 moved copies lost on the tuning subjects, painted regions, pooled: T1 27.75 vs
     # 27.79 dB, T2-like 30.23 vs 32.24 dB; a copy's verdict was as much as 12 dB off the real mask's: -6.1 vs +6.3 dB)
@@ -189,10 +189,11 @@ def _paste(volume: np.ndarray, mask: np.ndarray, filled: np.ndarray) -> np.ndarr
     return out
 
 
-def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.ndarray,
+def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.ndarray | None = None,
                symmetry: bool = True, check: Callable[[], None] | None = None) -> np.ndarray | None:
     """The region prior's fill of ``mask`` on the model grid: regions that fit its cube are kriged in one cube, larger
-    ones by cubes along their edge blended with ``classical`` (the caller's first_guess of ``mask``) inside.
+    ones by cubes along their edge blended with ``classical`` (a classical fill of ``mask``; None: the biharmonic fill
+    by conjugate gradients, ``biharmonic_fill``, 1.3 -> 0.1 s on a 26 x 26 x 10 mm box of a 1 mm scan) inside.
 
     None when the model has no region prior or the volume's slices are not at the model's slice spacing (the grid
     the prior was fitted on; filling the interleaved 2 mm grids of a 1 mm volume one by one ignores the slices in
@@ -207,6 +208,8 @@ def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.nda
     if prep.stride != 1 or abs(prep.spacing[prep.axis] / model.config.slice_spacing_mm - 1) > 0.1:
         return None
     cov, mean = rp.numpy()
+    if classical is None:
+        classical = biharmonic_fill(prep.data, mask, cancel=check)
     out = classical.copy()
     mirror = kriging.mirror_image(prep.data, mask) if symmetry else None
     filled, done = kriging.fill(prep.data, mask, cov, mean, rp.patch, power=rp.power,
