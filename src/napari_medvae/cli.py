@@ -554,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("-o", "--output", required=True, help="new model path stem")
     fr.add_argument("--patch", type=int, default=15, help="ball diameter (cube side) in voxels of the model grid, odd, 5-21 "
                                                            "(default: %(default)s; regions up to PATCH - 4 voxels across "
-                                                           "that fit in the ball are filled)")
+                                                           "that fit in the ball are filled in one cube, larger ones "
+                                                           "by cubes along their edge)")
     fr.add_argument("--per-volume", type=int, default=3000, help="cubes drawn per training volume (default: %(default)s)")
     fr.add_argument("--power", type=float, default=2.0, help="model the intensities raised to this power, 0.25-4 "
                                                              "(default: %(default)s; 1 = the intensities themselves)")

@@ -282,7 +282,7 @@ def _head_rows(arch: dict, t: dict, slice_fill: str = "validated",
                      f"intensities to the power {rp.get('power', 1.0):g}"
                      + (f", {tr['n_patches']} cubes ({tr['per_volume']} per volume) from {tr['n_train']} training "
                         f"volumes, mirror-averaged, seed {tr['seed']}, {tr['seconds']:.0f} s" if tr else "")
-                     + f"; regions up to {rp['patch'] - 4} voxels across"))
+                     + f"; regions up to {rp['patch'] - 4} voxels across in one cube, larger ones along their edge"))
     else:
         rows.append(("region prior (painted regions)", "none (biharmonic fill)"))
     return rows
