@@ -649,7 +649,7 @@ _INTERRUPTED = {
     "batch": "the files finished so far are kept; run the same command again to resume",
     "sample": "the volumes written so far are kept",
     "demo": "the outputs written so far are kept",
-    "train": "no model was written; the last saved training state is kept (--resume continues from it)",
+    "train": "no model was written; a training state saved so far is kept (--resume continues from it)",
 }
 
 

@@ -193,7 +193,8 @@ def prior_fill(model: Model, prep: Prepared, mask: np.ndarray, classical: np.nda
                symmetry: bool = True, check: Callable[[], None] | None = None) -> np.ndarray | None:
     """The region prior's fill of ``mask`` on the model grid: regions that fit its cube are kriged in one cube, larger
     ones by cubes along their edge blended with ``classical`` (a classical fill of ``mask``; None: the biharmonic fill
-    by conjugate gradients, ``biharmonic_fill``, 1.3 -> 0.1 s on a 26 x 26 x 10 mm box of a 1 mm scan) inside.
+    by conjugate gradients, ``biharmonic_fill``: 0.12 s where skimage took 2.06 s, a 26 x 26 x 10 mm box of a 1 mm scan)
+    inside.
 
     None when the model has no region prior or the volume's slices are not at the model's slice spacing (the grid
     the prior was fitted on; filling the interleaved 2 mm grids of a 1 mm volume one by one ignores the slices in
