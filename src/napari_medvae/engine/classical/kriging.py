@@ -1,5 +1,6 @@
 """Kriging maths of the region prior: a Gaussian model of 3D patches that fills painted regions by conditioning on
-the known voxels (numpy/scipy only; the prior's weights live in the model, ``networks.RegionPrior``).
+the known voxels (numpy/scipy, and threadpoolctl for the BLAS threads; the prior's weights live in the model,
+``networks.RegionPrior``).
 
 The prior is the mean and covariance of the voxels of a ball (radius patch / 2) in ``patch``-sided cubes (voxels of
 the model grid) sampled inside the brain of healthy training volumes, averaged over the 8 mirror images of the cube
@@ -8,7 +9,8 @@ on every side is filled with the conditional mean of its voxels given every know
 the least-squares-optimal linear prediction under the prior (Gaussian-process regression, or kriging, with a
 covariance learned from data instead of assumed; the prior's mean is rescaled where the known voxels reject it,
 e.g. in another contrast). Biharmonic inpainting assumes a fixed smoothness; the learned
-covariance also knows how tissue edges continue. Regions that do not fit are left to the caller's classical fill.
+covariance also knows how tissue edges continue. Regions that do not fit are filled by cubes along their edge,
+blended into a classical fill the caller gives (``fill``'s ``base``; see ``_peel``), or else left to the caller.
 """
 
 from __future__ import annotations
