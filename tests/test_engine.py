@@ -203,6 +203,10 @@ def test_signal_box_skips_the_noise_floor_of_magnitude_images(read):
         assert abs(len(sl) - len(clean[0])) <= 2, (s, len(sl), len(clean[0]))
         for got, ref in ((ys, clean[1]), (xs, clean[2])):
             assert abs(got.start - ref.start) <= 2 and abs(got.stop - ref.stop) <= 2, (s, got, ref)
+    # a floor above FLOOR_MAX (0.2: very noisy) is no background peak: only its lower tail lies in the range
+    # searched, whose top bin once made a threshold above most of the brain; the plain rule keeps all tissue
+    loud = synth.rician(x, 0.2, np.random.default_rng(5))
+    np.testing.assert_array_equal(signal_mask(loud), loud > 0.02)
     # a tight crop with no background peak keeps the plain rule, so no tissue is dropped
     crop = synth.rician(x, 0.05, np.random.default_rng(3))[30:60, 30:80, 30:70]
     np.testing.assert_array_equal(signal_mask(crop), crop > 0.02)

@@ -97,9 +97,15 @@ def signal_mask(data: np.ndarray) -> np.ndarray:
     u = ndi.uniform_filter(data.astype(np.float32, copy=False), 3)
     step = 0.005
     sub = u[::2, ::2, ::2]  # the statistics of every 8th voxel suffice (and cost an eighth)
-    hist, edges = np.histogram(sub, bins=int(FLOOR_MAX / step), range=(0.0, FLOOR_MAX))
-    mode = float(edges[int(np.argmax(hist))] + step / 2)
-    if mode <= SIGNAL:
+    nb = int(round(FLOOR_MAX / step))
+    hist, edges = np.histogram(sub, bins=2 * nb, range=(0.0, 2 * FLOOR_MAX))
+    top = int(np.argmax(hist[:nb]))
+    mode = float(edges[top] + step / 2)
+    # the histogram reaches past FLOOR_MAX so that a floor above it is not taken for a peak at the top of the range
+    # (only its lower tail lies there): the mode must be a peak, above the next 4 bins. A 1 mm brain with 9 % Rician
+    # noise of its brightest voxel has its floor near 0.25; the tail's top bin made a threshold above most of the
+    # brain, and the denoiser dropped it (11.7 dB instead of 33 on validation sub-52).
+    if mode <= SIGNAL or hist[top] <= hist[top + 1:top + 5].max():
         return data > SIGNAL
     low = sub[sub < 2 * mode]
     if low.size < 0.2 * sub.size:  # no background peak (e.g. a tight crop): the plain rule
