@@ -869,3 +869,92 @@ def test_failed_mgz_replace_leaves_no_temp(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["out.mgz", "out.mgh", "OUT.MGZ"])
 def test_check_output_path_accepts_freesurfer(tmp_path, name):
     assert check_output_path(tmp_path / name, [tmp_path / "in.nii.gz"]) == (tmp_path / name).resolve()
+
+
+# --------------------------------------------------------------------------------------------
+# NIfTI in, NIfTI out: the input's header is kept
+
+
+def _mni_head(path: Path, shape=(6, 7, 8, 1), slope: float | None = None) -> None:
+    """A NIfTI file as MNI-space tools write it: sform code 4 (MNI), qform code 1, a description, a TR."""
+    import nibabel as nib
+
+    aff = np.array([[-1.5, 0, 0, 90.0], [0, 1.5, 0, -126.0], [0, 0, 2.0, -72.0], [0, 0, 0, 1]])
+    img = nib.Nifti1Image(np.arange(np.prod(shape), dtype=np.int16).reshape(shape), aff)
+    img.header.set_sform(aff, 4)
+    img.header.set_qform(aff, 1)
+    img.header["descrip"] = b"T1 MPRAGE"
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 2.5
+    if slope is not None:
+        img.header.set_slope_inter(slope, 0.0)
+    img.to_filename(str(path))
+
+
+@pytest.mark.parametrize("out_ext", [".nii.gz", ".nii"])
+def test_nifti_output_keeps_the_input_header(tmp_path, out_ext):
+    import nibabel as nib
+
+    src = tmp_path / "in.nii.gz"
+    _mni_head(src)
+    vol, geo = read_volume(src)
+    res = vol.astype(np.float32) * 0.5
+    out = write_volume(tmp_path / f"out{out_ext}", res, geo, header_from=src)
+    a, b = nib.load(str(src)), nib.load(str(out))
+    assert (int(b.header["sform_code"]), int(b.header["qform_code"])) == (4, 1)  # was (1, 1) from the geometry
+    np.testing.assert_allclose(b.affine, a.affine)
+    assert b.header["descrip"].tobytes().rstrip(b"\0") == b"T1 MPRAGE"
+    assert b.shape == a.shape == (6, 7, 8, 1) and float(b.header["pixdim"][4]) == 2.5  # still 4D, with its TR
+    assert b.header.get_xyzt_units() == ("mm", "sec")
+    back, bgeo = read_volume(out)  # and it reads back as the same volume on the same grid
+    np.testing.assert_array_equal(back, res)
+    assert bgeo.spacing == pytest.approx(geo.spacing) and bgeo.origin == pytest.approx(geo.origin)
+    # a derived map gets its own description; scaling and display range are reset
+    heat = write_volume(tmp_path / f"heat{out_ext}", res, geo, header_from=src, descrip="medvae anomaly heatmap")
+    h = nib.load(str(heat)).header
+    assert h["descrip"].tobytes().rstrip(b"\0") == b"medvae anomaly heatmap"
+    assert h.get_slope_inter() == (None, None) and float(h["cal_max"]) == 0.0
+
+
+def test_nifti_header_of_a_scaled_input_is_not_applied_twice(tmp_path):
+    """An int16 file with scl_slope 2 reads as float (the scaled values); the output holds those values as they are."""
+    import nibabel as nib
+
+    src = tmp_path / "scaled.nii.gz"
+    _mni_head(src, shape=(6, 7, 8), slope=2.0)
+    vol, geo = read_volume(src)
+    out = write_volume(tmp_path / "out.nii.gz", vol, geo, header_from=src)
+    np.testing.assert_array_equal(read_volume(out)[0], vol)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), np.transpose(vol, (2, 1, 0)))
+
+
+def test_header_from_falls_back_to_the_geometry(tmp_path):
+    """Another grid, another format or no NIfTI source: the output is written from the geometry alone."""
+    import nibabel as nib
+
+    src = tmp_path / "in.nii.gz"
+    _mni_head(src, shape=(6, 7, 8))
+    vol, geo = read_volume(src)
+    other = write_volume(tmp_path / "small.nii.gz", vol[:, :, :4], geo, header_from=src)  # not the input's grid
+    assert nib.load(str(other)).shape == (4, 7, 8) and int(nib.load(str(other)).header["sform_code"]) != 4
+    nrrd = write_volume(tmp_path / "out.nrrd", vol, geo, header_from=src)  # NIfTI header, NRRD output
+    np.testing.assert_array_equal(read_volume(nrrd)[0], vol)
+    mha = write_volume(tmp_path / "in.mha", vol, geo)
+    again = write_volume(tmp_path / "again.nii.gz", vol, geo, header_from=mha)  # not a NIfTI source
+    np.testing.assert_array_equal(read_volume(again)[0], vol)
+    moved = Geometry(spacing=(9.0, 9.0, 9.0), origin=geo.origin, direction=geo.direction)
+    odd = write_volume(tmp_path / "odd.nii.gz", vol, moved, header_from=src)  # voxel sizes disagree: the geometry's
+    assert read_volume(odd)[1].spacing == pytest.approx((9.0, 9.0, 9.0))
+
+
+def test_header_from_is_ignored_when_the_array_was_moved(tmp_path):
+    """Same shape and voxel sizes but another origin (a napari layer the user shifted): the geometry decides."""
+    import nibabel as nib
+
+    src = tmp_path / "in.nii.gz"
+    _mni_head(src, shape=(6, 7, 8))
+    vol, geo = read_volume(src)
+    shifted = Geometry(spacing=geo.spacing, origin=tuple(o + 5.0 for o in geo.origin), direction=geo.direction)
+    out = write_volume(tmp_path / "out.nii.gz", vol, shifted, header_from=src)
+    assert read_volume(out)[1].origin == pytest.approx(shifted.origin)
+    assert int(nib.load(str(out)).header["sform_code"]) != 4

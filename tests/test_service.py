@@ -143,3 +143,30 @@ def test_run_file_is_run_plus_the_input_dtype(tmp_path, sample_dir):
     assert on_file.volume.dtype == vol.dtype == np.int16
     np.testing.assert_array_equal(on_file.volume, cast_like(on_arrays.volume, vol.dtype))
     np.testing.assert_array_equal(read_volume(on_file.outputs[0])[0], on_file.volume)
+
+
+def test_run_file_keeps_the_nifti_header_of_its_input(tmp_path, monkeypatch):
+    """Every file run_file writes from a NIfTI input keeps its header: sform code 4 (MNI space) stays 4, a
+    single-volume 4D file stays 4D with its TR, and derived maps say what they are."""
+    import nibabel as nib
+
+    from napari_medvae import engine
+
+    aff = np.diag([-1.0, 1.0, 1.0, 1.0])
+    img = nib.Nifti1Image(np.random.default_rng(0).integers(1, 200, (8, 9, 10, 1)).astype(np.int16), aff)
+    img.header.set_sform(aff, 4)
+    img.header["descrip"] = b"T1 in MNI space"
+    img.header["pixdim"][4] = 2.0
+    src = tmp_path / "mni.nii.gz"
+    img.to_filename(str(src))
+
+    copy = service.run_file(service.InpaintRequest(missing_slices="auto"), src, tmp_path / "copy.nii.gz")
+    h = nib.load(str(copy.outputs[0])).header
+    assert int(h["sform_code"]) == 4 and h.get_data_shape() == (8, 9, 10, 1) and float(h["pixdim"][4]) == 2.0
+    # an engine run (reconstruct, stubbed: no model is loaded) writes its image with the input's header too
+    monkeypatch.setattr(engine, "reconstruct", lambda model, v, sp, **kw: v.astype(np.float32) + 1)
+    res = service.run_file(service.ReconstructRequest(skull_strip="never"), src, tmp_path / "rec.nii.gz", model=object())
+    out = nib.load(str(res.outputs[0]))
+    assert int(out.header["sform_code"]) == 4 and out.header["descrip"].tobytes().rstrip(b"\0") == b"T1 in MNI space"
+    assert out.get_data_dtype() == np.int16  # the input's dtype
+    np.testing.assert_array_equal(np.asarray(out.dataobj), np.asarray(img.dataobj) + 1)

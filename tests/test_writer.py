@@ -62,3 +62,28 @@ def test_cli_and_writer_share_one_cast():
     assert ops.cast_like is output_dtype.cast_like  # the service casts what medvae writes
     for module in (cli, batch, ops):
         assert "def cast_like" not in Path(module.__file__).read_text(encoding="utf-8")
+
+
+def test_layer_from_a_nifti_file_keeps_its_header(tmp_path):
+    """A layer whose metadata names the NIfTI file it came from (the reader records it) is saved with that file's
+    header (sform code 4 stays 4) while its placement is unchanged; after a move the layer's geometry decides."""
+    import nibabel as nib
+
+    from napari_medvae.io import write_volume
+
+    geo = Geometry(spacing=(2.0, 1.0, 1.0), origin=(10.0, -5.0, 3.0))
+    src = tmp_path / "src.nii.gz"
+    write_volume(src, DATA, geo)
+    img = nib.load(str(src))
+    hdr = img.header.copy()
+    hdr.set_sform(img.affine, 4)
+    nib.Nifti1Image(np.asarray(img.dataobj), None, header=hdr).to_filename(str(src))
+    (path,) = write_image(str(tmp_path / "out.nii.gz"), DATA * 2, _meta(source_path=str(src)))
+    assert int(nib.load(path).header["sform_code"]) == 4
+    back, bgeo = read_volume(path)
+    np.testing.assert_array_equal(back, DATA * 2)
+    assert bgeo.origin == pytest.approx(geo.origin)
+    moved = _meta(source_path=str(src))
+    moved["translate"] = np.asarray(moved["translate"]) + 7.0
+    (path,) = write_image(str(tmp_path / "moved.nii.gz"), DATA, moved)
+    assert int(nib.load(path).header["sform_code"]) != 4

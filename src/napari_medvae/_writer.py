@@ -14,7 +14,10 @@ def _write(path: str, data: Any, meta: dict, like: Any = None) -> list[str]:
     from .service import save
 
     geo = Geometry.from_layer_kwargs(meta.get("scale"), meta.get("translate"), meta.get("affine"), meta.get("metadata"))
-    return [str(save(path, np.asarray(data), geo, like=like))]
+    # a layer read from a NIfTI file (or made from one by a widget) keeps that file's header where the grid is the
+    # same (io.write_volume checks shape, voxel sizes and placement)
+    source = (meta.get("metadata") or {}).get("source_path")
+    return [str(save(path, np.asarray(data), geo, like=like, header_from=source if isinstance(source, str) else None))]
 
 
 def _source_dtype(path: str, meta: dict):

@@ -84,6 +84,7 @@ _IO_BY_EXT = {
 _COMPRESS_BY_EXT = {".nii": False, ".nii.gz": True, ".nrrd": True, ".mha": True, ".mhd": False}
 # FreeSurfer volumes, read and written with nibabel (.mgz is gzip-compressed .mgh)
 _MGH_EXTS = (".mgz", ".mgh")
+_NIFTI_EXTS = (".nii", ".nii.gz")
 
 
 # --------------------------------------------------------------------------------------------
@@ -905,9 +906,20 @@ def _temp_name(parent: Path, stem: str, ext: str) -> Path:
 
 
 def write_volume(
-    path: str | os.PathLike[str], array: np.ndarray, geometry: Geometry | Mapping[str, Any]
+    path: str | os.PathLike[str],
+    array: np.ndarray,
+    geometry: Geometry | Mapping[str, Any],
+    *,
+    header_from: str | os.PathLike[str] | None = None,
+    descrip: str | None = None,
 ) -> Path:
     """Write a (z, y, x) array with its geometry; return the final path.
+
+    ``header_from``: the NIfTI file the array was computed from, on its grid. A NIfTI output then keeps
+    that file's header (qform/sform and their codes, units, description, a 4D file's single-volume
+    shape and its TR) instead of one rebuilt from ``geometry``; scaling (scl_slope), intent and display
+    range are reset, and ``descrip`` (if given) replaces the description. Other pairs of formats, or a
+    file on another grid than ``geometry`` says, are written from ``geometry`` alone.
 
     The file appears atomically: it is written under a temporary name in the same directory and
     moved into place with ``os.replace``, so a failed write leaves neither a partial output nor
@@ -940,6 +952,10 @@ def write_volume(
         data = _mgh_array(data, p)
         # nibabel picks gzip (.mgz) or not (.mgh) from the temporary file's name, which keeps the extension
         return _write_via_temp(p, _temp_name(parent, stem, ext), lambda tmp: _mgh_write(data, geom, tmp, p))
+    if header_from is not None and ext in _NIFTI_EXTS:
+        like = _nifti_like(Path(header_from), data, geom, descrip)
+        if like is not None:
+            return _write_via_temp(p, _temp_name(parent, stem, ext), lambda tmp: _nib_write(like, tmp, p))
     image = sitk.GetImageFromArray(data, isVector=False)
     _apply_geometry(image, geom)
     compress = _COMPRESS_BY_EXT[ext]
@@ -962,6 +978,51 @@ def write_volume(
         return p.resolve()
 
     return _write_via_temp(p, _temp_name(parent, stem, ext), lambda tmp: _sitk_write(image, tmp, ext, compress, p))
+
+
+def _nifti_like(source: Path, data: np.ndarray, geom: Geometry, descrip: str | None) -> Any:
+    """A nibabel image of ``data`` with the header of the NIfTI file ``source``, or None when ``source`` is no
+    readable NIfTI file on the same grid as ``data`` (shape, voxel sizes, and the header's affine = ``geom``)."""
+    import nibabel as nib
+
+    split = _split_ext(source)
+    if split is None or split[1] not in _NIFTI_EXTS or not source.is_file():
+        return None
+    try:
+        src = nib.load(str(source))
+    except Exception:  # noqa: BLE001 - unreadable here: fall back to the geometry alone
+        return None
+    if not isinstance(src, nib.Nifti1Image):  # Nifti2Image is a subclass
+        return None
+    shape = tuple(int(n) for n in src.header.get_data_shape())
+    zooms = [float(z) for z in src.header.get_zooms()[:3]]
+    if shape[:3] != data.shape[::-1] or len(shape) > 4:
+        return None
+    if not np.allclose(zooms, geom.spacing[::-1], rtol=1e-4, atol=1e-6):
+        return None
+    lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(src.affine, dtype=np.float64)[:3]  # the header's voxel -> LPS mm
+    mine = geom.direction_matrix * np.asarray(geom.spacing[::-1])[None, :]
+    if not (np.allclose(lps[:, :3], mine, atol=1e-4) and np.allclose(lps[:, 3], geom.origin, atol=1e-3)):
+        return None  # the array was placed elsewhere (or ITK read the other of qform/sform): the geometry decides
+    hdr = src.header.copy()
+    vox = np.transpose(data, (2, 1, 0))
+    if len(shape) == 4 and shape[3] == 1:
+        vox = vox[..., None]  # a single-volume 4D file stays 4D, with its TR
+    hdr.set_data_shape(vox.shape)
+    hdr.set_data_dtype(vox.dtype)
+    hdr.set_slope_inter(np.nan, np.nan)  # the values are written as they are
+    hdr["intent_code"] = 0
+    hdr["cal_min"] = hdr["cal_max"] = 0.0
+    if descrip is not None:
+        hdr["descrip"] = descrip.encode("ascii", "replace")[:79]
+    return type(src)(vox, None, header=hdr)
+
+
+def _nib_write(image: Any, target: Path, final: Path) -> None:
+    try:
+        image.to_filename(str(target))
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types; one message for all
+        raise VolumeWriteError(f"cannot write {str(final)!r}: {exc}") from None
 
 
 def _write_via_temp(p: Path, tmp: Path, write: Callable[[Path], None]) -> Path:

@@ -43,14 +43,17 @@ Result = VolumeResult | InpaintResult | AnomalyResult | SampleResult
 # writing: the one place result files are written
 
 
-def save(path: str | os.PathLike[str], volume: np.ndarray, geometry: Any, like: Any = None) -> Path:
+def save(path: str | os.PathLike[str], volume: np.ndarray, geometry: Any, like: Any = None,
+         header_from: str | os.PathLike[str] | None = None, descrip: str | None = None) -> Path:
     """Write ``volume`` with ``geometry`` atomically; ``like``: a dtype to cast to first (``output_dtype.cast_like``).
 
-    Returns the final path. Raises VolumeWriteError.
+    ``header_from``/``descrip``: a NIfTI output keeps the header of the NIfTI input it was computed from
+    (``io.write_volume``). Returns the final path. Raises VolumeWriteError.
     """
     from ..io import write_volume
 
-    return write_volume(path, volume if like is None else cast_like(volume, like), geometry)
+    return write_volume(path, volume if like is None else cast_like(volume, like), geometry,
+                        header_from=header_from, descrip=descrip)
 
 
 def save_json(path: str | os.PathLike[str], document: Any) -> Path:
@@ -323,7 +326,7 @@ def run_file(request: rq.Request, input_path: str | os.PathLike[str] | None, out
             if request.if_none_blank == "skip":
                 return res
             # nothing to fill is not an error: the output is the input, unchanged (a copy of its voxels)
-            return replace(res, outputs=(save(output_path, vol, geo),))
+            return replace(res, outputs=(save(output_path, vol, geo, header_from=input_path),))
     seen, bm = _head(request, vol, job.spacing, job.direction, job.origin, given, say)
     if brain_mask_out is not None and bm is None:
         raise InputError("--brain-mask-out: no brain mask was made (the volume looks skull-stripped); "
@@ -335,20 +338,23 @@ def run_file(request: rq.Request, input_path: str | os.PathLike[str] | None, out
             note(f"--no-symmetry changes nothing for this volume: {why}")
     res = _execute(request, model, vol, seen, bm, bm is not None and given is None, job, mask, where)
     outputs: list[Path] = []
+    src = {"header_from": input_path}  # NIfTI in, NIfTI out: the input's header (codes, units, TR) is kept
     try:
         if brain_mask_out is not None:
-            outputs.append(save(brain_mask_out, bm.astype(np.uint8), geo))
+            outputs.append(save(brain_mask_out, bm.astype(np.uint8), geo, **src, descrip="medvae brain mask"))
         if isinstance(res, AnomalyResult):
             if labels_path is not None:
-                outputs.append(save(labels_path, res.labels_out(), geo))
+                outputs.append(save(labels_path, res.labels_out(), geo, **src, descrip="medvae anomaly candidates"))
             if report_path is not None:
                 report = res.to_json(input=str(Path(input_path).resolve()), model=model.config.name)
                 outputs.append(save_json(report_path, report))
-            outputs.insert(0, save(output_path, res.heatmap, geo))  # listed first, written last
+            # listed first, written last
+            outputs.insert(0, save(output_path, res.heatmap, geo, **src, descrip="medvae anomaly heatmap"))
             return replace(res, outputs=tuple(outputs))
-        like = None if isinstance(request, rq.UncertaintyRequest) else vol.dtype  # images: the input's dtype
+        unc = isinstance(request, rq.UncertaintyRequest)
+        like = None if unc else vol.dtype  # images: the input's dtype
         written = res.volume if like is None else cast_like(res.volume, like)
-        outputs.insert(0, save(output_path, written, geo))
+        outputs.insert(0, save(output_path, written, geo, **src, descrip="medvae uncertainty" if unc else None))
         return replace(res, volume=written, outputs=tuple(outputs))
     except BaseException:  # an interruption or a failed write: none of this run's files stay behind
         for path in outputs:
