@@ -425,7 +425,7 @@ def test_header_larger_than_available_memory(tmp_path, monkeypatch):
 def test_2d_image(tmp_path):
     p = tmp_path / "flat.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((7, 8), np.uint8)), str(p))
-    with pytest.raises(VolumeReadError, match=r"is 2D \(shape \(7, 8\)\); a 3D volume is expected"):
+    with pytest.raises(VolumeReadError, match=r"is 2D \(8 x 7 voxels\); a 3D volume is expected"):
         read_volume(p)
 
 
@@ -457,6 +457,8 @@ def test_4d_without_index(four_d):
     with pytest.raises(VolumeReadError, match="holds 3 volumes") as info:
         read_volume(p)
     assert "volume_index" in str(info.value)
+    shape = read_volume(p, volume_index=0)[0].shape
+    assert f"{shape[2]} x {shape[1]} x {shape[0]} voxels" in str(info.value)  # the file's axis order, as nibabel's
 
 
 @pytest.mark.parametrize("index", [0, 2])

@@ -604,6 +604,11 @@ def _read_dicom_dir(path: Path, series_uid: str | None) -> sitk.Image:
         raise VolumeReadError(f"cannot read {where}: {_itk_reason(exc)}") from None
 
 
+def _dims(size: Sequence[int]) -> str:
+    """A file's voxel counts in the file's own axis order (i x j x k), as other tools print them."""
+    return " x ".join(str(int(n)) for n in size)
+
+
 def _read_file(path: Path, ext: str, volume_index: int | None) -> sitk.Image:
     where = repr(str(path))
     if ext in (".nii", ".nii.gz"):
@@ -627,16 +632,16 @@ def _read_file(path: Path, ext: str, volume_index: int | None) -> sitk.Image:
         )
     dtype = _check_pixels(where, reader.GetPixelID(), reader.GetNumberOfComponents())
     if dim < 3 or (dim == 3 and 0 in size):
-        raise VolumeReadError(f"{where} is {dim}D (shape {shape}); a 3D volume is expected")
+        raise VolumeReadError(f"{where} is {dim}D ({_dims(size)} voxels); a 3D volume is expected")
     if dim > 4:
         raise VolumeReadError(
-            f"{where} is {dim}D (shape {shape}); a 3D volume (or a 4D series of them) is expected"
+            f"{where} is {dim}D ({_dims(size)} voxels); a 3D volume (or a 4D series of them) is expected"
         )
     if dim == 4:
         nvol = size[3]
         if volume_index is None and nvol != 1:
             raise VolumeReadError(
-                f"{where} is 4D: it holds {nvol} volumes of shape {shape[1:]}; pass volume_index "
+                f"{where} is 4D: it holds {nvol} volumes of {_dims(size[:3])} voxels; pass volume_index "
                 f"(0..{nvol - 1}; CLI: --volume-index) to choose one"
             )
         vi = 0 if volume_index is None else int(volume_index)
@@ -837,9 +842,8 @@ def read_volume(
         image = _read_file(p, split[1], volume_index)
 
     if image.GetDimension() != 3:
-        shape = tuple(image.GetSize())[::-1]
         raise VolumeReadError(
-            f"{str(p)!r} is {image.GetDimension()}D (shape {shape}); a 3D volume is expected"
+            f"{str(p)!r} is {image.GetDimension()}D ({_dims(image.GetSize())} voxels); a 3D volume is expected"
         )
     _check_pixels(repr(str(p)), image.GetPixelID(), image.GetNumberOfComponentsPerPixel())
     array = sitk.GetArrayFromImage(image)
