@@ -396,6 +396,9 @@ def test_ood_warning_level():
     assert ood_warning(None, profile) is None and ood_warning(0.9, None) is None
     assert ood_warning(WARN_LEVEL, profile) is None
     assert "T1 only" in ood_warning(WARN_LEVEL + 0.01, profile)
+    assert "T2, FLAIR" in ood_warning(WARN_LEVEL + 0.01, profile, 1200.0)  # a whole scan: maybe another contrast
+    small = ood_warning(WARN_LEVEL + 0.01, profile, 16.0)  # a 32 x 32 x 16 mm crop: too small to tell
+    assert "too small a part" in small and "16 ml" in small and "T2, FLAIR" not in small and "T1 only" in small
     assert ood_warning(0.25, {"threshold": 0.2}) is not None  # a stricter refusal threshold lowers the level
     wide = {"threshold": 0.5, "healthy_max_score": 0.2}  # healthy volumes near the level: twice their maximum
     assert ood_warning(0.39, wide) is None and ood_warning(0.41, wide) is not None

@@ -53,7 +53,7 @@ from ..model.checkpoint import AnomalySettings, ModelConfig
 from ..model.loader import Model
 from ..prep.brainmask import auto_brain_mask
 from ..prep.ood import ood_warning
-from ..prep.preprocess import Prepared, check_spacing, prepare
+from ..prep.preprocess import Prepared, check_spacing, prepare, volume_ml
 from .runner import CancelFn, Progress, ProgressFn, check_mask, slice_lerp
 
 MIN_CANDIDATE_MM3 = 20.0
@@ -406,6 +406,6 @@ def anomaly(model: Model, volume: np.ndarray, spacing: Sequence[float], *, brain
     hp = model.config.anomaly.healthy_peak
     labels, rows = threshold_candidates(heat, sp, threshold, geometry, healthy_peak=hp)
     p.step()
-    found = [ood_warning(prep.ood, model.config.intensity_profile), ratio_warning(ratio)]
+    found = [ood_warning(prep.ood, model.config.intensity_profile, volume_ml(volume.shape, sp)), ratio_warning(ratio)]
     return AnomalyResult(heat.astype(np.float32, copy=False), labels, rows, threshold, hp,
                          None if ratio is None else round(ratio, 3), [w for w in found if w])

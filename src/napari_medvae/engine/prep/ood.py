@@ -96,13 +96,24 @@ def warn_level(profile: dict) -> float:
     return min(float(profile.get("threshold", DEFAULT_THRESHOLD)), max(WARN_LEVEL, 2.0 * healthy))
 
 
-def ood_warning(score: float | None, profile: dict | None) -> str | None:
-    """The warning for a volume run although its intensities are unlike the training data (None: alike)."""
+SMALL_ML = 150.0  # volumes smaller than this (ml) hold too little of a brain to judge their contrast by
+
+
+def ood_warning(score: float | None, profile: dict | None, volume_ml: float | None = None) -> str | None:
+    """The warning for a volume run although its intensities are unlike the training data (None: alike).
+
+    ``volume_ml``: the volume's size; a small crop (under ``SMALL_ML``) is told so rather than suspected of being
+    another contrast: its intensity histogram is a part of a brain's, unlike a whole scan's.
+    """
     if score is None or not profile:
         return None
     level = warn_level(profile)
     if score <= level:
         return None
+    if volume_ml is not None and volume_ml < SMALL_ML:
+        return (f"this volume ({volume_ml:.0f} ml) is too small a part of a head to compare its intensities with "
+                f"the model's T1 training scans (out-of-distribution score {score:.2f} > {level:.2f}); if it is "
+                "not T1-weighted, treat its results as unreliable (the model supports T1 only)")
     return (f"this volume's intensities are unlike the model's T1 training scans (out-of-distribution score "
             f"{score:.2f} > {level:.2f}): another contrast (T2, FLAIR), a contrast agent, another scanner or heavy "
             "artefacts. The model supports T1 only; treat its results here as unreliable")

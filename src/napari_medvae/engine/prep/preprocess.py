@@ -160,6 +160,11 @@ def model_inplane(inplane: Sequence[int], inplane_spacing: Sequence[float], spac
     return tuple(max(1, int(round(n * float(s) / spacing_mm))) for n, s in zip(inplane, inplane_spacing, strict=True))
 
 
+def volume_ml(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The size of a volume's box in millilitres."""
+    return float(np.prod([float(n) for n in shape]) * np.prod([float(s) for s in spacing])) / 1000.0
+
+
 def prepare(volume: np.ndarray, spacing: Sequence[float], config, axis: int | None = None, force: bool = False,
             warn: bool = True) -> Prepared:
     """Check, normalise and resample a volume for the model described by ``config``.
@@ -195,7 +200,7 @@ def prepare(volume: np.ndarray, spacing: Sequence[float], config, axis: int | No
     profile = getattr(config, "intensity_profile", None)
     score = ood_score(data, negative_fraction(volume), profile)
     check_ood(score, profile, force)
-    message = ood_warning(score, profile) if warn else None
+    message = ood_warning(score, profile, volume_ml(volume.shape, sp)) if warn else None
     if message:
         warnings.warn(message, stacklevel=3)
     return Prepared(np.ascontiguousarray(data), scale, ax, tuple(volume.shape), inplane, stride, sp, score)
