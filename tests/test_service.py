@@ -170,3 +170,24 @@ def test_run_file_keeps_the_nifti_header_of_its_input(tmp_path, monkeypatch):
     assert int(out.header["sform_code"]) == 4 and out.header["descrip"].tobytes().rstrip(b"\0") == b"T1 in MNI space"
     assert out.get_data_dtype() == np.int16  # the input's dtype
     np.testing.assert_array_equal(np.asarray(out.dataobj), np.asarray(img.dataobj) + 1)
+
+
+@pytest.mark.parametrize("shift, words", [(None, "no positive intensities"), (-50.0, "out-of-distribution score 1.00")])
+def test_signed_volume_is_refused_without_brain_extraction(monkeypatch, shift, words):
+    """A negated T1 head (or CT in HU) is no magnitude MRI: no 'brain extracted' message, no deepbet run, just the
+    engine's refusal."""
+    from napari_medvae.engine.prep import skullstrip
+    from napari_medvae.errors import InputError
+
+    def no_bet(*a, **k):
+        raise AssertionError("brain extraction ran on a signed volume")
+
+    monkeypatch.setattr(skullstrip, "extract_brain", no_bet)
+    vol = np.zeros((40, 48, 48), np.float32)
+    vol[4:36, 6:42, 6:42] = 100.0  # a head-sized box: negated, or shifted like CT's air at -1000
+    signed = -vol if shift is None else vol + np.float32(shift)
+    said: list[str] = []
+    with pytest.raises(InputError, match=words):
+        service.run(service.ReconstructRequest(skull_strip="always"), signed, (4.0, 4.0, 4.0),
+                    model=service.get_model(None, "cpu"), say=said.append)
+    assert said == []

@@ -100,6 +100,12 @@ def _head(request: rq.VolumeRequest, volume: np.ndarray, spacing, direction, ori
     if given is None and request.skull_strip == "never":
         return volume, None
     from ..engine.prep import skullstrip
+    from ..engine.prep.ood import NEGATIVE_FRACTION, negative_fraction
+
+    if given is None and negative_fraction(volume) > NEGATIVE_FRACTION:
+        # signed values (CT in Hounsfield units, a negated image): no magnitude MRI, so no brain extraction (deepbet
+        # knows T1 heads); the engine refuses the volume, or runs it as it is when forced
+        return volume, None
 
     seen, mask = skullstrip.prepare_head(volume, spacing, direction, origin, request.skull_strip, given)
     if mask is not None and given is None and say is not None:
