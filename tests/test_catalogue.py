@@ -648,12 +648,13 @@ def _(c):
 def _(c):
     import napari_medvae.io as mio
 
-    def half_write(image, target, ext, compress, final):
+    def half_write(image, target, *rest):
         Path(target).write_bytes(b"\0" * 1000)
         raise KeyboardInterrupt
 
     args = run_args(c, "reconstruct", image(c))
-    c.mp.setattr(mio, "_sitk_write", half_write)
+    c.mp.setattr(mio, "_sitk_write", half_write)  # written from the geometry
+    c.mp.setattr(mio, "_nib_write", half_write)  # NIfTI in, NIfTI out: with the input's header
     return args
 
 
@@ -663,15 +664,18 @@ def _(c):
 def _(c):
     import napari_medvae.io as mio
 
-    real = mio._sitk_write
+    writers = {name: getattr(mio, name) for name in ("_sitk_write", "_nib_write")}
 
-    def interrupt_heatmap(image, target, ext, compress, final):
-        if Path(final).name == c.out.name:
-            raise KeyboardInterrupt
-        real(image, target, ext, compress, final)
+    def interrupting(name):
+        def write(image, target, *rest):
+            if Path(rest[-1]).name == c.out.name:  # the final path comes last
+                raise KeyboardInterrupt
+            writers[name](image, target, *rest)
+        return write
 
     args = run_args(c, "anomaly", image(c), "--labels", str(c.out.with_name("labels.nii.gz")))
-    c.mp.setattr(mio, "_sitk_write", interrupt_heatmap)
+    for name in writers:  # from the geometry, or (NIfTI in, NIfTI out) with the input's header
+        c.mp.setattr(mio, name, interrupting(name))
     return args
 
 
